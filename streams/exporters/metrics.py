@@ -1,0 +1,84 @@
+"""Every Prometheus object of the service, in one registry (CONTRACT.md §3).
+
+Counters are incremented on the hot path; gauges about customers are computed at scrape time
+from aggregates the processor keeps up to date, so no label ever carries a customer id and the
+cost of a scrape does not grow with the number of events.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from streams.events import ERROR_CODES, FAMILIES
+
+OUTCOMES = ("accepted", "duplicate", "late", "rejected")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """Counters of this worker plus a collector for gauges computed from processor state."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter("vitals_events", "Input events by family and outcome",
+                              ["family", "outcome"], registry=self.registry)
+        self.deadletters = Counter("vitals_deadletter", "Events sent to the dead-letter topic",
+                                   ["family", "error"], registry=self.registry)
+        # Pre-create the bounded label sets so that rate() sees zeros before the first event.
+        self._events = {(f, o): self.events.labels(f, o) for f in FAMILIES for o in OUTCOMES}
+        self._deadletters = {(f, e): self.deadletters.labels(f, e)
+                             for f in FAMILIES for e in ERROR_CODES}
+        self._gauges = _GaugeCollector()
+        self.registry.register(self._gauges)
+
+    def count(self, family: str, outcome: str, n: int = 1) -> None:
+        self._events[(family, outcome)].inc(n)
+
+    def deadletter(self, family: str, error: str) -> None:
+        self._events[(family, "rejected")].inc()
+        self._deadletters[(family, error)].inc()
+
+    def add_gauge_source(self, source: "GaugeSource") -> None:
+        self._gauges.sources.append(source)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+GaugeSource = Callable[[], Iterable[GaugeMetricFamily]]
+
+
+class _GaugeCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: list[GaugeSource] = []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for source in self.sources:
+            yield from source()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+def gauge(name: str, doc: str, labels: tuple[str, ...],
+          values: Mapping[tuple[str, ...], float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def watermark_gauges(watermark: float | None, now: Callable[[], float] = time.time
+                     ) -> list[GaugeMetricFamily]:
+    wm = GaugeMetricFamily("vitals_watermark_timestamp_seconds",
+                           "Oldest partition watermark (event time) of this worker")
+    lag = GaugeMetricFamily("vitals_event_lag_seconds",
+                            "Wall clock minus the oldest partition watermark of this worker")
+    if watermark is not None:
+        wm.add_metric([], watermark)
+        lag.add_metric([], now() - watermark)
+    return [wm, lag]

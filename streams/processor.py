@@ -1,0 +1,265 @@
+"""The customer stage: applies batches of validated events to per-customer state.
+
+Kept free of Faust so that its logic is tested by plain calls; `streams/agents/customer.py`
+wires it to the stream, the changelog table and the output topics. Writes are coalesced: a
+batch only marks customers dirty, and `flush()` (once per emit interval) hands back one
+changelog record and at most one output record per customer.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, MutableMapping
+
+import orjson
+
+from models.activity import DAY_SECONDS, day_of
+from streams import events as ev
+from streams.deadletter import deadletter_value
+from streams.exporters.metrics import Metrics, gauge, watermark_gauges
+from streams.records import activity_figures, customer_record, customer_status
+from streams.settings import Settings
+from streams.state import CustomerState
+from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
+
+WINDOWED = frozenset({"usage", "feature"})
+UNKNOWN_SEGMENT = "unknown"
+
+
+@dataclass
+class Flush:
+    """What one flush hands to the transport, in the order it must be sent."""
+    changelog: list[tuple[int, str, CustomerState]] = field(default_factory=list)
+    clocks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class CustomerProcessor:
+    def __init__(self, settings: Settings, store: MutableMapping[str, CustomerState],
+                 clock_store: MutableMapping[str, dict[str, Any]], metrics: Metrics,
+                 partition_of: Callable[[str], int],
+                 deadletter_topic_for: Callable[[str], str] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock_store = clock_store
+        self.metrics = metrics
+        self.partition_of = partition_of
+        self.policy = TimePolicy.from_days(settings.time.lateness_days,
+                                           settings.time.dedup_horizon_days,
+                                           settings.time.max_skew_days)
+        self.window = settings.activity.window_days
+        topics = settings.topics
+        self.topic_of = {fam: name for name, fam in topics.input_topics().items()}
+        self.clocks: dict[int, PartitionClock] = {}
+        self.members: dict[int, set[str]] = defaultdict(set)
+        self.dirty: dict[str, int] = {}
+        self.to_emit: dict[str, int] = {}
+        self.dirty_clocks: set[int] = set()
+        # Last published contribution of each customer to the segment gauges.
+        self.contrib: dict[str, tuple[str, str, float]] = {}
+        self.days_closed = 0
+        metrics.add_gauge_source(self.gauges)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def apply(self, partition: int, batch: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+        """Apply one batch of one partition; returns dead-letter (key, value) pairs to send."""
+        clock = self._clock(partition)
+        deadletters: list[tuple[bytes | None, bytes]] = []
+        policy = self.policy
+        count = self.metrics.count
+        for event in batch:
+            family = event["family"]
+            ts = event["ts"]
+            windowed = family in WINDOWED
+            where = clock.classify(ts, windowed, policy)
+            if where is FUTURE or where is TOO_LATE:
+                deadletters.append(self._reject(event, where, clock))
+                continue
+            cid = event["customer_id"]
+            state = self.store.get(cid)
+            if state is None:
+                state = self.store[cid] = CustomerState(cid)
+                self.members[partition].add(cid)
+            h = event["h"]
+            seen = state.seen
+            if seen.seen(h):
+                count(family, "duplicate")
+                continue
+            if windowed:
+                seen.add_windowed(h, day_of(ts))
+            else:
+                seen.add_lifetime(h)
+            self._apply_event(state, event)
+            self.dirty[cid] = partition
+            self.to_emit[cid] = partition
+            count(family, "late" if where is LATE else "accepted")
+            if clock.watermark is None or ts > clock.watermark:
+                clock.advance(ts)
+                self.dirty_clocks.add(partition)
+                if clock.closed_day is None:
+                    clock.start()
+                elif day_of(ts) > clock.closed_day:
+                    self._close_day(partition, clock)
+        return deadletters
+
+    def _apply_event(self, state: CustomerState, event: dict[str, Any]) -> None:
+        ts = event["ts"]
+        state.events += 1
+        if state.first_ts is None or ts < state.first_ts:
+            state.first_ts = ts
+        if state.last_ts is None or ts > state.last_ts:
+            state.last_ts = ts
+        family = event["family"]
+        if family in WINDOWED:
+            state.activity.record(day_of(ts), event["user_id"])
+        elif family == "signup":
+            if state.signup_ts is None or ts < state.signup_ts:
+                state.signup_ts = ts
+            if state.signup_seen_ts is None or ts >= state.signup_seen_ts:
+                # The newest signup event describes the account; the oldest dates it.
+                state.signup_seen_ts = ts
+                state.segment = event["segment"]
+                state.plan = event.get("plan")
+                state.seats = event.get("seats")
+                state.cac = event.get("cac")
+                state.channel = event.get("channel")
+        elif family == "billing" and event.get("seats"):
+            state.seats = event["seats"]
+
+    def _reject(self, event: dict[str, Any], where: str, clock: PartitionClock
+                ) -> tuple[bytes | None, bytes]:
+        family = event["family"]
+        wm = clock.watermark or 0.0
+        if where is FUTURE:
+            code = ev.FUTURE_TS
+            detail = (f"ts is {(event['ts'] - wm) / 3600:.1f} h ahead of the watermark, "
+                      f"over the allowed skew of {self.policy.max_skew / 3600:.1f} h")
+        else:
+            code = ev.TOO_LATE
+            detail = (f"{family} event is {(wm - event['ts']) / 3600:.1f} h behind the watermark, "
+                      f"beyond the dedup horizon of {self.policy.dedup_horizon / 3600:.1f} h; "
+                      "it cannot be checked for duplicates (replay it if it is genuine)")
+        self.metrics.deadletter(family, code)
+        src = event.get("src") or (self.topic_of.get(family, family), None, None)
+        key = event.get("key")
+        value = deadletter_value(src[0], src[1], src[2], code, detail, event.get("raw"))
+        return (None if key is None else key.encode()), value
+
+    def _close_day(self, partition: int, clock: PartitionClock) -> None:
+        """Day close: every customer of the partition is re-evaluated and emitted."""
+        clock.close_day()
+        self.days_closed += 1
+        for cid in self.members[partition]:
+            self.to_emit[cid] = partition
+
+    # -- wall clock -----------------------------------------------------------------------
+
+    def advance_wall_clock(self, now: float) -> None:
+        """Live mode: days close for quiet partitions too."""
+        for partition, clock in self.clocks.items():
+            if clock.watermark is not None and now > clock.watermark:
+                clock.advance(now)
+                self.dirty_clocks.add(partition)
+                if clock.closed_day is not None and day_of(now) > clock.closed_day:
+                    self._close_day(partition, clock)
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def flush(self) -> Flush:
+        out = Flush()
+        if self.dirty:
+            for cid, partition in self.dirty.items():
+                state = self.store[cid]
+                self._prune(state, partition)
+                out.changelog.append((partition, cid, state))
+            self.dirty = {}
+        for partition in self.dirty_clocks:
+            out.clocks.append((partition, self.clocks[partition].to_dict()))
+        self.dirty_clocks = set()
+        if self.to_emit:
+            for cid, partition in self.to_emit.items():
+                out.records.append((cid, orjson.dumps(self.record(cid, partition))))
+            self.to_emit = {}
+        return out
+
+    def record(self, cid: str, partition: int) -> dict[str, Any]:
+        state = self.store[cid]
+        as_of = self.clocks[partition].watermark
+        assert as_of is not None
+        figures = activity_figures(state, as_of, self.window)
+        status = customer_status(state)
+        self.contrib[cid] = (state.segment or UNKNOWN_SEGMENT, status, figures.stickiness)
+        return customer_record(state, as_of, figures, status)
+
+    def _prune(self, state: CustomerState, partition: int) -> None:
+        wm = self.clocks[partition].watermark
+        if wm is None:
+            return
+        state.seen.prune(day_of(wm - self.policy.dedup_horizon))
+        state.activity.prune(day_of(wm) - self.window + 1)
+
+    # -- partitions -----------------------------------------------------------------------
+
+    def _clock(self, partition: int) -> PartitionClock:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            saved = self.clock_store.get(str(partition))
+            clock = PartitionClock.from_dict(saved) if saved else PartitionClock()
+            self.clocks[partition] = clock
+        return clock
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """After recovery: index the restored customers and publish every one of them once.
+
+        Re-publishing is harmless (the output topic is compacted, records are idempotent) and
+        closes the gap left by a crash between a changelog write and an output send.
+        """
+        wanted = set(partitions)
+        for partition in wanted:
+            self._clock(partition)
+            self.members[partition] = set()
+        for cid in list(self.store.keys()):
+            partition = self.partition_of(cid)
+            if partition in wanted:
+                self.members[partition].add(cid)
+                if self.clocks[partition].watermark is not None:
+                    self.to_emit[cid] = partition
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget what another worker now owns; its unflushed events will be replayed there."""
+        gone = set(partitions)
+        for partition in gone:
+            for cid in self.members.pop(partition, ()):
+                self.contrib.pop(cid, None)
+            self.clocks.pop(partition, None)
+            self.dirty_clocks.discard(partition)
+        self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
+        self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
+
+    # -- gauges ---------------------------------------------------------------------------
+
+    def oldest_watermark(self) -> float | None:
+        marks = [c.watermark for c in self.clocks.values() if c.watermark is not None]
+        return min(marks) if marks else None
+
+    def gauges(self) -> list[Any]:
+        customers: dict[tuple[str, str], float] = defaultdict(float)
+        stick_sum: dict[tuple[str], float] = defaultdict(float)
+        stick_n: dict[tuple[str], int] = defaultdict(int)
+        for segment, status, stickiness in self.contrib.values():
+            customers[(segment, status)] += 1
+            stick_sum[(segment,)] += stickiness
+            stick_n[(segment,)] += 1
+        return [
+            *watermark_gauges(self.oldest_watermark()),
+            gauge("vitals_customers", "Known customers by segment and status",
+                  ("segment", "status"), customers),
+            gauge("vitals_stickiness_ratio", "Average customer DAU/MAU by segment", ("segment",),
+                  {k: stick_sum[k] / stick_n[k] for k in stick_sum}),
+        ]
+
+
+def day_start(day: int) -> float:
+    return float(day * DAY_SECONDS)

@@ -1,0 +1,36 @@
+"""Builds the vitals.customer record from a customer's state as of an event time."""
+from __future__ import annotations
+
+from typing import Any
+
+from models.activity import ActivityFigures, day_of
+from streams.state import CustomerState
+from streams.time import rfc3339
+
+
+def customer_status(state: CustomerState) -> str:
+    """Billing-derived status; until revenue state exists every customer is on trial."""
+    return "trial"
+
+
+def activity_figures(state: CustomerState, as_of: float, window: int) -> ActivityFigures:
+    first = state.signup_ts if state.signup_ts is not None else state.first_ts
+    return state.activity.figures(day_of(as_of), None if first is None else day_of(first), window)
+
+
+def customer_record(state: CustomerState, as_of: float, figures: ActivityFigures,
+                    status: str) -> dict[str, Any]:
+    return {
+        "customer_id": state.customer_id,
+        "as_of": rfc3339(as_of),
+        "segment": state.segment,
+        "plan": state.plan,
+        "signup_at": None if state.signup_ts is None else rfc3339(state.signup_ts),
+        "status": status,
+        "activity": figures.as_record(),
+        # Filled in by the capabilities that compute them (issues 3-6); null until then.
+        "onboarding": None,
+        "health": None,
+        "revenue": None,
+        "churn": None,
+    }

@@ -1,0 +1,352 @@
+"""Settings: config/default.toml, an optional overlay file, then VITALS_* environment variables.
+
+Everything is validated at start so that a typo fails loudly, naming the key, instead of
+silently running with a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_FILE = CONFIG_DIR / "default.toml"
+ENV_PREFIX = "VITALS_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, ill-typed or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    id: str
+    broker: str
+    embedded_port: int
+    web_host: str
+    web_port: int
+    partitions: int
+    session_timeout_seconds: float
+    store: str
+    data_dir: str
+    log_level: str
+    reporting_currency: str
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    signup: str
+    usage: str
+    feature: str
+    billing: str
+    support: str
+    customer: str
+    feature_out: str
+    business: str
+    alerts: str
+    deadletter: str
+    repartition: str
+    input_partitions: int
+
+    def input_topics(self) -> dict[str, str]:
+        """Topic name -> event family."""
+        return {
+            self.signup: "signup",
+            self.usage: "usage",
+            self.feature: "feature",
+            self.billing: "billing",
+            self.support: "support",
+        }
+
+    def output_topics(self) -> list[str]:
+        return [self.customer, self.feature_out, self.business, self.alerts, self.deadletter]
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    batch_max_events: int
+    poll_timeout_seconds: float
+    max_event_bytes: int
+
+
+@dataclass(frozen=True)
+class TimeSettings:
+    mode: str
+    lateness_days: float
+    dedup_horizon_days: float
+    max_skew_days: float
+
+
+@dataclass(frozen=True)
+class EmitSettings:
+    interval_seconds: float
+    max_delay_seconds: float
+
+
+@dataclass(frozen=True)
+class ActivitySettings:
+    window_days: int
+
+
+@dataclass(frozen=True)
+class MilestoneSettings:
+    account_setup_usage: list[str]
+    account_setup_billing: list[str]
+    value_actions: list[str]
+    feature_events_are_value: bool
+    eureka_days: int
+    habit_weeks: int
+    success_days: int
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    target_active_days: float
+    ticket_tolerance: float
+    payment_window_days: int
+    survey_window_days: int
+    engagement_stickiness_target: float
+    weights: dict[str, float]
+    priority_weights: dict[str, float]
+    grades: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RevenueSettings:
+    gross_margin: float
+    min_churn_rate: float
+    churn_rate_months: int
+    currency_rates: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    key: list[str]
+    retention_window_days: int
+    min_group: int
+    configured: list[str]
+    released: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChurnSettings:
+    horizon_days: int
+    min_labelled: int
+    model: str
+    bands: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: AppSettings
+    topics: TopicSettings
+    ingest: IngestSettings
+    time: TimeSettings
+    emit: EmitSettings
+    activity: ActivitySettings
+    milestones: MilestoneSettings
+    health: HealthSettings
+    revenue: RevenueSettings
+    features: FeatureSettings
+    churn: ChurnSettings
+    sources: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("sources")
+        return data
+
+
+# Maps whose keys are data (feature names, currencies), not a fixed schema.
+OPEN_MAPS = {("features", "released"), ("revenue", "currency_rates")}
+# Maps with a fixed key set, defined by the defaults.
+CLOSED_MAPS = {("health", "weights"), ("health", "priority_weights"), ("health", "grades"),
+               ("churn", "bands")}
+ENUMS = {
+    ("time", "mode"): {"event", "live"},
+    ("churn", "model"): {"logistic", "forest"},
+    ("app", "log_level"): {"crit", "error", "warn", "info", "debug"},
+}
+
+
+def load_settings(overlay: str | os.PathLike[str] | None = None,
+                  env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the overlay file (argument or VITALS_CONFIG), then VITALS_* variables."""
+    env = os.environ if env is None else env
+    with open(DEFAULT_FILE, "rb") as fh:
+        defaults = tomllib.load(fh)
+    merged = _deep_copy(defaults)
+    sources = [str(DEFAULT_FILE)]
+    overlay = overlay or env.get("VITALS_CONFIG")
+    if overlay:
+        path = Path(overlay)
+        if not path.is_file() and (CONFIG_DIR / path).is_file():
+            path = CONFIG_DIR / path
+        try:
+            with open(path, "rb") as fh:
+                extra = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {overlay}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        _merge(merged, extra, defaults, ())
+        sources.append(str(path))
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == "VITALS_CONFIG":
+            continue
+        keypath = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        _merge(merged, _nest(keypath, _parse_env_value(raw)), defaults, ())
+        sources.append(f"env {name}")
+    settings = _build(merged)
+    _validate(settings)
+    return dataclasses.replace(settings, sources=tuple(sources))
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML literals when they parse as such, else plain strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _nest(keypath: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(keypath):
+        out = {part: out}
+    return out
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return list(data)
+    return data
+
+
+def _merge(target: dict[str, Any], extra: dict[str, Any], schema: dict[str, Any],
+           path: tuple[str, ...]) -> None:
+    for key, value in extra.items():
+        keypath = path + (key,)
+        dotted = ".".join(keypath)
+        if path in OPEN_MAPS:
+            target[key] = value
+            continue
+        if key not in schema:
+            raise SettingsError(f"unknown setting '{dotted}'")
+        if isinstance(schema[key], dict):
+            if not isinstance(value, dict):
+                raise SettingsError(f"setting '{dotted}' must be a table, got {value!r}")
+            _merge(target[key], value, schema[key], keypath)
+        else:
+            target[key] = value
+
+
+def _build(data: dict[str, Any]) -> Settings:
+    sections = {}
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        if f.name == "sources":
+            continue
+        cls = hints[f.name]
+        sections[f.name] = _build_section(cls, data.get(f.name, {}), f.name)
+    return Settings(**sections)
+
+
+def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{section}.{f.name}"
+        if f.name not in data:
+            raise SettingsError(f"missing setting '{key}'")
+        values[f.name] = _coerce(data[f.name], hints[f.name], key)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"setting '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"setting '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise SettingsError(f"setting '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
+        return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
+        return value
+    raise SettingsError(f"setting '{key}' has an unsupported type {hint!r}")
+
+
+def _validate(s: Settings) -> None:
+    for (section, name), allowed in ENUMS.items():
+        value = getattr(getattr(s, section), name)
+        if value not in allowed:
+            raise SettingsError(
+                f"setting '{section}.{name}' must be one of {sorted(allowed)}, got {value!r}")
+    total = sum(s.health.weights.values())
+    if abs(total - 1.0) > 1e-9:
+        raise SettingsError(f"setting 'health.weights' must sum to 1, sums to {total:g}")
+    for key, weight in s.health.weights.items():
+        if weight < 0:
+            raise SettingsError(f"setting 'health.weights.{key}' must be >= 0, got {weight:g}")
+    if not s.health.grades["green"] > s.health.grades["yellow"]:
+        raise SettingsError("setting 'health.grades': green must be above yellow")
+    if not s.churn.bands["high"] > s.churn.bands["medium"]:
+        raise SettingsError("setting 'churn.bands': high must be above medium")
+    positive = {
+        "app.partitions": s.app.partitions, "topics.input_partitions": s.topics.input_partitions,
+        "app.session_timeout_seconds": s.app.session_timeout_seconds,
+        "ingest.batch_max_events": s.ingest.batch_max_events,
+        "emit.interval_seconds": s.emit.interval_seconds,
+        "emit.max_delay_seconds": s.emit.max_delay_seconds,
+        "activity.window_days": s.activity.window_days,
+        "time.dedup_horizon_days": s.time.dedup_horizon_days,
+        "time.max_skew_days": s.time.max_skew_days,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise SettingsError(f"setting '{key}' must be > 0, got {value!r}")
+    if s.time.lateness_days < 0:
+        raise SettingsError(f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
+    if s.time.dedup_horizon_days < s.time.lateness_days:
+        raise SettingsError("setting 'time.dedup_horizon_days' must be >= 'time.lateness_days'")
+    if s.emit.max_delay_seconds < s.emit.interval_seconds:
+        raise SettingsError("setting 'emit.max_delay_seconds' must be >= 'emit.interval_seconds'")
+    if not (0 <= s.app.web_port < 65536 and 0 <= s.app.embedded_port < 65536):
+        raise SettingsError("settings 'app.web_port' and 'app.embedded_port' must be ports")
+    broker = s.app.broker
+    if broker != "embedded" and not broker.startswith("kafka://"):
+        raise SettingsError(
+            f"setting 'app.broker' must be 'embedded' or 'kafka://host:port', got {broker!r}")
+    if not (0 < s.revenue.gross_margin <= 1):
+        raise SettingsError("setting 'revenue.gross_margin' must be in (0, 1]")
+    if s.app.reporting_currency not in s.revenue.currency_rates:
+        raise SettingsError(
+            f"setting 'revenue.currency_rates' needs the reporting currency "
+            f"{s.app.reporting_currency!r}")

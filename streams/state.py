@@ -1,0 +1,69 @@
+"""The per-customer record kept in the changelog-backed table.
+
+One record holds everything about a customer that must survive a restart: identity facts,
+windowed activity, and the seen event ids that make replays harmless. It is written at most
+once per flush interval, whatever the number of events it absorbed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from models.activity import ActivityWindow
+from streams.dedup import SeenIds
+
+FORMAT_VERSION = 1
+
+
+class CustomerState:
+    __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
+                 "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen")
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        self.segment: str | None = None
+        self.plan: str | None = None
+        self.seats: int | None = None
+        self.cac: float | None = None
+        self.channel: str | None = None
+        self.signup_ts: float | None = None       # earliest signup event time
+        self.signup_seen_ts: float | None = None  # time of the signup whose attributes we hold
+        self.first_ts: float | None = None        # earliest event of any family
+        self.last_ts: float | None = None         # latest event of any family
+        self.events = 0                           # events applied (duplicates excluded)
+        self.activity = ActivityWindow()
+        self.seen = SeenIds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": FORMAT_VERSION, "id": self.customer_id, "seg": self.segment, "plan": self.plan,
+            "seats": self.seats, "cac": self.cac, "ch": self.channel, "su": self.signup_ts,
+            "sus": self.signup_seen_ts, "ft": self.first_ts, "lt": self.last_ts, "n": self.events,
+            "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
+        state = cls(data["id"])
+        state.segment = data.get("seg")
+        state.plan = data.get("plan")
+        state.seats = data.get("seats")
+        state.cac = data.get("cac")
+        state.channel = data.get("ch")
+        state.signup_ts = data.get("su")
+        state.signup_seen_ts = data.get("sus")
+        state.first_ts = data.get("ft")
+        state.last_ts = data.get("lt")
+        state.events = data.get("n", 0)
+        state.activity = ActivityWindow.from_dict(data.get("act", {}))
+        state.seen = SeenIds.from_dict(data.get("seen", {}))
+        return state
+
+
+def encode_state(state: CustomerState) -> bytes:
+    return orjson.dumps(state.to_dict())
+
+
+def decode_state(raw: bytes) -> CustomerState:
+    return CustomerState.from_dict(orjson.loads(raw))

@@ -1,0 +1,86 @@
+"""Event time per partition: the watermark, day close, lateness and skew (METRICS.md "Time").
+
+Faust's windowed tables expire by wall clock, which breaks replays; this clock only moves with
+event time (and, in live mode, with the wall clock on purpose).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from models.activity import DAY_SECONDS, day_of
+
+OK = "accepted"
+LATE = "late"
+FUTURE = "future"
+TOO_LATE = "too_late"
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds -> RFC 3339 UTC with a Z, whole seconds unless there is a fraction."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    if dt.microsecond:
+        return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class TimePolicy:
+    lateness: float        # seconds
+    dedup_horizon: float   # seconds
+    max_skew: float        # seconds
+
+    @classmethod
+    def from_days(cls, lateness_days: float, dedup_horizon_days: float,
+                  max_skew_days: float) -> "TimePolicy":
+        return cls(lateness_days * DAY_SECONDS, dedup_horizon_days * DAY_SECONDS,
+                   max_skew_days * DAY_SECONDS)
+
+
+class PartitionClock:
+    """Watermark of one partition: the largest event time seen on it."""
+
+    __slots__ = ("watermark", "closed_day")
+
+    def __init__(self, watermark: float | None = None, closed_day: int | None = None) -> None:
+        self.watermark = watermark
+        self.closed_day = closed_day
+
+    def classify(self, ts: float, windowed: bool, policy: TimePolicy) -> str:
+        """Where an event stands against the watermark; windowed families cannot be too old."""
+        wm = self.watermark
+        if wm is None:
+            return OK
+        if ts > wm + policy.max_skew:
+            return FUTURE
+        if windowed and ts < wm - policy.dedup_horizon:
+            return TOO_LATE
+        if ts < wm - policy.lateness:
+            return LATE
+        return OK
+
+    def advance(self, ts: float) -> bool:
+        """Move the watermark forward; True when it entered a day not yet closed."""
+        if self.watermark is not None and ts <= self.watermark:
+            return False
+        self.watermark = ts
+        return self.closed_day is not None and day_of(ts) > self.closed_day
+
+    def close_day(self) -> int:
+        """Mark the watermark's day as the open one; returns it (= as-of day of the close)."""
+        assert self.watermark is not None
+        self.closed_day = day_of(self.watermark)
+        return self.closed_day
+
+    def start(self) -> None:
+        """First event on a fresh partition: its day is the open day, nothing to close yet."""
+        if self.closed_day is None and self.watermark is not None:
+            self.closed_day = day_of(self.watermark)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wm": self.watermark, "day": self.closed_day}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PartitionClock":
+        return cls(data.get("wm"), data.get("day"))
