@@ -58,19 +58,11 @@ class HealthParams:
 # ---- components (each 0–100, or None when it has no data) --------------------------------
 
 
-def window_n(as_of_day: int, signup_day: int | None, window: int = 30) -> int:
-    """Days a young customer's averages are taken over: min(window, D - signup_day + 1).
-
-    Never below 1, so a customer evaluated on (or, with late signup data, before) its signup
-    day is judged on one day rather than dividing by zero; unknown signup → full window.
-    """
-    if signup_day is None:
-        return window
-    return max(1, min(window, as_of_day - signup_day + 1))
-
-
 def usage_frequency(active_days_30d: int, n: int = 30, target: float = 20.0) -> float:
-    """100 · min(1, active_days ÷ (target · n ÷ 30)): the target shrinks for young customers."""
+    """100 · min(1, active_days ÷ (target · n ÷ 30)): the target shrinks for young customers.
+
+    n is clamped to 1…30, so a customer on its signup day is judged on one day, not on zero.
+    """
     n = max(1, min(30, n))
     scaled = target * n / 30.0
     if scaled <= 0:
@@ -132,9 +124,8 @@ def _clamp01(x: float) -> float:
 def score(
     components: Mapping[str, float | None], weights: Mapping[str, float] | None = None
 ) -> float | None:
-    """Σ wᵢ·cᵢ ÷ Σ wᵢ over the non-null weighted components: missing data is left out, not 0.
-
-    None when no weighted component has a value.
+    """Σ wᵢ·cᵢ ÷ Σ wᵢ over the non-null weighted components: missing data is left out,
+    not scored 0. None when no weighted component has a value.
     """
     weights = DEFAULT_WEIGHTS if weights is None else weights
     num = den = 0.0

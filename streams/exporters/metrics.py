@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.events import ERROR_CODES, FAMILIES
 
+# `*_created` series double the exposition and no dashboard of ours reads them.
+disable_created_metrics()
+
 OUTCOMES = ("accepted", "duplicate", "late", "rejected")
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class Metrics:

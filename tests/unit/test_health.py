@@ -21,7 +21,6 @@ from models.health import (
     trend_7d,
     usage_frequency,
     weakest_components,
-    window_n,
 )
 
 DAY = 86400.0
@@ -51,15 +50,6 @@ def test_usage_frequency_young_customer_scales_target() -> None:
     assert usage_frequency(1, 1, 20) == 100.0
     # n above 30 is clamped to the window
     assert usage_frequency(15, 45, 20) == pytest.approx(75.0)
-
-
-def test_window_n() -> None:
-    assert window_n(D, D - 4) == 5  # D-4 … D
-    assert window_n(D, D) == 1  # signup day itself
-    assert window_n(D, D - 29) == 30
-    assert window_n(D, D - 200) == 30
-    assert window_n(D, None) == 30  # unknown signup: full window
-    assert window_n(D, D + 1) == 1  # signup stamped after as_of: never 0
 
 
 def test_feature_adoption() -> None:
@@ -242,7 +232,7 @@ def test_trend_from_score_history() -> None:
 
 def _activity(day: int, signup: int, active: set[int], uses: dict[str, set[int]]) -> dict:
     """Activity inputs of a one-user customer (DAU = 1 on each active day)."""
-    n = window_n(day, signup)
+    n = min(30, day - signup + 1)  # young customers: days since signup
     window = set(range(day - 29, day + 1))
     active_30 = len(active & window)
     mau = 1 if active_30 else 0

@@ -358,6 +358,7 @@ def test_identity_on_random_history() -> None:
     timeline: dict[int, list[tuple[float, float]]] = {cid: [] for cid in range(50)}
     books: dict[str, MonthBook] = {}
     emitted: list[Movement] = []
+    counts = {"carried": 0, "dropped": 0}
 
     def aggregate(mv: Movement) -> None:
         if not books:
@@ -372,7 +373,7 @@ def test_identity_on_random_history() -> None:
         if target.apply(mv):
             for m, book in books.items():
                 if m > mv.month:
-                    book.carry(mv)
+                    counts["carried"] += book.carry(mv)
 
     for _, cid, t, eid, kind, mrr in events:
         state = customers[cid]
@@ -387,10 +388,12 @@ def test_identity_on_random_history() -> None:
             old = rng.choice(emitted[-20:])
             target = books[old.month]
             if not target.apply(old):
+                counts["dropped"] += 1
                 for m, book in books.items():
                     if m > old.month:
                         assert book.carry(old) is False
     assert sum(c.ignored_late for c in customers.values()) > 0   # late events did happen
+    assert counts["carried"] > 0 and counts["dropped"] > 0, counts
     while max(books) < months[-1]:
         books[next_month(max(books))] = books[max(books)].next_month()
 

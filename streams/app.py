@@ -1,0 +1,166 @@
+"""The Faust application: tables, the customer agent, the flush timer and the web views.
+
+Built by a factory from settings (not at import time) so that tests and the CLI can run
+differently configured workers from the same code.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+from faust.types import EventT
+
+from streams.exporters.metrics import CONTENT_TYPE, Metrics
+from streams.ingest import IngestService
+from streams.processor import CustomerProcessor
+from streams.settings import Settings
+from streams.state import CustomerState, decode_state, encode_state
+from streams.topics import Partitioner
+
+log = logging.getLogger(__name__)
+
+
+class _StateCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_state(obj) if isinstance(obj, CustomerState) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_state(s)
+
+
+class _Utf8Codec(codecs.Codec):
+    """Keys as plain UTF-8, as Kafka's default partitioner and other clients see them."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode()
+
+
+codecs.register("vitals_state", _StateCodec())
+codecs.register("utf8", _Utf8Codec())
+
+
+@dataclass
+class Service:
+    """Everything a worker runs, for the CLI, the web views and the tests."""
+    settings: Settings
+    app: faust.App
+    metrics: Metrics
+    processor: CustomerProcessor
+    ingest: IngestService
+    pending: list[EventT] = field(default_factory=list)
+    flushes: int = 0
+    records_sent: int = 0
+
+    def ready(self) -> bool:
+        return self.ingest.ready and not self.app.rebalancing and bool(
+            self.app.tables.recovery.completed.is_set())
+
+
+def build_app(settings: Settings, broker_url: str) -> Service:
+    s = settings
+    app = faust.App(
+        s.app.id,
+        broker=broker_url,
+        store=s.app.store,
+        datadir=s.app.data_dir,
+        topic_partitions=s.app.partitions,
+        broker_session_timeout=s.app.session_timeout_seconds,
+        broker_heartbeat_interval=max(0.1, s.app.session_timeout_seconds / 10),
+        web_bind=s.app.web_host,
+        web_host=s.app.web_host,
+        web_port=s.app.web_port,
+        web_in_thread=False,
+        producer_max_request_size=8 << 20,
+        consumer_max_fetch_size=16 << 20,
+        table_cleanup_interval=3600.0,
+        topic_disable_leader=True,
+    )
+    metrics = Metrics()
+    partition_of = Partitioner(s.app.partitions)
+
+    customers = app.Table("customers", partitions=s.app.partitions, schema=faust.Schema(
+        key_serializer="utf8", value_serializer="vitals_state"))
+    clocks = app.Table("clocks", partitions=s.app.partitions, schema=faust.Schema(
+        key_serializer="utf8", value_serializer="json"))
+    internal = app.topic(s.topics.repartition, partitions=s.app.partitions,
+                         key_serializer="raw", value_serializer="raw")
+    customer_out = app.topic(s.topics.customer, key_serializer="utf8", value_serializer="raw")
+    deadletter_out = app.topic(s.topics.deadletter, key_serializer="raw", value_serializer="raw")
+
+    processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
+    ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
+    service = Service(s, app, metrics, processor, ingest)
+
+    @app.agent(internal, name="apply_customer_events")
+    async def apply_customer_events(stream: faust.StreamT) -> None:
+        # Offsets are acknowledged by the flush timer, after the state they produced has been
+        # handed to the changelog: a crash before that replays them (and dedup drops them).
+        async for event in stream.noack().events():
+            batch = orjson.loads(event.message.value)
+            for key, value in processor.apply(event.message.partition, batch):
+                deadletter_out.send_soon(key=key, value=value)
+            service.pending.append(event)
+
+    @app.timer(s.emit.interval_seconds, name="flush_customers")
+    async def flush_customers() -> None:
+        if s.time.mode == "live":
+            processor.advance_wall_clock(time.time())
+        out = processor.flush()
+        for partition, key, state in out.changelog:
+            customers.send_changelog(partition, key, state, key_serializer="utf8",
+                                     value_serializer="vitals_state")
+        for partition, clock in out.clocks:
+            clocks.data[str(partition)] = clock
+            clocks.send_changelog(partition, str(partition), clock, key_serializer="utf8",
+                                  value_serializer="json")
+        for key, value in out.records:
+            customer_out.send_soon(key=key, value=value)
+        pending, service.pending = service.pending, []
+        for event in pending:
+            event.ack()
+        service.flushes += 1
+        service.records_sent += len(out.records)
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        mine = {tp.partition for tp in app.assignor.assigned_actives()
+                if tp.topic == s.topics.repartition}
+        owned = set(processor.members)
+        processor.revoke(owned - mine)
+        processor.assign(mine)
+        log.info("customer partitions assigned: %s", sorted(mine))
+
+    @app.on_partitions_revoked.connect
+    async def on_partitions_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        processor.revoke({tp.partition for tp in revoked if tp.topic == s.topics.repartition})
+        service.pending = [e for e in service.pending
+                           if e.message.tp not in revoked]
+
+    @app.service
+    class _Ingest(faust.Service):  # noqa: N801 - started and stopped with the worker
+        async def on_start(self) -> None:
+            await ingest.start()
+
+        async def on_stop(self) -> None:
+            await ingest.stop()
+
+    from streams.exporters.web import register_views
+    register_views(service, customers)
+    return service
+
+
+def _bootstrap(broker_url: str) -> str:
+    from streams.topics import bootstrap_servers
+
+    return bootstrap_servers(broker_url)
+
+
+__all__ = ["Service", "build_app", "CONTENT_TYPE"]

@@ -1,0 +1,221 @@
+"""The `vitals` command: worker, demo, simulate, replay, config check (CONTRACT.md §5)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import orjson
+
+from streams.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("vitals")
+
+
+def _configure_logging(level: str) -> None:
+    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+              "info": logging.INFO, "debug": logging.DEBUG}
+    logging.basicConfig(level=levels.get(level, logging.WARNING),
+                        format='{"ts":"%(asctime)s","level":"%(levelname)s",'
+                               '"logger":"%(name)s","msg":"%(message)s"}')
+
+
+@contextlib.contextmanager
+def broker_url(settings: Settings) -> Iterator[str]:
+    """The configured broker, or the embedded one for as long as the context lasts."""
+    if settings.app.broker != "embedded":
+        yield settings.app.broker
+        return
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=settings.app.embedded_port) as broker:
+        print(f"embedded broker: {broker.url}", file=sys.stderr)
+        yield broker.url
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import build_app
+    from streams.topics import bootstrap_servers, ensure_topics
+
+    with broker_url(settings) as url:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(ensure_topics(settings, bootstrap_servers(url)))
+        service = build_app(settings, url)
+        print(f"vitals worker: broker {url}, web http://{settings.app.web_host}:"
+              f"{settings.app.web_port}", file=sys.stderr)
+        worker = faust.Worker(service.app, loop=loop, loglevel=settings.app.log_level,
+                              quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return 0
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from streams.simulator import SimConfig
+
+    fields: dict[str, Any] = {"seed": args.seed, "customers": args.customers, "days": args.days,
+                              "bad_fraction": args.bad_fraction,
+                              "duplicate_fraction": args.duplicate_fraction}
+    if args.start:
+        fields["start"] = datetime.fromisoformat(args.start).astimezone(timezone.utc)
+    return SimConfig(**fields)
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.produce import Progress, produce
+    from streams.simulator import generate, to_jsonl_line
+
+    items = generate(_sim_config(args))
+    if args.out:
+        count = 0
+        progress = Progress(f"simulate -> {args.out}")
+        with open(args.out, "wb") as fh:
+            for family, event in items:
+                fh.write(to_jsonl_line(family, event))
+                count += 1
+                progress.update(count)
+        progress.done(count)
+        return 0
+    from streams.topics import bootstrap_servers, ensure_topics
+
+    broker = args.broker or settings.app.broker
+    if broker == "embedded":
+        print("simulate: give --out FILE or --broker kafka://host:port "
+              "(an embedded broker would vanish with this command)", file=sys.stderr)
+        return 2
+    bootstrap = bootstrap_servers(broker)
+    asyncio.run(ensure_topics(settings, bootstrap))
+    topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
+    asyncio.run(produce(bootstrap, topic_of, items, rate=args.rate, compress=args.compress,
+                        progress=Progress("simulate")))
+    return 0
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """Lines of a JSONL file -> (family, event); `raw` lines carry bytes to send verbatim."""
+    from streams.events import FAMILIES, route_by_shape
+
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: not JSON ({exc})") from None
+            family = obj.pop("family", None) if isinstance(obj, dict) else None
+            if family is None and isinstance(obj, dict):
+                family = route_by_shape(obj)
+            if family not in FAMILIES:
+                raise SystemExit(f"{path}:{number}: cannot tell the event family "
+                                 f"(add a 'family' field)")
+            if isinstance(obj, dict) and set(obj) == {"raw"}:
+                yield family, obj["raw"].encode()
+            else:
+                yield family, obj
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.produce import Progress, produce
+    from streams.topics import bootstrap_servers, ensure_topics
+
+    broker = args.broker or settings.app.broker
+    if broker == "embedded":
+        print("replay: give --broker kafka://host:port", file=sys.stderr)
+        return 2
+    total = sum(1 for line in open(args.file, "rb") if line.strip())
+    bootstrap = bootstrap_servers(broker)
+    asyncio.run(ensure_topics(settings, bootstrap))
+    topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
+    sent = asyncio.run(produce(bootstrap, topic_of, read_jsonl(args.file), rate=args.rate,
+                               progress=Progress(f"replay {Path(args.file).name}", total)))
+    print(f"replayed {sent} events from {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_config_check(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"# settings valid; read from: {', '.join(settings.sources)}")
+    sys.stdout.write(orjson.dumps(settings.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    print()
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitals", description=__doc__)
+    p.add_argument("--config", help="TOML file merged over config/default.toml")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run a worker (embedded broker unless one is configured)")
+
+    def sim_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--seed", type=int, default=7)
+        sp.add_argument("--customers", type=int, default=200)
+        sp.add_argument("--days", type=int, default=90)
+        sp.add_argument("--start", help="simulated start time, RFC 3339 (default 2026-01-01)")
+        sp.add_argument("--bad-fraction", type=float, default=0.0)
+        sp.add_argument("--duplicate-fraction", type=float, default=0.0)
+        sp.add_argument("--rate", type=float, help="cap on events per second")
+        sp.add_argument("--compress", type=float,
+                        help="time compression: simulated seconds per wall-clock second")
+
+    sim = sub.add_parser("simulate", help="produce seeded synthetic events")
+    sim_options(sim)
+    sim.add_argument("--out", help="write JSONL here instead of producing")
+    sim.add_argument("--broker", help="kafka://host:port")
+
+    rep = sub.add_parser("replay", help="produce events from a JSONL file, in order")
+    rep.add_argument("file")
+    rep.add_argument("--broker", help="kafka://host:port")
+    rep.add_argument("--rate", type=float, help="cap on events per second")
+
+    demo = sub.add_parser("demo", help="embedded broker + worker + simulator, live summary")
+    sim_options(demo)
+    demo.add_argument("--duration", type=float, default=0,
+                      help="seconds to run (0 = until Ctrl-C)")
+    demo.set_defaults(compress=None, customers=300, days=120)
+
+    cfg = sub.add_parser("config", help="configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("check", help="validate and print the effective settings")
+    return p
+
+
+COMMANDS = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay,
+            "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"vitals: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.app.log_level)
+    if args.command == "config":
+        return cmd_config_check(settings, args)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
