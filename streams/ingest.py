@@ -114,7 +114,7 @@ class IngestService(Service):
         while not self.should_stop:
             records = await self.consumer.getmany(timeout_ms=timeout_ms,
                                                   max_records=s.ingest.batch_max_events)
-            self.ready = True
+            self.ready = bool(self.consumer.assignment())
             if not records:
                 continue
             await self._publish(records)

@@ -16,14 +16,14 @@ Guarantees:
 - Extra events (malformed ones, duplicates) are drawn from their own random streams, so turning
   ``bad_fraction`` or ``duplicate_fraction`` on leaves the valid events unchanged.
 
-JSONL format (``to_jsonl_line``; the replay tool reads it back, see ``from_jsonl_line``): one
+JSONL format (written by ``to_jsonl_line``, read back by ``from_jsonl_line``): one
 JSON object per line.
 
 - A valid event is the event object itself with one extra field first, ``"family"`` (one of
   ``signup``, ``usage``, ``feature``, ``billing``, ``support``), naming the topic it belongs on:
   ``{"family":"usage","event_id":"c-0001-7","customer_id":"c-0001","ts":"…","user_id":…}``.
-  The replay tool drops ``family`` before producing.
-- A malformed event is ``{"family": <family>, "raw": <the raw value as text>}``; the replay tool
+  A replayer drops ``family`` before producing.
+- A malformed event is ``{"family": <family>, "raw": <the raw value as text>}``; a replayer
   sends ``raw`` verbatim (UTF-8) as the message value. Values that are not UTF-8 are written as
   ``{"family": <family>, "raw_base64": <base64>}`` instead (the simulator itself only produces
   UTF-8 garbage, so ``raw`` is what you will see).
@@ -313,7 +313,7 @@ class _Customer:
         "user_left", "engagement", "aha_day", "aha_reached", "aha_action", "pay_day",
         "active_until_day", "cancel_day", "decline_start_day", "reactivate_day",
         "trouble_payment", "trouble_failures", "changes", "spike_day", "feature_adopt_day",
-        "event_n", "ticket_n", "paying", "ever_paid", "billing_anchor", "payment_k",
+        "event_n", "ticket_n", "paying", "billing_anchor", "payment_k",
         "next_payment_day", "retry_day", "retries_failing", "retry_amount", "finished",
     )
 
@@ -322,7 +322,6 @@ class _Customer:
         self.ticket_n = 0
         self.aha_reached = False
         self.paying = False
-        self.ever_paid = False
         self.billing_anchor: date | None = None
         self.payment_k = 0
         self.next_payment_day: int | None = None
@@ -346,7 +345,7 @@ class _Customer:
 
 
 class _Simulation:
-    """Plans all customers, then walks the days, pushing events into a time-ordered heap."""
+    """Plans all customers, then walks the days, releasing each finished day in time order."""
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
@@ -395,7 +394,7 @@ class _Simulation:
             c.customer_id = f"c-{index + 1:0{width}d}"
             c.segment = rng.choices(segments, cum_weights=seg_cum)[0]
             profile = c.profile = SEGMENT_PROFILES[c.segment]
-            # Front-loaded signups: an established base plus a steady trickle of new accounts.
+            # Front-loaded signups (more early on), leaving most customers months of history.
             c.signup_day = min(signup_last_day - 1, int(signup_last_day * rng.random() ** 1.3))
             c.signup_ts = (
                 self.start_epoch + c.signup_day * DAY
@@ -711,7 +710,8 @@ class _Simulation:
         base = c.profile.daily_active * c.engagement * factor
         features = self.available_features(c, day)
         on_signup_day = day == c.signup_day
-        for k, user in enumerate(c.users):
+        sessions: list[tuple[int, int]] = []
+        for k in range(len(c.users)):
             if c.user_join_day[k] > day:
                 continue
             left = c.user_left[k]
@@ -726,6 +726,11 @@ class _Simulation:
             else:
                 hour = _clip(c.user_hour[k] + rng.gauss(0.0, 1.5), 0.0, 22.5)
                 t = day_start + int(hour * HOUR)
+            sessions.append((t, k))
+        if not c.aha_reached:
+            sessions.sort()                  # so that the aha is the day's first value action
+        for t, k in sessions:
+            user = c.users[k]
             emit(c, t, "usage", {"user_id": user, "action": "login"})
             n_actions = 1 + (random_() < 0.6) + (random_() < 0.3) + (random_() < 0.1)
             for _ in range(n_actions):
@@ -764,7 +769,6 @@ class _Simulation:
             if day == c.reactivate_day:
                 c.mrr = round(c.mrr * rng.uniform(0.7, 1.0), 2)
             c.paying = True
-            c.ever_paid = True
             self.emit(c, at, "billing", self.money(
                 {"type": "subscription_started", "mrr": c.mrr, "seats": c.seats, "plan": c.plan}))
             c.billing_anchor = self.start_date + timedelta(days=day)

@@ -1,0 +1,91 @@
+"""Black-box Kafka helpers on confluent-kafka (librdkafka), independent of the service's aiokafka."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+
+class Out:
+    """Reads a topic from the beginning in a thread (no consumer group, so no join delay)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.records: list[tuple[str | None, dict[str, Any]]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{topic}",
+                                   "enable.auto.commit": False})
+        meta = self._consumer.list_topics(topic, timeout=10)
+        partitions = meta.topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            key = msg.key().decode() if msg.key() else None
+            value = orjson.loads(msg.value())
+            with self._lock:
+                self.records.append((key, value))
+                if key is not None:
+                    self.latest[key] = value
+
+    def wait_for(self, predicate: Callable[["Out"], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                result = predicate(self)
+            if result:
+                return result
+            time.sleep(0.05)
+        with self._lock:
+            raise AssertionError(f"timed out on {self.topic}; {len(self.records)} records seen, "
+                                 f"last: {self.records[-3:]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class In:
+    def __init__(self, bootstrap: str) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+
+    def send(self, topic: str, value: dict[str, Any] | bytes, key: str | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None and isinstance(value, dict):
+            key = value.get("customer_id")
+        self.producer.produce(topic, raw, key=key)
+
+    def flush(self) -> None:
+        assert self.producer.flush(10) == 0, "events not delivered"
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Messages not yet committed by a consumer group over the given topics."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        tps = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10)
+            tps += [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+        committed = consumer.committed(tps, timeout=10)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                       timeout=10)
+            done = tp.offset if tp.offset >= 0 else low
+            lag += max(0, high - done)
+        return lag
+    finally:
+        consumer.close()
