@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import orjson
 from faust.serializers import codecs
+from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
 from streams.exporters.metrics import CONTENT_TYPE, Metrics
@@ -83,13 +84,14 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         table_cleanup_interval=3600.0,
         topic_disable_leader=True,
     )
+    # Faust warns when more than 100 messages wait in its producer buffer; a flush hands over
+    # one changelog and one output record per changed customer at once, by design.
+    ProducerBuffer.max_messages = 20_000
     metrics = Metrics()
     partition_of = Partitioner(s.app.partitions)
 
-    customers = app.Table("customers", partitions=s.app.partitions, schema=faust.Schema(
-        key_serializer="utf8", value_serializer="vitals_state"))
-    clocks = app.Table("clocks", partitions=s.app.partitions, schema=faust.Schema(
-        key_serializer="utf8", value_serializer="json"))
+    customers = _table(app, "customers", s.app.partitions, "vitals_state")
+    clocks = _table(app, "clocks", s.app.partitions, "json")
     internal = app.topic(s.topics.repartition, partitions=s.app.partitions,
                          key_serializer="raw", value_serializer="raw")
     customer_out = app.topic(s.topics.customer, key_serializer="utf8", value_serializer="raw")
@@ -115,12 +117,10 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             processor.advance_wall_clock(time.time())
         out = processor.flush()
         for partition, key, state in out.changelog:
-            customers.send_changelog(partition, key, state, key_serializer="utf8",
-                                     value_serializer="vitals_state")
+            customers.send_changelog(partition, key, state)
         for partition, clock in out.clocks:
             clocks.data[str(partition)] = clock
-            clocks.send_changelog(partition, str(partition), clock, key_serializer="utf8",
-                                  value_serializer="json")
+            clocks.send_changelog(partition, str(partition), clock)
         for key, value in out.records:
             customer_out.send_soon(key=key, value=value)
         pending, service.pending = service.pending, []
@@ -155,6 +155,18 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     from streams.exporters.web import register_views
     register_views(service, customers)
     return service
+
+
+def _table(app: faust.App, name: str, partitions: int, value_serializer: str) -> faust.Table:
+    """A table whose changelog keys are plain UTF-8 (Faust's routing hashes them like we do)."""
+    table = app.Table(name, partitions=partitions, schema=faust.Schema(
+        key_serializer="utf8", value_serializer=value_serializer))
+    # Faust derives both serializers from key_type/value_type (json or raw only) and builds the
+    # changelog topic as soon as the table is registered: set ours, then let it be rebuilt.
+    table.key_serializer = "utf8"
+    table.value_serializer = value_serializer
+    table._changelog_topic = None
+    return table
 
 
 def _bootstrap(broker_url: str) -> str:

@@ -5,6 +5,12 @@ path costs ~90 µs (about 11,000 events/s measured here), while validation itsel
 Events are re-published to the internal topic as one message per customer partition per poll,
 so the Faust agent downstream pays its per-message cost once per few hundred events.
 
+Input partitions are read at different speeds: on a replay a quiet topic (billing) can be read
+months ahead of a busy one (usage), which would push watermarks forward and make good events
+"too late". The TimeAligner releases events across partitions in event-time order, holding each
+event until every partition that still has unread data has been read past it (as Kafka Streams
+does); partitions that are caught up never hold the others back.
+
 Delivery is at-least-once: input offsets are committed only after the batches and dead letters
 of a poll are acknowledged by the broker; a replayed event is recognised downstream by its
 event_id, so nothing is counted twice.
@@ -12,9 +18,12 @@ event_id, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections import defaultdict
-from typing import Any
+import math
+import time
+from collections import defaultdict, deque
+from typing import Any, Callable, Hashable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,10 +38,75 @@ from streams.topics import Partitioner
 
 log = logging.getLogger(__name__)
 MAX_EVENTS_PER_MESSAGE = 500
+MAX_BUFFERED_PER_PARTITION = 20_000
+ALIGN_GRACE_SECONDS = 2.0
+
+
+class TimeAligner:
+    """Releases items of several partitions in event-time order, never beyond what is safe.
+
+    Items of one partition leave in offset order (so committed offsets stay a prefix); across
+    partitions the smallest head time goes first, up to the smallest read-so-far time of the
+    partitions that are not caught up.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[Hashable, deque[tuple[float, int, Any]]] = {}
+        self.read_to: dict[Hashable, float] = {}     # event time of the last item read
+        self.next_offset: dict[Hashable, int] = {}   # offset after the last item read
+
+    def add(self, tp: Hashable, ts: float, offset: int, item: Any) -> None:
+        """ts = -inf for items with no event time (dead letters): they leave at once."""
+        buf = self.buffers.get(tp)
+        if buf is None:
+            buf = self.buffers[tp] = deque()
+        buf.append((ts, offset, item))
+        if ts > self.read_to.get(tp, -math.inf):
+            self.read_to[tp] = ts
+        self.next_offset[tp] = offset + 1
+
+    def release(self, partitions: Iterable[Hashable], caught_up: Callable[[Hashable], bool]
+                ) -> list[Any]:
+        """Items that can leave now; `partitions` are all those being read, with data or not."""
+        limit = min((self.read_to.get(tp, -math.inf) for tp in partitions if not caught_up(tp)),
+                    default=math.inf)
+        heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
+        heapq.heapify(heads)
+        out: list[Any] = []
+        while heads:
+            ts, i, tp = heads[0]
+            if ts > limit:
+                break
+            buf = self.buffers[tp]
+            out.append(buf.popleft()[2])
+            if buf:
+                heapq.heapreplace(heads, (buf[0][0], i, tp))
+            else:
+                heapq.heappop(heads)
+        return out
+
+    def start_at(self, tp: Hashable, offset: int) -> None:
+        """A partition's first offset to read, before anything was read from it."""
+        self.next_offset.setdefault(tp, offset)
+
+    def committable(self) -> dict[Hashable, int]:
+        """Per partition, the offset up to which everything has been released."""
+        return {tp: (buf[0][1] if buf else self.next_offset[tp])
+                for tp, buf in self.buffers.items() if tp in self.next_offset}
+
+    def buffered(self, tp: Hashable) -> int:
+        buf = self.buffers.get(tp)
+        return len(buf) if buf else 0
+
+    def forget(self, tps: set[Hashable]) -> None:
+        for tp in tps:
+            self.buffers.pop(tp, None)
+            self.read_to.pop(tp, None)
+            self.next_offset.pop(tp, None)
 
 
 class Ingest:
-    """The pure part: one poll's records -> internal batches and dead letters."""
+    """The pure part: records -> validated events or dead letters, and their routing."""
 
     def __init__(self, settings: Settings, metrics: Metrics, partition_of: Partitioner) -> None:
         self.families = settings.topics.input_topics()
@@ -42,11 +116,10 @@ class Ingest:
         self.metrics = metrics
         self.partition_of = partition_of
 
-    def route(self, records: dict[TopicPartition, list[Any]]
-              ) -> tuple[dict[int, list[dict[str, Any]]], list[tuple[bytes | None, bytes]]]:
-        batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        deadletters: list[tuple[bytes | None, bytes]] = []
+    def read(self, records: dict[TopicPartition, list[Any]], aligner: TimeAligner) -> None:
+        """Validate a poll's records into the aligner: events with their time, dead letters at -inf."""
         parse = self.validator.parse
+        add = aligner.add
         for tp, messages in records.items():
             family = self.families[tp.topic]
             for msg in messages:
@@ -57,7 +130,7 @@ class Ingest:
                     event = parse(family, raw)
                 except InvalidEvent as exc:
                     self.metrics.deadletter(family, exc.code)
-                    deadletters.append((msg.key, deadletter_value(
+                    add(tp, -math.inf, msg.offset, (msg.key, deadletter_value(
                         tp.topic, tp.partition, msg.offset, exc.code, exc.detail, raw)))
                     continue
                 event["h"] = event_hash(event["event_id"])
@@ -65,7 +138,18 @@ class Ingest:
                 event["raw"] = raw.decode()  # valid JSON is valid UTF-8
                 if msg.key is not None:
                     event["key"] = msg.key.decode("utf-8", "replace")
-                batches[self.partition_of(event["customer_id"])].append(event)
+                add(tp, event["ts"], msg.offset, event)
+
+    def route(self, released: list[Any]
+              ) -> tuple[dict[int, list[dict[str, Any]]], list[tuple[bytes | None, bytes]]]:
+        """Released items -> events per customer partition (in release order) and dead letters."""
+        batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        deadletters: list[tuple[bytes | None, bytes]] = []
+        for item in released:
+            if isinstance(item, tuple):
+                deadletters.append(item)
+            else:
+                batches[self.partition_of(item["customer_id"])].append(item)
         return batches, deadletters
 
 
@@ -78,6 +162,8 @@ class IngestService(Service):
         self.settings = settings
         self.bootstrap = bootstrap
         self.ingest = Ingest(settings, metrics, partition_of)
+        self.aligner = TimeAligner()
+        self.assigned_at: dict[TopicPartition, float] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.ready = False
@@ -114,14 +200,53 @@ class IngestService(Service):
         while not self.should_stop:
             records = await self.consumer.getmany(timeout_ms=timeout_ms,
                                                   max_records=s.ingest.batch_max_events)
-            self.ready = bool(self.consumer.assignment())
-            if not records:
-                continue
-            await self._publish(records)
+            assignment = self.consumer.assignment()
+            self.ready = bool(assignment)
+            await self._track_assignment(assignment)
+            self.ingest.read(records, self.aligner)
+            released = self.aligner.release(assignment, self._caught_up)
+            self._throttle(assignment)
+            if released or records:
+                await self._publish(released)
 
-    async def _publish(self, records: dict[TopicPartition, list[Any]]) -> None:
+    async def _track_assignment(self, assignment: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        now = time.monotonic()
+        for tp in assignment:
+            if tp not in self.assigned_at:
+                self.assigned_at[tp] = now
+                self.aligner.start_at(tp, await self.consumer.position(tp))
+        gone = set(self.assigned_at) - assignment
+        if gone:
+            # Their new owner re-reads everything past the last commit.
+            self.aligner.forget(gone)
+            for tp in gone:
+                del self.assigned_at[tp]
+
+    def _caught_up(self, tp: TopicPartition) -> bool:
+        """No unread data (as far as the last fetch told): this partition holds nobody back."""
+        assert self.consumer is not None
+        if tp not in self.assigned_at:
+            return True
+        high = self.consumer.highwater(tp)
+        if high is None:  # not fetched yet: wait a little for it, then stop waiting
+            return time.monotonic() - self.assigned_at[tp] > ALIGN_GRACE_SECONDS
+        return self.aligner.next_offset.get(tp, 0) >= high
+
+    def _throttle(self, assignment: set[TopicPartition]) -> None:
+        """Pause partitions read far ahead of the others; their events wait in memory."""
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        for tp in assignment:
+            n = self.aligner.buffered(tp)
+            if n > MAX_BUFFERED_PER_PARTITION and tp not in paused:
+                self.consumer.pause(tp)
+            elif n < MAX_BUFFERED_PER_PARTITION // 2 and tp in paused:
+                self.consumer.resume(tp)
+
+    async def _publish(self, released: list[Any]) -> None:
         assert self.consumer is not None and self.producer is not None
-        batches, deadletters = self.ingest.route(records)
+        batches, deadletters = self.ingest.route(released)
         topics = self.settings.topics
         sends = []
         for partition, events in batches.items():
@@ -133,7 +258,7 @@ class IngestService(Service):
             sends.append(await self.producer.send(topics.deadletter, value, key=key))
         # Commit only what the broker has acknowledged: at-least-once, never lost.
         await asyncio.gather(*sends)
-        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
+        offsets = self.aligner.committable()
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

@@ -226,11 +226,34 @@ def test_two_workers_in_one_consumer_group(services: dict[str, Any]) -> None:
     assert len(state_volumes) == len(WORKERS), "each worker needs its own RocksDB state volume"
 
 
+def _vitals_env_keys(services: dict[str, Any]) -> set[str]:
+    keys = {k for service in services.values() for k in _env(service) if k.startswith("VITALS_")}
+    for kw, rest in _dockerfile_instructions():
+        if kw == "ENV":
+            keys |= set(re.findall(r"\b(VITALS_\w+)=", rest))
+    return keys
+
+
+def test_vitals_settings_in_env_exist_in_the_default_config(services: dict[str, Any]) -> None:
+    """The settings loader rejects unknown keys: every VITALS_<SECTION>__<KEY> set by the
+    deployment must name a key of config/default.toml."""
+    config = tomllib.loads((ROOT / "config" / "default.toml").read_text(encoding="utf-8"))
+    keys = _vitals_env_keys(services)
+    assert keys
+    for key in keys:
+        node: Any = config
+        for part in key.removeprefix("VITALS_").lower().split("__"):
+            assert isinstance(node, dict) and part in node, f"{key}: no such setting in config/default.toml"
+            node = node[part]
+
+
 def test_simulator_targets_the_compose_kafka(services: dict[str, Any]) -> None:
     simulator = services["simulator"]
     command = simulator["command"]
-    assert command[:2] == ["vitals", "simulate"]
-    assert command[command.index("--broker") + 1] == "kafka://kafka:9092"
+    words = (" ".join(command) if isinstance(command, list) else command).split()
+    start = words.index("simulate")
+    assert words[start - 1] == "vitals"
+    assert words[words.index("--broker", start) + 1] == "kafka://kafka:9092"
     assert simulator["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
 
 
@@ -323,15 +346,24 @@ def test_grafana_provisioning_matches_compose(services: dict[str, Any]) -> None:
         assert (GRAFANA_DIR / "dashboards" / Path(home).name).is_file()
 
 
-def test_docker_compose_config_is_valid() -> None:
+def _compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin), else the standalone `docker-compose`, else None."""
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker CLI not installed: `docker compose config -q` not run")
-    version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
-    if version.returncode != 0:
-        pytest.skip("the docker CLI has no compose plugin: `docker compose config -q` not run")
+    if docker is not None:
+        version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
+        if version.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone else None
+
+
+def test_docker_compose_config_is_valid() -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither the docker compose plugin nor docker-compose is installed: "
+                    "`docker compose config -q` not run")
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "--profile", "demo", "config", "-q"],
+        [*command, "-f", str(COMPOSE_FILE), "--profile", "demo", "config", "-q"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr

@@ -93,7 +93,7 @@ def test_env_override_nested_weights() -> None:
 
 
 def test_env_override_open_map_adds_a_key() -> None:
-    s = load(VITALS_FEATURES__RELEASED__REPORTS='"2026-01-01T00:00:00Z"')
+    s = load(VITALS_FEATURES__RELEASED__reports='"2026-01-01T00:00:00Z"')
     assert s.features.released == {"reports": "2026-01-01T00:00:00Z"}
 
 
