@@ -17,10 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vitals demo
 
-test: $(STAMP)
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules.
+promtool:
+	bash deploy/scripts/ensure-tools.sh
+
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q
 
-unit: $(STAMP)
+unit: $(STAMP) promtool
 	$(BIN)/python -m pytest -q tests/unit tests/agents
 
 integration: $(STAMP)

@@ -18,7 +18,7 @@ from faust.types import EventT
 
 from streams.exporters.metrics import CONTENT_TYPE, Metrics
 from streams.ingest import IngestService
-from streams.processor import CustomerProcessor
+from streams.processor import CustomerProcessor, Flush
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.topics import Partitioner
@@ -111,11 +111,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                 deadletter_out.send_soon(key=key, value=value)
             service.pending.append(event)
 
-    @app.timer(s.emit.interval_seconds, name="flush_customers")
-    async def flush_customers() -> None:
-        if s.time.mode == "live":
-            processor.advance_wall_clock(time.time())
-        out = processor.flush()
+    def send(out: Flush) -> None:
         for partition, key, state in out.changelog:
             customers.send_changelog(partition, key, state)
         for partition, clock in out.clocks:
@@ -123,24 +119,31 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             clocks.send_changelog(partition, str(partition), clock)
         for key, value in out.records:
             customer_out.send_soon(key=key, value=value)
+        service.records_sent += len(out.records)
+
+    @app.timer(s.emit.interval_seconds, name="flush_customers")
+    async def flush_customers() -> None:
+        if s.time.mode == "live":
+            processor.advance_wall_clock(time.time())
+        send(processor.flush())
         pending, service.pending = service.pending, []
         for event in pending:
             event.ack()
         service.flushes += 1
-        service.records_sent += len(out.records)
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         mine = {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == s.topics.repartition}
         owned = set(processor.members)
-        processor.revoke(owned - mine)
+        send(processor.revoke(owned - mine))
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        processor.revoke({tp.partition for tp in revoked if tp.topic == s.topics.repartition})
+        send(processor.revoke({tp.partition for tp in revoked
+                               if tp.topic == s.topics.repartition}))
         service.pending = [e for e in service.pending
                            if e.message.tp not in revoked]
 

@@ -42,6 +42,9 @@ ERROR_CODES = (NOT_JSON, NOT_OBJECT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE,
                UNKNOWN_FAMILY)
 
 
+MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z: beyond it no date can be written
+
+
 class InvalidEvent(Exception):
     """Raised by the validators; `code` is the dead-letter error code."""
 
@@ -62,8 +65,8 @@ def parse_ts(value: Any) -> float:
         raise InvalidEvent(INVALID_TS, f"ts must be RFC 3339 or epoch seconds, got {value!r}")
     if isinstance(value, (int, float)):
         ts = float(value)
-        if not math.isfinite(ts) or ts < 0:
-            raise InvalidEvent(INVALID_TS, f"ts is not a valid epoch time: {value!r}")
+        if not math.isfinite(ts) or not 0 <= ts <= MAX_TS:
+            raise InvalidEvent(INVALID_TS, f"ts is not a valid epoch time in seconds: {value!r}")
         return ts
     if isinstance(value, str):
         try:
@@ -72,7 +75,10 @@ def parse_ts(value: Any) -> float:
             raise InvalidEvent(INVALID_TS, f"ts is not RFC 3339: {value[:64]!r}") from None
         if parsed.tzinfo is None:
             raise InvalidEvent(INVALID_TS, f"ts has no UTC offset: {value[:64]!r}")
-        return parsed.timestamp()
+        ts = parsed.timestamp()
+        if not 0 <= ts <= MAX_TS:
+            raise InvalidEvent(INVALID_TS, f"ts is out of range: {value[:64]!r}")
+        return ts
     raise InvalidEvent(INVALID_TS, f"ts must be RFC 3339 or epoch seconds, got {type(value).__name__}")
 
 
@@ -216,7 +222,7 @@ class EventValidator:
             if isinstance(ticket, bool) or not isinstance(ticket, (str, int)) or ticket == "":
                 raise InvalidEvent(INVALID_FIELD, "ticket_id must be a non-empty string")
             out["ticket_id"] = str(ticket)
-            priority = obj.get("priority", "normal")
+            priority = obj.get("priority") or "normal"
             if priority not in PRIORITIES:
                 raise InvalidEvent(INVALID_FIELD,
                                    f"priority must be one of {sorted(PRIORITIES)}, got {priority!r}")
@@ -253,8 +259,8 @@ def route_by_shape(obj: Mapping[str, Any]) -> str | None:
         return "support"
     if "segment" in obj:
         return "signup"
-    if "feature" in obj:
-        return "feature"
     if "action" in obj or kind == "track":
         return "usage"
+    if "feature" in obj:
+        return "feature"
     return None

@@ -39,12 +39,16 @@ class CustomerProcessor:
     def __init__(self, settings: Settings, store: MutableMapping[str, CustomerState],
                  clock_store: MutableMapping[str, dict[str, Any]], metrics: Metrics,
                  partition_of: Callable[[str], int],
-                 deadletter_topic_for: Callable[[str], str] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = time.time) -> None:
         self.settings = settings
         self.store = store
         self.clock_store = clock_store
         self.metrics = metrics
         self.partition_of = partition_of
+        self.wall_clock = wall_clock
+        # States changed since the last flush. A store that serialises (RocksDB) hands out a
+        # fresh copy on every read, so changes live here until flush() writes them back.
+        self.live: dict[str, CustomerState] = {}
         self.policy = TimePolicy.from_days(settings.time.lateness_days,
                                            settings.time.dedup_horizon_days,
                                            settings.time.max_skew_days)
@@ -69,19 +73,24 @@ class CustomerProcessor:
         deadletters: list[tuple[bytes | None, bytes]] = []
         policy = self.policy
         count = self.metrics.count
+        live = self.live
+        now = None if self.wall_clock is None else self.wall_clock()
         for event in batch:
             family = event["family"]
             ts = event["ts"]
             windowed = family in WINDOWED
-            where = clock.classify(ts, windowed, policy)
+            where = clock.classify(ts, windowed, policy, now)
             if where is FUTURE or where is TOO_LATE:
                 deadletters.append(self._reject(event, where, clock))
                 continue
             cid = event["customer_id"]
-            state = self.store.get(cid)
+            state = live.get(cid)
             if state is None:
-                state = self.store[cid] = CustomerState(cid)
-                self.members[partition].add(cid)
+                state = self.store.get(cid)
+                if state is None:
+                    state = CustomerState(cid)
+                    self.members[partition].add(cid)
+                live[cid] = state
             h = event["h"]
             seen = state.seen
             if seen.seen(h):
@@ -169,12 +178,9 @@ class CustomerProcessor:
 
     def flush(self) -> Flush:
         out = Flush()
-        if self.dirty:
-            for cid, partition in self.dirty.items():
-                state = self.store[cid]
-                self._prune(state, partition)
-                out.changelog.append((partition, cid, state))
-            self.dirty = {}
+        self._write_dirty(self.dirty, out)
+        self.dirty = {}
+        self.live = {}
         for partition in self.dirty_clocks:
             out.clocks.append((partition, self.clocks[partition].to_dict()))
         self.dirty_clocks = set()
@@ -184,8 +190,19 @@ class CustomerProcessor:
             self.to_emit = {}
         return out
 
+    def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
+        for cid, partition in dirty.items():
+            state = self.live[cid]
+            self._prune(state, partition)
+            self.store[cid] = state
+            out.changelog.append((partition, cid, state))
+
+    def state(self, cid: str) -> CustomerState:
+        state = self.live.get(cid)
+        return state if state is not None else self.store[cid]
+
     def record(self, cid: str, partition: int) -> dict[str, Any]:
-        state = self.store[cid]
+        state = self.state(cid)
         as_of = self.clocks[partition].watermark
         assert as_of is not None
         figures = activity_figures(state, as_of, self.window)
@@ -197,7 +214,9 @@ class CustomerProcessor:
         wm = self.clocks[partition].watermark
         if wm is None:
             return
-        state.seen.prune(day_of(wm - self.policy.dedup_horizon))
+        # One day of margin: the clock and the customer records are separate changelog writes,
+        # and a restored watermark may be a flush older than the one that pruned.
+        state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
         state.activity.prune(day_of(wm) - self.window + 1)
 
     # -- partitions -----------------------------------------------------------------------
@@ -227,16 +246,26 @@ class CustomerProcessor:
                 if self.clocks[partition].watermark is not None:
                     self.to_emit[cid] = partition
 
-    def revoke(self, partitions: Iterable[int]) -> None:
-        """Forget what another worker now owns; its unflushed events will be replayed there."""
+    def revoke(self, partitions: Iterable[int]) -> Flush:
+        """Hand over partitions another worker now owns.
+
+        Unflushed changes are written to the changelog now (not acknowledged): whoever restores
+        the partition, here or elsewhere, sees them, and the replayed events are duplicates.
+        """
         gone = set(partitions)
+        out = Flush()
+        self._write_dirty({c: p for c, p in self.dirty.items() if p in gone}, out)
         for partition in gone:
+            clock = self.clocks.pop(partition, None)
+            if clock is not None and partition in self.dirty_clocks:
+                out.clocks.append((partition, clock.to_dict()))
+            self.dirty_clocks.discard(partition)
             for cid in self.members.pop(partition, ()):
                 self.contrib.pop(cid, None)
-            self.clocks.pop(partition, None)
-            self.dirty_clocks.discard(partition)
+                self.live.pop(cid, None)
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
+        return out
 
     # -- gauges ---------------------------------------------------------------------------
 

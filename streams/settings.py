@@ -164,9 +164,6 @@ class Settings:
 
 # Maps whose keys are data (feature names, currencies), not a fixed schema.
 OPEN_MAPS = {("features", "released"), ("revenue", "currency_rates")}
-# Maps with a fixed key set, defined by the defaults.
-CLOSED_MAPS = {("health", "weights"), ("health", "priority_weights"), ("health", "grades"),
-               ("churn", "bands")}
 ENUMS = {
     ("time", "mode"): {"event", "live"},
     ("churn", "model"): {"logistic", "forest"},
@@ -199,7 +196,11 @@ def load_settings(overlay: str | os.PathLike[str] | None = None,
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == "VITALS_CONFIG":
             continue
-        keypath = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        parts: list[str] = []
+        for part in name[len(ENV_PREFIX):].split("__"):
+            # Keys of open maps are data (a currency code, a feature name): keep their case.
+            parts.append(part if tuple(parts) in OPEN_MAPS else part.lower())
+        keypath = tuple(parts)
         _merge(merged, _nest(keypath, _parse_env_value(raw)), defaults, ())
         sources.append(f"env {name}")
     settings = _build(merged)

@@ -5,6 +5,7 @@ event time (and, in live mode, with the wall clock on purpose).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -47,13 +48,20 @@ class PartitionClock:
         self.watermark = watermark
         self.closed_day = closed_day
 
-    def classify(self, ts: float, windowed: bool, policy: TimePolicy) -> str:
-        """Where an event stands against the watermark; windowed families cannot be too old."""
+    def classify(self, ts: float, windowed: bool, policy: TimePolicy,
+                 now: float | None = None) -> str:
+        """Where an event stands against the watermark; windowed families cannot be too old.
+
+        "Too far ahead" is judged against the later of the watermark and the wall clock: a
+        replay may jump a quiet gap of days (its events are still in the past), while a clock
+        error (a year 2099 timestamp) is caught even as the first event of a partition.
+        """
         wm = self.watermark
+        reference = max(now if now is not None else -math.inf, wm if wm is not None else -math.inf)
+        if reference > -math.inf and ts > reference + policy.max_skew:
+            return FUTURE
         if wm is None:
             return OK
-        if ts > wm + policy.max_skew:
-            return FUTURE
         if windowed and ts < wm - policy.dedup_horizon:
             return TOO_LATE
         if ts < wm - policy.lateness:

@@ -8,7 +8,7 @@ from typing import Any, MutableMapping
 import orjson
 import pytest
 
-from streams.events import EventValidator, event_hash
+from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
 from streams.processor import CustomerProcessor, Flush
 from streams.settings import load_settings
@@ -72,7 +72,7 @@ def make(store: MutableMapping[str, CustomerState] | None = None,
     metrics = Metrics()
     proc = CustomerProcessor(SETTINGS, {} if store is None else store,
                              {} if clock_store is None else clock_store, metrics,
-                             partition_of=lambda cid: 0)
+                             partition_of=lambda cid: 0, wall_clock=None)
     return proc, metrics
 
 
@@ -400,8 +400,8 @@ def test_flush_prunes_dirty_state() -> None:
     # activity kept from D-29; "old" (D-40) and its index are gone
     assert min(state.activity.masks) >= D - 29
     assert "old" not in state.activity.users
-    # seen ids kept from day_of(wm - 3 d) = D-3
-    assert min(state.seen.by_day) == D - 3
+    # seen ids kept from day_of(wm - 3 d) - 1 = D-4 (one day of margin, see _prune)
+    assert min(state.seen.by_day) == D - 4
     assert activity(records(out), "c-1")[2] == 1
 
 
@@ -506,28 +506,20 @@ def test_assign_without_watermark_publishes_nothing() -> None:
     assert proc.flush().records == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_ts accepts epoch ts beyond year 9999 (e.g. "
-                   "milliseconds); as the first event of a partition it becomes the watermark "
-                   "and rfc3339() raises ValueError in flush(), stopping the customer stage")
-def test_epoch_milliseconds_do_not_crash_the_flush() -> None:
-    proc, _ = make()
+def test_epoch_milliseconds_are_rejected_before_they_reach_a_watermark() -> None:
+    # Beyond year 9999 no record could be written for them (rfc3339 fails): invalid_ts.
     obj = {"event_id": "ms-1", "customer_id": "c-1", "user_id": "u1", "action": "login",
            "ts": 1772366400000}  # milliseconds sent as seconds
-    try:
-        ev = VALIDATOR.validate("usage", obj)
-    except Exception:
-        return  # rejected at validation: the fix
-    ev["h"] = event_hash(ev["event_id"])
-    proc.apply(0, [ev])
-    proc.flush()
+    with pytest.raises(InvalidEvent) as exc:
+        VALIDATOR.validate("usage", obj)
+    assert exc.value.code == "invalid_ts"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in event mode a partition whose event time jumps "
-                   "more than max_skew (e.g. a quiet weekend on a small partition, or a gap in a "
-                   "replayed file) dead-letters every later event as future_ts for ever: only "
-                   "accepted events move the watermark")
 def test_partition_recovers_after_a_gap_longer_than_the_skew() -> None:
-    proc, metrics = make()
+    # The skew is judged against the later of watermark and wall clock, so a replay can jump.
+    metrics = Metrics()
+    proc = CustomerProcessor(SETTINGS, {}, {}, metrics, partition_of=lambda cid: 0,
+                             wall_clock=lambda: at(D + 30))
     proc.apply(0, [usage("c-1", at(D, 12), "u1")])
     # traffic resumes two days later and keeps coming
     proc.apply(0, [usage("c-1", at(D + 2, 12 + h), "u1") for h in range(10)])
@@ -547,12 +539,21 @@ class SerialisingStore(dict):  # type: ignore[type-arg]
         return self[key] if key in self else default
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the processor mutates the object store.get() "
-                   "returned and never writes it back; with a store that serialises (Faust "
-                   "rocksdb://, recommended in config/default.toml) every change is lost")
 def test_processor_works_with_a_serialising_store() -> None:
     proc, _ = make(store=SerialisingStore())
     proc.apply(0, [usage("c-1", at(D, 9), "u1"), usage("c-1", at(D, 10), "u2")])
     out = proc.flush()
     assert activity(records(out), "c-1")[0] == 2          # dau {u1, u2}
     assert out.changelog[0][2].events == 2
+
+
+def test_future_is_judged_against_the_wall_clock_too() -> None:
+    # A replay may jump a quiet gap longer than the skew (its events are in the past), while a
+    # first event far in the future of the wall clock is rejected even without a watermark.
+    metrics = Metrics()
+    now = at(D + 100)
+    proc = CustomerProcessor(SETTINGS, {}, {}, metrics, partition_of=lambda cid: 0,
+                             wall_clock=lambda: now)
+    dead = proc.apply(0, [usage("c-1", at(D + 102), "u1")])          # 2 days past now: rejected
+    assert [orjson.loads(v)["error"] for _, v in dead] == ["future_ts"]
+    assert proc.apply(0, [usage("c-1", at(D), "u1"), usage("c-1", at(D + 10), "u1")]) == []

@@ -97,16 +97,11 @@ def test_env_override_open_map_adds_a_key() -> None:
     assert s.features.released == {"reports": "2026-01-01T00:00:00Z"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: env keys are lower-cased even inside open maps, so "
-                   "VITALS_REVENUE__CURRENCY_RATES__EUR configures 'eur' and EUR amounts are "
-                   "then rejected as unknown_currency")
 def test_env_currency_rate_keeps_the_iso_code_case() -> None:
     s = load(VITALS_REVENUE__CURRENCY_RATES__EUR="1.1")
     assert s.revenue.currency_rates == {"USD": 1.0, "EUR": 1.1}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same lower-casing; a non-USD reporting currency "
-                   "cannot be configured from the environment at all")
 def test_env_reporting_currency_with_its_rate() -> None:
     s = load(VITALS_APP__REPORTING_CURRENCY="EUR", VITALS_REVENUE__CURRENCY_RATES__EUR="1")
     assert s.app.reporting_currency == "EUR"
