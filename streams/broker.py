@@ -2,7 +2,8 @@
 
 It is started on a loopback port, waited for until it answers, and dies with its parent (also
 when the parent is killed with SIGKILL, through PR_SET_PDEATHSIG), so no broker is ever left
-running behind a worker or a test session.
+running behind a worker or a test session. It runs in a session of its own so that Ctrl-C
+stops the worker first, with its broker still up.
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ class EmbeddedBroker:
              "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Out of the terminal's process group: Ctrl-C reaches the worker, which shuts down
+            # cleanly while the broker is still there; the broker is stopped after it.
+            start_new_session=True,
         )
         if out is not subprocess.DEVNULL:
             out.close()

@@ -76,6 +76,10 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     from streams.cli import _sim_config
 
+    # Ctrl-C and SIGTERM stop the demo even when it was started with SIGINT ignored
+    # (background jobs of a non-interactive shell inherit that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with EmbeddedBroker(port=settings.app.embedded_port) as broker:
         env = {**os.environ, "VITALS_APP__BROKER": broker.url,
                "VITALS_APP__SESSION_TIMEOUT_SECONDS": str(DEMO_SESSION_TIMEOUT)}
@@ -100,6 +104,10 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         finally:
             _stop(worker)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float = 90.0) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import os
 import random
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402  (installed with river)
 import orjson  # noqa: E402
 
 DAY = 86_400
@@ -109,39 +111,43 @@ def generate(customers: int, total: int, seed: int = 42
                  "cac": round(rng.uniform(200, 5000), 2), "currency": "USD",
                  "channel": rng.choice(CHANNELS)}
         out.append((SIGNUP_TOPIC, cid.encode(), dumps(event)))
-    users = [[f"usr_{i:06d}_{u}" for u in range(USERS_PER_CUSTOMER)] for i in range(customers)]
+    users = [f"usr_{i:06d}_{u}" for i in range(customers) for u in range(USERS_PER_CUSTOMER)]
+    cid_of_user = [cids[i] for i in range(customers) for _ in range(USERS_PER_CUSTOMER)]
+    nrng = np.random.default_rng(seed)
     day = 0
-    lo, hi = EVENTS_PER_USER_DAY - 6, EVENTS_PER_USER_DAY + 6
     while len(out) < total:
         day_start = START + day * DAY
-        first = day_start + (3600 if day == 0 else 0)
-        span = day_start + DAY - first
-        slots: list[tuple[float, int, int]] = []
-        rand = rng.random
-        for c in range(customers):
-            for u in range(USERS_PER_CUSTOMER):
-                for _ in range(rng.randint(lo, hi)):
-                    slots.append((first + rand() * span, c, u))
-        slots.sort()
-        # Whole-second part of the timestamp text, cached per second.
-        prefix_of: dict[int, str] = {}
-        for ts, c, u in slots:
+        first = 3600.0 if day == 0 else 0.0
+        # ~20 events per user (uniform 14..26), at uniform times of the day, sorted by time.
+        counts = nrng.integers(EVENTS_PER_USER_DAY - 6, EVENTS_PER_USER_DAY + 7, len(users))
+        who = np.repeat(np.arange(len(users)), counts)
+        offsets = first + nrng.random(len(who)) * (DAY - first)
+        order = np.argsort(offsets, kind="stable")
+        who, ms_of_day = who[order].tolist(), (offsets[order] * 1000).astype(np.int64).tolist()
+        n = len(who)
+        is_feature = (nrng.random(n) < FEATURE_SHARE).tolist()
+        names = nrng.integers(0, 1 << 30, n).tolist()
+        quantity = nrng.integers(1, 4, n).tolist()
+        ids = nrng.bytes(16 * n).hex()
+        date = time.strftime("%Y-%m-%d", time.gmtime(day_start))
+        for i in range(n):
             if len(out) >= total:
                 break
-            sec = int(ts)
-            prefix = prefix_of.get(sec)
-            if prefix is None:
-                prefix = prefix_of[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            iso = f"{prefix}.{int((ts - sec) * 1000):03d}Z"
-            cid = cids[c]
-            if rand() < FEATURE_SHARE:
-                event = {"event_id": _uuid(rng), "customer_id": cid, "user_id": users[c][u],
-                         "ts": iso, "feature": rng.choice(FEATURES)}
+            sec, ms = divmod(ms_of_day[i], 1000)
+            mins, sec = divmod(sec, 60)
+            iso = f"{date}T{mins // 60:02d}:{mins % 60:02d}:{sec:02d}.{ms:03d}Z"
+            h = ids[32 * i:32 * i + 32]
+            event_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
+            u = who[i]
+            cid = cid_of_user[u]
+            if is_feature[i]:
+                event = {"event_id": event_id, "customer_id": cid, "user_id": users[u],
+                         "ts": iso, "feature": FEATURES[names[i] % len(FEATURES)]}
                 topic = FEATURE_TOPIC
             else:
-                event = {"event_id": _uuid(rng), "customer_id": cid, "user_id": users[c][u],
-                         "ts": iso, "action": rng.choice(ACTIONS),
-                         "quantity": rng.randint(1, 3)}
+                event = {"event_id": event_id, "customer_id": cid, "user_id": users[u],
+                         "ts": iso, "action": ACTIONS[names[i] % len(ACTIONS)],
+                         "quantity": quantity[i]}
                 topic = USAGE_TOPIC
             out.append((topic, cid.encode(), dumps(event)))
         day += 1
@@ -361,6 +367,8 @@ class WorkerRun:
     flushes: int = 0
     children: list[int] = field(default_factory=list)
     profile: str | None = None
+    # (seconds since first consumed, events counted, RSS MiB, worker CPU % over the last step)
+    timeline: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 class Worker:
@@ -445,7 +453,7 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
     ingest_lags: Lags | None = None
     internal_lags: Lags | None = None
     spy: subprocess.Popen[bytes] | None = None
-    cpu0 = broker_cpu0 = 0.0
+    cpu0 = broker_cpu0 = cpu_last = 0.0
     applied_flushes = -1
     last_progress = 0.0
     prev_rss = 0
@@ -487,6 +495,7 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
                     run.first = now
                     run.rss_base = prev_rss or mem.get("VmRSS", 0)
                     cpu0, broker_cpu0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
+                    cpu_last = cpu0
                     log(f"worker consuming {now - run.spawned:.1f} s after start")
             prev_rss = mem.get("VmRSS", 0)
             run.events_counted, run.outcomes = max(counted, 0), outcomes
@@ -511,6 +520,15 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
                     run.broker_cpu_window = cpu_seconds(broker_pid) - broker_cpu0
                     run.flushes = flushes
                     break
+            if run.first is not None and (not run.timeline or now - run.first
+                                          >= run.timeline[-1][0] + 1.0):
+                cpu = cpu_seconds(worker.pid)
+                last_t = run.timeline[-1][0] if run.timeline else 0.0
+                run.timeline.append((round(now - run.first, 2), counted,
+                                     round(mem.get("VmRSS", 0) / 2**20, 1),
+                                     round(100 * (cpu - cpu_last) / max(now - run.first - last_t,
+                                                                        1e-3), 0)))
+                cpu_last = cpu
             if run.first is not None and now - last_progress > 5:
                 last_progress = now
                 el = now - run.first
@@ -648,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="FILE",
                     help="sample the worker with py-spy into FILE (collapsed stacks)")
     ap.add_argument("--timeout", type=float, default=600.0, help="worker phase limit, seconds")
-    ap.add_argument("--poll", type=float, default=0.1, help="metrics poll interval, seconds")
+    ap.add_argument("--poll", type=float, default=0.2, help="metrics poll interval, seconds")
     ap.add_argument("--keep", metavar="DIR", help="keep broker and worker logs in DIR")
     args = ap.parse_args(argv)
 
@@ -660,7 +678,12 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     try:
         t0 = time.perf_counter()
-        events, days = generate(args.customers, args.events, args.seed)
+        gc.disable()  # millions of young tuples: the collector would rescan them over and over
+        try:
+            events, days = generate(args.customers, args.events, args.seed)
+        finally:
+            gc.enable()
+        gc.freeze()  # nor rescan them later
         gen_s = time.perf_counter() - t0
         total = len(events)
         per_topic = Counter(topic for topic, _, _ in events)
@@ -718,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker_cpu_us_per_event=1e6 * run.cpu_window / total,
                 broker_cpu_share=run.broker_cpu_window / window,
                 outcomes=run.outcomes,
+                timeline=run.timeline,
                 flushes=run.flushes,
                 worker_children=run.children,
                 rss_ready_bytes=run.rss_ready,
