@@ -96,6 +96,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                          key_serializer="raw", value_serializer="raw")
     customer_out = app.topic(s.topics.customer, key_serializer="utf8", value_serializer="raw")
     deadletter_out = app.topic(s.topics.deadletter, key_serializer="raw", value_serializer="raw")
+    alerts_out = app.topic(s.topics.alerts, key_serializer="utf8", value_serializer="raw")
 
     processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
@@ -119,6 +120,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             clocks.send_changelog(partition, str(partition), clock)
         for key, value in out.records:
             customer_out.send_soon(key=key, value=value)
+        for key, value in out.alerts:
+            alerts_out.send_soon(key=key, value=value)
         service.records_sent += len(out.records)
 
     @app.timer(s.emit.interval_seconds, name="flush_customers")

@@ -17,14 +17,15 @@ import orjson
 from models.activity import DAY_SECONDS, day_of
 from streams import events as ev
 from streams.deadletter import deadletter_value
-from streams.exporters.metrics import Metrics, gauge, watermark_gauges
-from streams.records import activity_figures, customer_record, customer_status
+from streams.evaluate import Evaluation, Evaluator
+from streams.exporters.metrics import Metrics, gauge, histogram, watermark_gauges
 from streams.settings import Settings
-from streams.state import CustomerState
+from streams.state import CustomerState, decode_state, encode_state
 from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
 WINDOWED = frozenset({"usage", "feature"})
-UNKNOWN_SEGMENT = "unknown"
+HEALTH_BUCKETS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
+TTV_BUCKETS = (1.0, 3.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Flush:
     changelog: list[tuple[int, str, CustomerState]] = field(default_factory=list)
     clocks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     records: list[tuple[str, bytes]] = field(default_factory=list)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class CustomerProcessor:
@@ -53,6 +55,7 @@ class CustomerProcessor:
                                            settings.time.dedup_horizon_days,
                                            settings.time.max_skew_days)
         self.window = settings.activity.window_days
+        self.evaluator = Evaluator(settings)
         topics = settings.topics
         self.topic_of = {fam: name for name, fam in topics.input_topics().items()}
         self.clocks: dict[int, PartitionClock] = {}
@@ -60,8 +63,11 @@ class CustomerProcessor:
         self.dirty: dict[str, int] = {}
         self.to_emit: dict[str, int] = {}
         self.dirty_clocks: set[int] = set()
-        # Last published contribution of each customer to the segment gauges.
-        self.contrib: dict[str, tuple[str, str, float]] = {}
+        # Last evaluation of each customer, for the gauges (no customer id ever in a label).
+        self.contrib: dict[str, Evaluation] = {}
+        self.alerts_out: list[tuple[str, bytes]] = []
+        # Features first seen per partition, kept with the partition's clock.
+        self.catalog: dict[str, float] = {}
         self.days_closed = 0
         metrics.add_gauge_source(self.gauges)
 
@@ -90,7 +96,7 @@ class CustomerProcessor:
                 if state is None:
                     state = CustomerState(cid)
                     self.members[partition].add(cid)
-                live[cid] = state
+                live[cid] = self.evaluator.attach(state)
             h = event["h"]
             seen = state.seen
             if seen.seen(h):
@@ -100,7 +106,7 @@ class CustomerProcessor:
                 seen.add_windowed(h, day_of(ts))
             else:
                 seen.add_lifetime(h)
-            self._apply_event(state, event)
+            self._apply_event(state, event, partition)
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
             count(family, "late" if where is LATE else "accepted")
@@ -113,7 +119,7 @@ class CustomerProcessor:
                     self._close_day(partition, clock)
         return deadletters
 
-    def _apply_event(self, state: CustomerState, event: dict[str, Any]) -> None:
+    def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
         ts = event["ts"]
         state.events += 1
         if state.first_ts is None or ts < state.first_ts:
@@ -123,7 +129,27 @@ class CustomerProcessor:
         family = event["family"]
         if family in WINDOWED:
             state.activity.record(day_of(ts), event["user_id"])
+            if family == "usage":
+                state.onboarding.on_usage(event["action"], ts)
+            else:
+                feature = event["feature"]
+                state.onboarding.on_feature(ts)
+                if state.features.get(feature, -1) < day_of(ts):
+                    state.features[feature] = day_of(ts)
+                self._see_feature(feature, ts, partition)
+        elif family == "support":
+            kind = event["type"]
+            support = state.support
+            if kind == "ticket_opened":
+                support.on_ticket_opened(event["ticket_id"], ts, event["priority"])
+            elif kind == "ticket_closed":
+                support.on_ticket_closed(event["ticket_id"], ts)
+            elif kind == "nps":
+                support.on_nps(event["score"], ts)
+            else:
+                support.on_csat(event["score"], ts)
         elif family == "signup":
+            state.onboarding.on_signup(ts)
             if state.signup_ts is None or ts < state.signup_ts:
                 state.signup_ts = ts
             if state.signup_seen_ts is None or ts >= state.signup_seen_ts:
@@ -134,8 +160,21 @@ class CustomerProcessor:
                 state.seats = event.get("seats")
                 state.cac = event.get("cac")
                 state.channel = event.get("channel")
-        elif family == "billing" and event.get("seats"):
-            state.seats = event["seats"]
+        elif family == "billing":
+            kind = event["type"]
+            state.onboarding.on_billing(kind, ts)
+            if kind in ("payment_succeeded", "payment_failed"):
+                state.support.on_payment(ts, kind == "payment_succeeded")
+            if event.get("seats"):
+                state.seats = event["seats"]
+
+    def _see_feature(self, feature: str, ts: float, partition: int) -> None:
+        first = self.catalog.get(feature)
+        if first is None or ts < first:
+            self.catalog[feature] = ts
+            clock = self.clocks[partition]
+            clock.features[feature] = min(ts, clock.features.get(feature, ts))
+            self.dirty_clocks.add(partition)
 
     def _reject(self, event: dict[str, Any], where: str, clock: PartitionClock
                 ) -> tuple[bytes | None, bytes]:
@@ -157,10 +196,19 @@ class CustomerProcessor:
         return (None if key is None else key.encode()), value
 
     def _close_day(self, partition: int, clock: PartitionClock) -> None:
-        """Day close: every customer of the partition is re-evaluated and emitted."""
-        clock.close_day()
+        """Day close: every customer of the partition is re-evaluated as of the new day's start.
+
+        This is what makes health decay without events, stores the day's score for trend_7d,
+        and lets alerts such as ttv_exceeded fire in event time, also on a replay.
+        """
+        day = clock.close_day()
         self.days_closed += 1
+        as_of = float(day * DAY_SECONDS)
         for cid in self.members[partition]:
+            state = self._load(cid)
+            state.support.prune(day)
+            self._evaluate(cid, state, as_of)
+            self.dirty[cid] = partition
             self.to_emit[cid] = partition
 
     # -- wall clock -----------------------------------------------------------------------
@@ -178,17 +226,35 @@ class CustomerProcessor:
 
     def flush(self) -> Flush:
         out = Flush()
+        for cid, partition in self.to_emit.items():
+            state = self._load(cid)
+            as_of = self.clocks[partition].watermark
+            assert as_of is not None
+            out.records.append((cid, orjson.dumps(self._evaluate(cid, state, as_of).record)))
+            self.dirty[cid] = partition  # the evaluation updated score history and alerts
+        self.to_emit = {}
         self._write_dirty(self.dirty, out)
         self.dirty = {}
         self.live = {}
         for partition in self.dirty_clocks:
             out.clocks.append((partition, self.clocks[partition].to_dict()))
         self.dirty_clocks = set()
-        if self.to_emit:
-            for cid, partition in self.to_emit.items():
-                out.records.append((cid, orjson.dumps(self.record(cid, partition))))
-            self.to_emit = {}
+        out.alerts, self.alerts_out = self.alerts_out, []
         return out
+
+    def _load(self, cid: str) -> CustomerState:
+        state = self.live.get(cid)
+        if state is None:
+            state = self.live[cid] = self.evaluator.attach(self.store[cid])
+        return state
+
+    def _evaluate(self, cid: str, state: CustomerState, as_of: float) -> Evaluation:
+        result = self.evaluator.evaluate(state, as_of, self.catalog)
+        self.contrib[cid] = result
+        for alert in result.alerts:
+            self.metrics.alert(alert["rule"], alert["status"])
+            self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
+        return result
 
     def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
         for cid, partition in dirty.items():
@@ -197,18 +263,17 @@ class CustomerProcessor:
             self.store[cid] = state
             out.changelog.append((partition, cid, state))
 
-    def state(self, cid: str) -> CustomerState:
-        state = self.live.get(cid)
-        return state if state is not None else self.store[cid]
-
     def record(self, cid: str, partition: int) -> dict[str, Any]:
-        state = self.state(cid)
+        """The record as of the partition's watermark, for the HTTP API: it changes nothing."""
+        state = self.live.get(cid)
+        if state is None:
+            state = self.evaluator.attach(decode_state(encode_state(self.store[cid])))
+        else:
+            state = self.evaluator.attach(decode_state(encode_state(state)))
         as_of = self.clocks[partition].watermark
         assert as_of is not None
-        figures = activity_figures(state, as_of, self.window)
-        status = customer_status(state)
-        self.contrib[cid] = (state.segment or UNKNOWN_SEGMENT, status, figures.stickiness)
-        return customer_record(state, as_of, figures, status)
+        return self.evaluator.evaluate(state, as_of, self.catalog, remember=False,
+                                       alerts=False).record
 
     def _prune(self, state: CustomerState, partition: int) -> None:
         wm = self.clocks[partition].watermark
@@ -218,6 +283,7 @@ class CustomerProcessor:
         # and a restored watermark may be a flush older than the one that pruned.
         state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
         state.activity.prune(day_of(wm) - self.window + 1)
+        state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
 
     # -- partitions -----------------------------------------------------------------------
 
@@ -227,6 +293,9 @@ class CustomerProcessor:
             saved = self.clock_store.get(str(partition))
             clock = PartitionClock.from_dict(saved) if saved else PartitionClock()
             self.clocks[partition] = clock
+            for feature, first in clock.features.items():
+                if first < self.catalog.get(feature, first + 1):
+                    self.catalog[feature] = first
         return clock
 
     def assign(self, partitions: Iterable[int]) -> None:
@@ -274,19 +343,41 @@ class CustomerProcessor:
         return min(marks) if marks else None
 
     def gauges(self) -> list[Any]:
-        customers: dict[tuple[str, str], float] = defaultdict(float)
-        stick_sum: dict[tuple[str], float] = defaultdict(float)
-        stick_n: dict[tuple[str], int] = defaultdict(int)
-        for segment, status, stickiness in self.contrib.values():
-            customers[(segment, status)] += 1
-            stick_sum[(segment,)] += stickiness
-            stick_n[(segment,)] += 1
+        customers: dict[tuple[str, ...], float] = defaultdict(float)
+        grades: dict[tuple[str, ...], float] = defaultdict(float)
+        stick_sum: dict[tuple[str, ...], float] = defaultdict(float)
+        stick_n: dict[tuple[str, ...], int] = defaultdict(int)
+        scores: dict[str, list[float]] = defaultdict(list)
+        ttvs: dict[str, list[float]] = defaultdict(list)
+        firing: dict[tuple[str, ...], float] = defaultdict(float)
+        rules = self.settings.alerts.rules
+        for cid, e in self.contrib.items():
+            customers[(e.segment, e.status)] += 1
+            stick_sum[(e.segment,)] += e.stickiness
+            stick_n[(e.segment,)] += 1
+            if e.grade is not None:
+                grades[(e.segment, e.grade)] += 1
+                scores[e.segment].append(e.score)  # type: ignore[arg-type]
+            if e.ttv_days is not None:
+                ttvs[e.segment].append(e.ttv_days)
+        for cid in self.contrib:
+            state = self.live.get(cid) or self.store.get(cid)
+            for rule in state.alerts.firing() if state is not None else ():
+                firing[(rule, rules[rule].severity)] += 1
         return [
             *watermark_gauges(self.oldest_watermark()),
             gauge("vitals_customers", "Known customers by segment and status",
                   ("segment", "status"), customers),
             gauge("vitals_stickiness_ratio", "Average customer DAU/MAU by segment", ("segment",),
                   {k: stick_sum[k] / stick_n[k] for k in stick_sum}),
+            gauge("vitals_customers_by_grade", "Customers by segment and health grade",
+                  ("segment", "grade"), grades),
+            histogram("vitals_health_score", "Current health scores of customers", "segment",
+                      scores, HEALTH_BUCKETS),
+            histogram("vitals_time_to_value_days", "Time to value of customers that reached aha",
+                      "segment", ttvs, TTV_BUCKETS),
+            gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
+                  firing),
         ]
 
 

@@ -142,6 +142,24 @@ class ChurnSettings:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    metric: str
+    op: str
+    threshold: float
+    severity: str
+    summary: str
+    actions: list[str]
+    threshold_by_segment: dict[str, float] = field(default_factory=dict)
+    for_days: float = 0.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    customer_rules: list[str]
+    rules: dict[str, AlertRule]
+
+
+@dataclass(frozen=True)
 class Settings:
     app: AppSettings
     topics: TopicSettings
@@ -154,6 +172,7 @@ class Settings:
     revenue: RevenueSettings
     features: FeatureSettings
     churn: ChurnSettings
+    alerts: AlertSettings
     sources: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,12 +182,14 @@ class Settings:
 
 
 # Maps whose keys are data (feature names, currencies), not a fixed schema.
-OPEN_MAPS = {("features", "released"), ("revenue", "currency_rates")}
+OPEN_MAPS = {("features", "released"), ("revenue", "currency_rates"), ("alerts", "rules")}
 ENUMS = {
     ("time", "mode"): {"event", "live"},
     ("churn", "model"): {"logistic", "forest"},
     ("app", "log_level"): {"crit", "error", "warn", "info", "debug"},
 }
+ALERT_OPS = {"<", "<=", ">", ">="}
+SEVERITIES = {"info", "warning", "critical"}
 
 
 def load_settings(overlay: str | os.PathLike[str] | None = None,
@@ -263,9 +284,14 @@ def _build(data: dict[str, Any]) -> Settings:
 def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for extra in set(data) - names:
+        raise SettingsError(f"unknown setting '{section}.{extra}'")
     for f in dataclasses.fields(cls):
         key = f"{section}.{f.name}"
         if f.name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
             raise SettingsError(f"missing setting '{key}'")
         values[f.name] = _coerce(data[f.name], hints[f.name], key)
     return cls(**values)
@@ -299,6 +325,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
         return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
+        return _build_section(hint, value, key)
     if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
         return value
     raise SettingsError(f"setting '{key}' has an unsupported type {hint!r}")
@@ -310,6 +340,16 @@ def _validate(s: Settings) -> None:
         if value not in allowed:
             raise SettingsError(
                 f"setting '{section}.{name}' must be one of {sorted(allowed)}, got {value!r}")
+    for name, rule in s.alerts.rules.items():
+        if rule.op not in ALERT_OPS:
+            raise SettingsError(f"setting 'alerts.rules.{name}.op' must be one of "
+                                f"{sorted(ALERT_OPS)}, got {rule.op!r}")
+        if rule.severity not in SEVERITIES:
+            raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
+                                f"{sorted(SEVERITIES)}, got {rule.severity!r}")
+    for name in s.alerts.customer_rules:
+        if name not in s.alerts.rules:
+            raise SettingsError(f"setting 'alerts.customer_rules' names an unknown rule {name!r}")
     total = sum(s.health.weights.values())
     if abs(total - 1.0) > 1e-9:
         raise SettingsError(f"setting 'health.weights' must sum to 1, sums to {total:g}")

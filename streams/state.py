@@ -11,6 +11,9 @@ from typing import Any
 import orjson
 
 from models.activity import ActivityWindow
+from models.health import SupportAndPayments
+from models.onboarding import Onboarding
+from streams.alerts import AlertBook
 from streams.dedup import SeenIds
 
 FORMAT_VERSION = 1
@@ -18,7 +21,8 @@ FORMAT_VERSION = 1
 
 class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
-                 "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen")
+                 "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
+                 "onboarding", "support", "features", "alerts")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -34,6 +38,10 @@ class CustomerState:
         self.events = 0                           # events applied (duplicates excluded)
         self.activity = ActivityWindow()
         self.seen = SeenIds()
+        self.onboarding = Onboarding()
+        self.support = SupportAndPayments()       # tickets, payments, surveys, score history
+        self.features: dict[str, int] = {}         # feature -> last event-time day used
+        self.alerts = AlertBook()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +49,8 @@ class CustomerState:
             "seats": self.seats, "cac": self.cac, "ch": self.channel, "su": self.signup_ts,
             "sus": self.signup_seen_ts, "ft": self.first_ts, "lt": self.last_ts, "n": self.events,
             "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
+            "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
+            "al": self.alerts.to_dict(),
         }
 
     @classmethod
@@ -58,6 +68,10 @@ class CustomerState:
         state.events = data.get("n", 0)
         state.activity = ActivityWindow.from_dict(data.get("act", {}))
         state.seen = SeenIds.from_dict(data.get("seen", {}))
+        state.onboarding = Onboarding.from_dict(data.get("ob", {}))
+        state.support = SupportAndPayments.from_dict(data.get("sp", {}))
+        state.features = data.get("f", {})
+        state.alerts = AlertBook(data.get("al"))
         return state
 
 

@@ -42,11 +42,13 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day")
+    __slots__ = ("watermark", "closed_day", "features")
 
-    def __init__(self, watermark: float | None = None, closed_day: int | None = None) -> None:
+    def __init__(self, watermark: float | None = None, closed_day: int | None = None,
+                 features: dict[str, float] | None = None) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
+        self.features: dict[str, float] = features or {}  # first time each feature was seen
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:
@@ -87,8 +89,8 @@ class PartitionClock:
             self.closed_day = day_of(self.watermark)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"wm": self.watermark, "day": self.closed_day}
+        return {"wm": self.watermark, "day": self.closed_day, "features": self.features}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PartitionClock":
-        return cls(data.get("wm"), data.get("day"))
+        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}))

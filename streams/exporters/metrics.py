@@ -10,7 +10,7 @@ import time
 from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.events import ERROR_CODES, FAMILIES
@@ -35,6 +35,8 @@ class Metrics:
         self._events = {(f, o): self.events.labels(f, o) for f in FAMILIES for o in OUTCOMES}
         self._deadletters = {(f, e): self.deadletters.labels(f, e)
                              for f in FAMILIES for e in ERROR_CODES}
+        self.alerts = Counter("vitals_alerts", "Alert transitions by rule and status",
+                              ["rule", "status"], registry=self.registry)
         self._gauges = _GaugeCollector()
         self.registry.register(self._gauges)
 
@@ -44,6 +46,9 @@ class Metrics:
     def deadletter(self, family: str, error: str) -> None:
         self._events[(family, "rejected")].inc()
         self._deadletters[(family, error)].inc()
+
+    def alert(self, rule: str, status: str) -> None:
+        self.alerts.labels(rule, status).inc()
 
     def add_gauge_source(self, source: "GaugeSource") -> None:
         self._gauges.sources.append(source)
@@ -73,6 +78,23 @@ def gauge(name: str, doc: str, labels: tuple[str, ...],
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)
     return family
+
+
+def histogram(name: str, doc: str, label: str, values: Mapping[str, list[float]],
+              buckets: tuple[float, ...]) -> HistogramMetricFamily:
+    """A distribution of current values (not of observations over time), one series per label."""
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for label_value, observed in sorted(values.items()):
+        counts = []
+        for bound in buckets:
+            counts.append((_fmt(bound), sum(1 for v in observed if v <= bound)))
+        counts.append(("+Inf", len(observed)))
+        family.add_metric([label_value], counts, sum(observed))
+    return family
+
+
+def _fmt(bound: float) -> str:
+    return str(int(bound)) if bound == int(bound) else str(bound)
 
 
 def watermark_gauges(watermark: float | None, now: Callable[[], float] = time.time

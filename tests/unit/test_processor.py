@@ -140,7 +140,9 @@ def test_batch_then_flush_gives_exact_figures() -> None:
     assert counted(metrics, "feature", "accepted") == 1
     assert counted(metrics, "signup", "accepted") == 1
     assert counted(metrics, "usage", "late") == 0
-    assert out.clocks == [(0, {"wm": at(D, 15), "day": D})]
+    clock = dict(out.clocks[0][1])
+    assert out.clocks[0][0] == 0 and clock.pop("features").keys() == {"reports"}
+    assert clock == {"wm": at(D, 15), "day": D}
     state = proc.store["c-1"]
     assert state.events == 8
     assert (state.first_ts, state.last_ts, state.signup_ts) == (at(D - 9, 9), at(D, 15),
@@ -309,7 +311,8 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     # the watermark enters D+1: day D closes for every customer of the partition
     proc.apply(0, [usage("c-1", at(D + 1, 1), "u1")])
     out = proc.flush()
-    assert [cid for _, cid, _ in out.changelog] == ["c-1"]  # only c-1 changed
+    # every customer is persisted at a day close: its health score of the day is kept for trend_7d
+    assert sorted(cid for _, cid, _ in out.changelog) == ["c-1", "c-2"]
     recs = records(out)
     assert set(recs) == {"c-1", "c-2"}
     assert recs["c-2"]["as_of"] == "2026-03-02T01:00:00Z"   # the new watermark
@@ -317,7 +320,7 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     #   Σ DAU = 1 + 2 + 0 = 3 → (3/3)/2 = 0.5
     assert activity(recs, "c-2") == (0, 2, 2, 2, 0.5)
     assert proc.days_closed == 1
-    assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1})]
+    assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1, "features": {}})]
 
 
 def test_day_close_only_for_members_of_the_partition() -> None:

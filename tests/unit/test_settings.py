@@ -295,7 +295,7 @@ def test_as_dict() -> None:
     d = s.as_dict()
     assert "sources" not in d
     assert set(d) == {"app", "topics", "ingest", "time", "emit", "activity", "milestones",
-                      "health", "revenue", "features", "churn"}
+                      "health", "revenue", "features", "churn", "alerts"}
     assert d["app"]["web_port"] == 7000
     assert d["time"] == {"mode": "event", "lateness_days": 2.0, "dedup_horizon_days": 3.0,
                          "max_skew_days": 1.0}

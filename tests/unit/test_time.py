@@ -129,7 +129,7 @@ def test_close_day_needs_a_watermark() -> None:
 
 def test_clock_round_trip() -> None:
     clock = PartitionClock(W, D)
-    assert clock.to_dict() == {"wm": W, "day": D}
+    assert clock.to_dict() == {"wm": W, "day": D, "features": {}}
     back = PartitionClock.from_dict(clock.to_dict())
     assert (back.watermark, back.closed_day) == (W, D)
     empty = PartitionClock.from_dict({})

@@ -1,0 +1,98 @@
+"""Threshold alerts from configured rules: `firing` once when a condition starts, `resolved`
+once when it ends (CONTRACT.md vitals.alerts).
+
+The state of each subject's alerts lives in that subject's own record (the customer record for
+customer rules), so the changelog write that persists a figure also persists whether its alert
+already fired: a restart neither fires twice nor forgets to resolve.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from models.activity import DAY_SECONDS
+from streams.settings import AlertRule
+from streams.time import rfc3339
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def lookup(figures: Mapping[str, Any], path: str) -> float | None:
+    """'health.score' -> figures['health']['score']; None when any part is missing."""
+    node: Any = figures
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+@dataclass(frozen=True)
+class Transition:
+    rule: str
+    status: str          # "firing" | "resolved"
+    value: float | None
+    threshold: float
+    started_at: float
+    as_of: float
+
+
+class AlertBook:
+    """Per-subject alert state: rule -> {"since": ts condition first held, "firing": bool}."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: dict[str, dict[str, Any]] | None = None) -> None:
+        self.state: dict[str, dict[str, Any]] = state or {}
+
+    def firing(self) -> list[str]:
+        return [rule for rule, s in self.state.items() if s.get("firing")]
+
+    def evaluate(self, rules: Mapping[str, AlertRule], names: list[str],
+                 figures: Mapping[str, Any], segment: str | None, as_of: float
+                 ) -> list[Transition]:
+        out: list[Transition] = []
+        for name in names:
+            rule = rules[name]
+            threshold = rule.threshold_by_segment.get(segment or "", rule.threshold)
+            value = lookup(figures, rule.metric)
+            holds = value is not None and OPS[rule.op](value, threshold)
+            entry = self.state.get(name)
+            if holds:
+                if entry is None:
+                    entry = self.state[name] = {"since": as_of, "firing": False}
+                if not entry["firing"] and as_of - entry["since"] >= rule.for_days * DAY_SECONDS:
+                    entry["firing"] = True
+                    out.append(Transition(name, "firing", value, threshold, entry["since"], as_of))
+            elif entry is not None:
+                if entry["firing"]:
+                    out.append(Transition(name, "resolved", value, threshold, entry["since"],
+                                          as_of))
+                del self.state[name]
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return self.state
+
+
+def alert_record(rule_name: str, rule: AlertRule, t: Transition, subject: dict[str, Any],
+                 subject_id: str, explain: dict[str, Any] | None = None) -> dict[str, Any]:
+    fields = {**subject, "value": t.value if t.value is not None else float("nan")}
+    try:
+        summary = rule.summary.format(**fields)
+    except (KeyError, ValueError, IndexError):
+        summary = f"{rule_name} {t.status} for {subject_id}"
+    if t.status == "resolved":
+        summary = f"Resolved: {summary}"
+    record = {
+        "alert_id": f"{rule_name}:{subject_id}", "rule": rule_name, "status": t.status,
+        "severity": rule.severity, "subject": subject, "metric": rule.metric,
+        "value": t.value, "threshold": t.threshold, "started_at": rfc3339(t.started_at),
+        "as_of": rfc3339(t.as_of), "summary": summary, "actions": list(rule.actions),
+    }
+    if explain:
+        record["explain"] = explain
+    return record

@@ -1,0 +1,119 @@
+"""Evaluates one customer as of an event time: activity, onboarding, health, alert transitions.
+
+Everything a `vitals.customer` record shows is derived here from the stored state and the as-of
+time, so re-evaluating later (a day close, an HTTP request) gives figures that decay correctly
+without any new event.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+from models.activity import DAY_SECONDS, day_of, window_days
+from models.health import HealthParams, weakest_components
+from models.onboarding import MilestoneParams
+from streams.alerts import Transition, alert_record
+from streams.records import activity_figures, customer_record, customer_status
+from streams.settings import Settings
+from streams.state import CustomerState
+
+
+@dataclass
+class Evaluation:
+    record: dict[str, Any]
+    alerts: list[dict[str, Any]]
+    segment: str
+    status: str
+    stickiness: float
+    grade: str | None
+    score: float | None
+    ttv_days: float | None
+
+
+def _release_times(released: Mapping[str, str]) -> dict[str, float]:
+    return {f: datetime.fromisoformat(ts).timestamp() for f, ts in released.items()}
+
+
+class Evaluator:
+    def __init__(self, settings: Settings) -> None:
+        m, h = settings.milestones, settings.health
+        self.window = settings.activity.window_days
+        self.milestones = MilestoneParams(
+            account_setup_usage=m.account_setup_usage, account_setup_billing=m.account_setup_billing,
+            value_actions=m.value_actions, feature_events_are_value=m.feature_events_are_value,
+            eureka_days=m.eureka_days, habit_weeks=m.habit_weeks, success_days=m.success_days)
+        self.health = HealthParams(
+            weights=h.weights, target_active_days=h.target_active_days,
+            ticket_tolerance=h.ticket_tolerance, priority_weights=h.priority_weights,
+            grades=h.grades, stickiness_target=h.engagement_stickiness_target,
+            window_days=self.window, payment_window_days=h.payment_window_days,
+            survey_window_days=h.survey_window_days)
+        self.rules = settings.alerts.rules
+        self.customer_rules = list(settings.alerts.customer_rules)
+        self.key_features = set(settings.features.key)
+        self.released = _release_times(settings.features.released)
+
+    def attach(self, state: CustomerState) -> CustomerState:
+        """Parameters are configuration, not state: give restored records the current ones."""
+        state.onboarding.params = self.milestones
+        state.support.params = self.health
+        return state
+
+    def key_released(self, catalog: Mapping[str, float], as_of: float) -> set[str]:
+        """Key features released by as_of: the configured ones, else every feature seen."""
+        names = self.key_features or set(catalog) | set(self.released)
+        out = set()
+        for f in names:
+            released = self.released.get(f, catalog.get(f))
+            if released is not None and released <= as_of:
+                out.add(f)
+        return out
+
+    def evaluate(self, state: CustomerState, as_of: float, catalog: Mapping[str, float],
+                 remember: bool = True, alerts: bool = True) -> Evaluation:
+        day = day_of(as_of)
+        act = activity_figures(state, as_of, self.window)
+        first = state.signup_ts if state.signup_ts is not None else state.first_ts
+        n = window_days(day, None if first is None else day_of(first), self.window)
+        released = self.key_released(catalog, as_of)
+        used = sum(1 for f in released if state.features.get(f, -1) >= day - self.window + 1)
+        health = state.support.evaluate(
+            day, active_days_30d=act.active_days_30d, n=n, stickiness=act.stickiness,
+            mau=act.mau, key_used=used, key_released=len(released), seats=state.seats,
+            remember=remember)
+        onboarding = state.onboarding.to_record()
+        status = customer_status(state)
+        segment = state.segment or "unknown"
+        record = customer_record(state, as_of, act, status)
+        record["onboarding"] = onboarding
+        record["health"] = health
+        out = Evaluation(record, [], segment, status, act.stickiness, health["grade"],
+                         health["score"], onboarding["ttv_days"])
+        if alerts and self.customer_rules:
+            figures = {"activity": record["activity"], "health": health,
+                       "onboarding": {**onboarding,
+                                      "days_without_aha": self._days_without_aha(state, as_of)},
+                       "payments": {"failed_30d": self._failed_30d(state, day)}}
+            transitions = state.alerts.evaluate(self.rules, self.customer_rules, figures,
+                                                state.segment, as_of)
+            out.alerts = [self._alert(state, t, health) for t in transitions]
+        return out
+
+    def _alert(self, state: CustomerState, t: Transition, health: dict[str, Any]) -> dict[str, Any]:
+        components = health.get("components") or {}
+        explain = {"components": components,
+                   "pulled_down_by": weakest_components(components, 2, self.health.weights)}
+        subject = {"customer_id": state.customer_id, "segment": state.segment}
+        return alert_record(t.rule, self.rules[t.rule], t, subject, state.customer_id, explain)
+
+    @staticmethod
+    def _days_without_aha(state: CustomerState, as_of: float) -> float | None:
+        ob = state.onboarding
+        if ob.aha is not None or ob.signed_up is None:
+            return None
+        return (as_of - ob.signed_up) / DAY_SECONDS
+
+    def _failed_30d(self, state: CustomerState, day: int) -> int:
+        first = day - self.window + 1
+        return sum(v[1] for d, v in state.support.payments.items() if first <= d <= day)
