@@ -55,6 +55,8 @@ class AlertBook:
                  figures: Mapping[str, Any], segment: str | None, as_of: float
                  ) -> list[Transition]:
         out: list[Transition] = []
+        for stale in [r for r in self.state if r not in names]:
+            del self.state[stale]  # a rule taken out of the configuration
         for name in names:
             rule = rules[name]
             threshold = rule.threshold_by_segment.get(segment or "", rule.threshold)
@@ -80,13 +82,15 @@ class AlertBook:
 
 def alert_record(rule_name: str, rule: AlertRule, t: Transition, subject: dict[str, Any],
                  subject_id: str, explain: dict[str, Any] | None = None) -> dict[str, Any]:
-    fields = {**subject, "value": t.value if t.value is not None else float("nan")}
-    try:
-        summary = rule.summary.format(**fields)
-    except (KeyError, ValueError, IndexError):
-        summary = f"{rule_name} {t.status} for {subject_id}"
     if t.status == "resolved":
-        summary = f"Resolved: {summary}"
+        now = "no longer available" if t.value is None else f"now {t.value:g}"
+        summary = (f"Resolved: {rule_name} for {subject_id}: {rule.metric} is {now} "
+                   f"(fires when {rule.op} {t.threshold:g})")
+    else:
+        try:
+            summary = rule.summary.format(**subject, value=t.value)
+        except (KeyError, ValueError, IndexError, TypeError):
+            summary = f"{rule_name} firing for {subject_id}: {rule.metric} = {t.value}"
     record = {
         "alert_id": f"{rule_name}:{subject_id}", "rule": rule_name, "status": t.status,
         "severity": rule.severity, "subject": subject, "metric": rule.metric,

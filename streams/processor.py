@@ -363,7 +363,8 @@ class CustomerProcessor:
         for cid in self.contrib:
             state = self.live.get(cid) or self.store.get(cid)
             for rule in state.alerts.firing() if state is not None else ():
-                firing[(rule, rules[rule].severity)] += 1
+                if rule in rules:
+                    firing[(rule, rules[rule].severity)] += 1
         return [
             *watermark_gauges(self.oldest_watermark()),
             gauge("vitals_customers", "Known customers by segment and status",

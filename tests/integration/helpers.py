@@ -37,9 +37,9 @@ def signup(cid: str, ts: float, segment: str = "smb", **extra: Any) -> dict[str,
     return {"event_id": f"s-{cid}", "customer_id": cid, "ts": iso(ts), "segment": segment, **extra}
 
 
-def tick(produce, out, prefix: str, ts: float) -> None:
+def tick(produce, out, prefix: str, ts: float, topic: str = "events.usage") -> None:
     """Move every partition's watermark to ts and wait until the worker has applied it."""
     for cid in tickers(prefix):
-        produce.send("events.usage", usage(cid, "clock", ts))
+        produce.send(topic, usage(cid, "clock", ts))
     produce.flush()
     out.wait_for(lambda o: all(o.latest.get(c, {}).get("as_of") == iso(ts) for c in tickers(prefix)))

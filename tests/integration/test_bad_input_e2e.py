@@ -31,7 +31,7 @@ def test_every_bad_input_class_is_dead_lettered_and_counted(
         ("events.billing", orjson.dumps({**ok, "type": "payment_succeeded", "amount": 5,
                                          "currency": "XTS"}), "unknown_currency"),
         ("events.usage", orjson.dumps({**ok, "event_id": "far", "user_id": "u", "action": "a",
-                                       "ts": iso(p + 4000 * DAY)}), "future_ts"),
+                                       "ts": iso(p + 40000 * DAY)}), "future_ts"),
     ]
     before = worker.metric("vitals_deadletter_total")
     produce.send("events.usage", usage(c, "u1", p))  # sets the watermark of c's partition

@@ -1,0 +1,434 @@
+"""Health, onboarding and alerts through the customer stage (CustomerProcessor), by hand.
+
+The scripted customer c-1 (smb, 5 seats, signed up on day 0 = D = 2026-03-01, a Sunday):
+  day 0        signup 09:00, subscription_started 09:30, payment_succeeded 09:45
+  days 0-29    users u1…u5 each do `report_created` (10:00 … 14:00)
+  day 31       3 high-priority tickets (W = 3 · 2 = 6 → support = 100 · (1 − 6/8) = 25)
+  days 70-95   usage resumes as before
+A "tick" customer on the same partition sends a support `csat` at 00:30 and 12:00 every day:
+it moves the watermark (at most max_skew = 1 day at a time), so every day closes, and it
+changes no figure of c-1. One flush a day, after the day's events: the record's as_of is the
+watermark (12:00 on quiet days, 14:00 on usage days), i.e. the record of day k is as of day k.
+
+Health (METRICS.md) with no feature events: feature_adoption is null, so the weights
+renormalise over 0.30 + 0.20 + 0.15 + 0.10 = 0.75:
+  score = (0.30·U + 0.20·S + 0.15·P + 0.10·E) / 0.75
+  U = 100 · min(1, active_days_30d / (20 · n / 30)); n = min(30, D − 0 + 1)
+  E = 100 · mean(min(1, stickiness / 0.5), min(1, mau / seats))   (no NPS/CSAT for c-1)
+  P = 100 (one succeeded payment on day 0, inside the 90-day window until day 89)
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, MutableMapping
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.events import EventValidator, event_hash
+from streams.exporters.metrics import Metrics
+from streams.processor import CustomerProcessor
+from streams.settings import load_settings
+from streams.state import CustomerState, decode_state, encode_state
+from streams.time import rfc3339
+
+SETTINGS = load_settings(env={})
+VALIDATOR = EventValidator(SETTINGS.app.reporting_currency, SETTINGS.revenue.currency_rates)
+DAY = 86400.0
+D = 20513  # 2026-03-01, a Sunday
+_ids = itertools.count()
+
+Events = Callable[[int], list[dict[str, Any]]]
+
+
+def at(day: int, hour: float = 12.0) -> float:
+    return (D + day) * DAY + hour * 3600.0
+
+
+def iso(day: int, hour: float = 0.0) -> str:
+    return rfc3339(at(day, hour))
+
+
+def event(family: str, cid: str, ts: float, **fields: Any) -> dict[str, Any]:
+    """An event as ingest hands it on: validated, hashed, with its raw text."""
+    obj = {"event_id": f"{family}-{next(_ids)}", "customer_id": cid, "ts": rfc3339(ts), **fields}
+    out = VALIDATOR.validate(family, obj)
+    out["h"] = event_hash(out["event_id"])
+    out["raw"] = orjson.dumps(obj).decode()
+    return out
+
+
+def usage(cid: str, ts: float, user: str, action: str) -> dict[str, Any]:
+    return event("usage", cid, ts, user_id=user, action=action)
+
+
+def make(store: MutableMapping[str, CustomerState] | None = None,
+         clock_store: MutableMapping[str, dict[str, Any]] | None = None
+         ) -> tuple[CustomerProcessor, Metrics]:
+    metrics = Metrics()
+    proc = CustomerProcessor(SETTINGS, {} if store is None else store,
+                             {} if clock_store is None else clock_store, metrics,
+                             partition_of=lambda cid: 0, wall_clock=None)
+    return proc, metrics
+
+
+class Run:
+    """Drives one processor a day at a time and keeps what each day's flush handed out."""
+
+    def __init__(self, script: Events, proc: CustomerProcessor,
+                 clock_store: dict[str, dict[str, Any]]) -> None:
+        self.script, self.proc, self.clock_store = script, proc, clock_store
+        self.records: dict[int, dict[str, dict[str, Any]]] = {}   # day -> cid -> record
+        self.alerts: list[tuple[int, dict[str, Any]]] = []        # (day, alert record)
+        self.last: dict[str, dict[str, Any]] = {}                  # records of the last flush
+
+    def day(self, k: int) -> None:
+        batch = [event("support", "tick", at(k, 0.5), type="csat", score=5),
+                 event("support", "tick", at(k, 12.0), type="csat", score=5),
+                 *self.script(k)]
+        batch.sort(key=lambda e: e["ts"])
+        assert self.proc.apply(0, batch) == []                    # nothing dead-lettered
+        self.take(k)
+        self.records[k] = self.last
+
+    def take(self, k: int) -> None:
+        """One flush; its alerts are filed under day k."""
+        out = self.proc.flush()
+        for partition, clock in out.clocks:                       # what the flush timer writes
+            self.clock_store[str(partition)] = clock
+        self.last = {cid: orjson.loads(v) for cid, v in out.records}
+        assert len(self.last) == len(out.records)
+        for key, value in out.alerts:
+            rec = orjson.loads(value)
+            assert key == rec["alert_id"]
+            self.alerts.append((k, rec))
+
+    def days(self, ks: range) -> "Run":
+        for k in ks:
+            self.day(k)
+        return self
+
+    def of(self, cid: str, rule: str) -> list[tuple[int, dict[str, Any]]]:
+        return [(k, a) for k, a in self.alerts
+                if a["subject"]["customer_id"] == cid and a["rule"] == rule]
+
+
+USERS = [f"u{i}" for i in range(1, 6)]
+
+
+def c1_script(k: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if k == 0:
+        out += [event("signup", "c-1", at(0, 9), segment="smb", plan="pro", seats=5),
+                event("billing", "c-1", at(0, 9.5), type="subscription_started", mrr=99.0),
+                event("billing", "c-1", at(0, 9.75), type="payment_succeeded", amount=99.0)]
+    if 0 <= k <= 29 or 70 <= k <= 95:
+        out += [usage("c-1", at(k, 10 + i), u, "report_created") for i, u in enumerate(USERS)]
+    if k == 31:
+        out += [event("support", "c-1", at(31, 10 + i / 12), type="ticket_opened",
+                      ticket_id=f"t-{i}", priority="high") for i in range(3)]
+    return out
+
+
+def health(run: Run, k: int) -> dict[str, Any]:
+    return run.records[k]["c-1"]["health"]
+
+
+def score_at(x: int) -> float:
+    """c-1 on day D = 59 − x for 45 ≤ D ≤ 58 (x = 14 … 1), tickets in the window:
+    active days D-29…29 = x → U = 100·x/20 = 5x; stickiness = (5x/30)/5 = x/30 → x/15 of target
+    (< 1 from D = 45); mau = 5 = seats → seat signal 1; S = 25; P = 100:
+    0.75·score = 0.3·5x + 0.2·25 + 0.15·100 + 0.1·50·(x/15 + 1) = 25 + (11/6)·x."""
+    return round((25 + 11 * x / 6) / 0.75, 2)
+
+
+@pytest.fixture(scope="module")
+def straight() -> tuple[Run, Metrics]:
+    """The whole scenario on one processor, days 0…95."""
+    proc, metrics = make()
+    run = Run(c1_script, proc, {})
+    run.days(range(0, 96))
+    return run, metrics
+
+
+# ---- the score over the scenario ---------------------------------------------------------------
+
+
+def test_green_while_used(straight: tuple[Run, Metrics]) -> None:
+    run, _ = straight
+    # day 29: n = 30, 30 active days ≥ 20 → U = 100; S = 100; P = 100;
+    #   stickiness = (5·30/30)/5 = 1 → 1; mau/seats = 5/5 → 1 → E = 100 → score 100
+    h = health(run, 29)
+    assert run.records[29]["c-1"]["as_of"] == iso(29, 14)
+    assert h["score"] == 100.0 and h["grade"] == "green"
+    assert h["components"] == {"usage_frequency": 100.0, "feature_adoption": None,
+                               "support": 100.0, "payment": 100.0, "engagement": 100.0}
+    # day 0 (n = 1: one active day against a target of 20·1/30) is already full marks
+    assert health(run, 0)["score"] == 100.0
+    assert all(health(run, k)["grade"] == "green" for k in range(0, 45))
+
+
+def test_tickets_then_decay_to_yellow(straight: tuple[Run, Metrics]) -> None:
+    run, _ = straight
+    # day 31: 28 active days (2…29) → U = 100; S = 25; E = 100 → (30 + 5 + 15 + 10)/0.75 = 80
+    assert health(run, 31)["score"] == 80.0 and health(run, 31)["components"]["support"] == 25.0
+    # day 40: 19 active days → U = 95 → (28.5 + 5 + 15 + 10)/0.75 = 78
+    assert health(run, 40)["score"] == 78.0
+    # day 44: 15 active days → U = 75; stickiness 15/30 = 0.5 → E = 100 → 52.5/0.75 = 70 (green)
+    assert (health(run, 44)["score"], health(run, 44)["grade"]) == (70.0, "green")
+    # day 45: active days 16…29 = 14 → U = 70; stickiness (5·14/30)/5 = 0.4667 → 0.9333;
+    #   seats 1 → E = 96.67; (21 + 5 + 15 + 9.6667)/0.75 = 50.6667/0.75 = 67.56
+    h = health(run, 45)
+    assert h["score"] == 67.56 == score_at(14) and h["grade"] == "yellow"
+    assert h["components"] == {"usage_frequency": 70.0, "feature_adoption": None,
+                               "support": 25.0, "payment": 100.0, "engagement": 96.67}
+    for day in range(45, 59):
+        assert health(run, day)["score"] == score_at(59 - day), day
+    # yellow while score ≥ 40: 25 + 11x/6 ≥ 30 ⟺ x ≥ 3 (day 56: 40.67); red from day 57 (38.22)
+    assert [health(run, k)["grade"] for k in (55, 56, 57, 58)] == \
+        ["yellow", "yellow", "red", "red"]
+
+
+def test_red_by_day_60_then_tickets_leave_the_window(straight: tuple[Run, Metrics]) -> None:
+    run, _ = straight
+    # day 60: no active day in 31…60 → U = 0, mau = 0 → stickiness 0, seats 0 → E = 0;
+    #   the tickets of day 31 are still in 31…60 → S = 25; (0 + 5 + 15 + 0)/0.75 = 26.67
+    h = health(run, 60)
+    assert h["score"] == 26.67 and h["grade"] == "red"
+    assert h["components"] == {"usage_frequency": 0.0, "feature_adoption": None,
+                               "support": 25.0, "payment": 100.0, "engagement": 0.0}
+    assert health(run, 59)["score"] == 26.67
+    # day 61: the tickets left the window (32…61) → S = 100: (20 + 15)/0.75 = 46.67 (yellow)
+    for k in (61, 62, 69):
+        assert (health(run, k)["score"], health(run, k)["grade"]) == (46.67, "yellow")
+    # day 70, usage again: 1 active day → U = 5; stickiness (5/30)/5 → (1/30)/0.5 = 0.0667;
+    #   seats 1 → E = 53.33; (1.5 + 20 + 15 + 5.3333)/0.75 = 55.78
+    assert health(run, 70)["score"] == 55.78
+    # day 95: payment of day 0 left the 90-day window → null; renormalise over 0.60;
+    #   26 active days → U = 100, S = 100, E = 100 → 100
+    h = health(run, 95)
+    assert h["components"]["payment"] is None and h["score"] == 100.0
+    assert health(run, 89)["components"]["payment"] == 100.0
+    assert health(run, 90)["components"]["payment"] is None
+
+
+def test_trend_7d_is_the_difference_of_published_scores(straight: tuple[Run, Metrics]) -> None:
+    run, _ = straight
+    for k in range(0, 7):   # nothing 7 days earlier
+        assert health(run, k)["trend_7d"] is None, k
+    for k in range(7, 96):  # every day closed, so score(D−7) is known
+        h, before = health(run, k), health(run, k - 7)
+        assert h["trend_7d"] == round(h["score"] - before["score"], 2), k
+    assert health(run, 31)["trend_7d"] == -20.0        # 80 − 100
+    assert health(run, 45)["trend_7d"] == -12.44       # 67.56 − 80 (day 38)
+    assert health(run, 61)["trend_7d"] == round(46.67 - score_at(5), 2)   # day 54: 52.89
+
+
+# ---- health_red --------------------------------------------------------------------------------
+
+
+def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
+    """One firing on day 57 (first red day, found at its day close, as of 00:00) and one
+    resolved on day 61 (the tickets leave the window: 46.67)."""
+    assert [(k, a["status"]) for k, a in alerts] == [(57, "firing"), (61, "resolved")]
+    fired, resolved = alerts[0][1], alerts[1][1]
+    # day 57: x = 2 → (25 + 11/3)/0.75 = 38.22
+    assert fired["value"] == 38.22 < 40 and fired["threshold"] == 40.0
+    assert fired["alert_id"] == "health_red:c-1" and fired["severity"] == "critical"
+    assert fired["subject"] == {"customer_id": "c-1", "segment": "smb"}
+    assert fired["metric"] == "health.score"
+    assert fired["started_at"] == fired["as_of"] == iso(57)
+    assert fired["summary"] == "Health of c-1 fell to 38 (red)"
+    assert fired["actions"] == SETTINGS.alerts.rules["health_red"].actions
+    # points lost wᵢ·(100 − cᵢ): usage 0.3·(100 − 10) = 27, support 0.2·75 = 15,
+    #   engagement 0.1·(100 − 56.67) = 4.33, payment 0
+    assert fired["explain"]["pulled_down_by"] == ["usage_frequency", "support"]
+    assert fired["explain"]["components"] == {
+        "usage_frequency": 10.0, "feature_adoption": None, "support": 25.0, "payment": 100.0,
+        "engagement": 56.67}
+    assert resolved["alert_id"] == "health_red:c-1"
+    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(57)
+    assert resolved["as_of"] == iso(61)
+    assert resolved["summary"].startswith("Resolved: ")
+
+
+def test_health_red_fires_once_and_resolves_once(straight: tuple[Run, Metrics]) -> None:
+    run, metrics = straight
+    check_health_red(run.of("c-1", "health_red"))
+    assert run.of("tick", "health_red") == []
+    get = metrics.registry.get_sample_value
+    assert get("vitals_alerts_total", {"rule": "health_red", "status": "firing"}) == 1
+    assert get("vitals_alerts_total", {"rule": "health_red", "status": "resolved"}) == 1
+
+
+def test_restart_in_the_red_period_neither_refires_nor_forgets() -> None:
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, metrics = make(clock_store=clock_store)
+    run = Run(c1_script, proc, clock_store)
+    run.days(range(0, 59))                       # red since day 57, firing
+    assert health(run, 58)["grade"] == "red"
+    assert [a["status"] for _, a in run.of("c-1", "health_red")] == ["firing"]
+
+    # "crash": only the changelog (encoded states) and the clock table survive
+    store2 = {cid: decode_state(encode_state(state)) for cid, state in proc.store.items()}
+    assert store2["c-1"].alerts.state["health_red"] == {"since": at(57, 0), "firing": True}
+    proc2, metrics2 = make(store=store2, clock_store=dict(clock_store))
+    proc2.assign([0])
+    run.proc = proc2
+    run.take(58)                                 # re-publishes every customer …
+    assert set(run.last) == {"c-1", "tick"}
+    assert run.last["c-1"] == run.records[58]["c-1"]
+    assert [a["status"] for _, a in run.of("c-1", "health_red")] == ["firing"]   # … no new firing
+
+    run.days(range(59, 96))
+    check_health_red(run.of("c-1", "health_red"))
+    get2 = metrics2.registry.get_sample_value
+    assert get2("vitals_alerts_total", {"rule": "health_red", "status": "firing"}) is None
+    assert get2("vitals_alerts_total", {"rule": "health_red", "status": "resolved"}) == 1
+    assert metrics.registry.get_sample_value(
+        "vitals_alerts_total", {"rule": "health_red", "status": "firing"}) == 1
+    # trend_7d across the restart uses the restored score history
+    for k in range(59, 66):
+        assert health(run, k)["trend_7d"] == round(health(run, k)["score"]
+                                                   - health(run, k - 7)["score"], 2)
+
+
+# ---- onboarding --------------------------------------------------------------------------------
+
+
+def test_onboarding_milestones_in_the_record(straight: tuple[Run, Metrics]) -> None:
+    run, _ = straight
+    ob = run.records[0]["c-1"]["onboarding"]
+    # aha = first report_created, 1 h after signup → ttv = 1/24 = 0.0417 days
+    assert ob == {"signed_up": iso(0, 9), "account_setup": iso(0, 9.5), "aha": iso(0, 10),
+                  "eureka": None, "habit": None, "ttv_days": 0.0417, "stage": "aha"}
+    assert run.records[1]["c-1"]["onboarding"]["stage"] == "aha"
+    # third distinct value day = day 2, its first value action 10:00
+    ob = run.records[2]["c-1"]["onboarding"]
+    assert (ob["eureka"], ob["stage"]) == (iso(2, 10), "eureka")
+    # habit: 4 consecutive ISO weeks — day 0 is a Sunday (week 1 = day 0, week 2 = days 1-7,
+    #   week 3 = 8-14, week 4 = 15-21): the first value action of day 15
+    assert run.records[14]["c-1"]["onboarding"]["habit"] is None
+    ob = run.records[15]["c-1"]["onboarding"]
+    assert (ob["habit"], ob["stage"]) == (iso(15, 10), "habit")
+    # milestones are final: the same in the last record
+    last = run.records[95]["c-1"]["onboarding"]
+    assert last == {"signed_up": iso(0, 9), "account_setup": iso(0, 9.5), "aha": iso(0, 10),
+                    "eureka": iso(2, 10), "habit": iso(15, 10), "ttv_days": 0.0417,
+                    "stage": "habit"}
+    assert run.of("c-1", "ttv_exceeded") == []
+
+
+def logins_only(k: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if k == 0:
+        out += [event("signup", "s-1", at(0, 9), segment="smb"),
+                event("signup", "e-1", at(0, 9), segment="enterprise")]
+    out += [usage("s-1", at(k, 12), "u1", "login"), usage("e-1", at(k, 12), "u1", "login")]
+    if k == 35:
+        out.append(usage("s-1", at(35, 15), "u1", "report_created"))     # s-1's aha
+    return out
+
+
+def test_ttv_exceeded_by_segment() -> None:
+    proc, metrics = make()
+    run = Run(logins_only, proc, {})
+    run.days(range(0, 92))
+    smb = run.of("s-1", "ttv_exceeded")
+    # s-1 signed up day 0 09:00; day 29's flush (as of 12:00) is 29.125 days: not > 30;
+    #   day 30's day close (00:00) 29.625; day 30's flush (12:00) 30.125 > 30 → fires
+    assert [(k, a["status"]) for k, a in smb] == [(30, "firing"), (35, "resolved")]
+    fired = smb[0][1]
+    assert fired["as_of"] == iso(30, 12) == fired["started_at"]
+    assert fired["value"] == pytest.approx(30.125) and fired["threshold"] == 30.0
+    assert fired["subject"] == {"customer_id": "s-1", "segment": "smb"}
+    assert fired["severity"] == "warning" and fired["metric"] == "onboarding.days_without_aha"
+    assert fired["summary"] == "s-1 has no aha moment 30 days after signup"
+    # the aha on day 35 ends the condition: the metric is null → resolved with value null
+    resolved = smb[1][1]
+    assert resolved["value"] is None and resolved["as_of"] == iso(35, 15)
+    assert run.records[35]["s-1"]["onboarding"]["ttv_days"] == pytest.approx(35.25)
+    # e-1, the same age, is judged on 90 days: fires on day 90 (90.125 > 90), not before
+    ent = run.of("e-1", "ttv_exceeded")
+    assert [(k, a["status"]) for k, a in ent] == [(90, "firing")]
+    assert ent[0][1]["threshold"] == 90.0 and ent[0][1]["value"] == pytest.approx(90.125)
+    assert metrics.registry.get_sample_value(
+        "vitals_alerts_total", {"rule": "ttv_exceeded", "status": "firing"}) == 2
+    assert metrics.registry.get_sample_value(
+        "vitals_alerts_firing", {"rule": "ttv_exceeded", "severity": "warning"}) == 1
+
+
+# ---- Prometheus --------------------------------------------------------------------------------
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.exposition().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_gauges_in_the_exposition_at_day_58() -> None:
+    proc, metrics = make()
+    Run(c1_script, proc, {}).days(range(0, 59))
+    got = samples(metrics)
+
+    def g(name: str, **labels: str) -> float | None:
+        return got.get((name, tuple(sorted(labels.items()))))
+
+    # c-1 (smb): 35.78 red. tick (no signup → segment "unknown"): no activity → U = 0;
+    #   S = 100; P null; E = mean(stickiness 0, CSAT (5 − 1)/4 = 1) = 50;
+    #   (0 + 20 + 5)/0.60 = 41.67 yellow
+    assert g("vitals_customers_by_grade", segment="smb", grade="red") == 1
+    assert g("vitals_customers_by_grade", segment="unknown", grade="yellow") == 1
+    assert g("vitals_customers_by_grade", segment="smb", grade="green") is None
+    assert g("vitals_health_score_count", segment="smb") == 1
+    assert g("vitals_health_score_sum", segment="smb") == pytest.approx(35.78)
+    assert g("vitals_health_score_bucket", segment="smb", le="30") == 0
+    assert g("vitals_health_score_bucket", segment="smb", le="40") == 1
+    assert g("vitals_health_score_bucket", segment="smb", le="+Inf") == 1
+    assert g("vitals_health_score_bucket", segment="unknown", le="40") == 0
+    assert g("vitals_health_score_bucket", segment="unknown", le="50") == 1
+    assert g("vitals_health_score_sum", segment="unknown") == pytest.approx(41.67)
+    # (the exporter writes le="30", not prometheus_client's "30.0")
+    # firing now: c-1 health_red (since 57) and health_dropping (trend on 58 = 35.78 − 52.89
+    #   = −17.11 ≤ −15); tick stickiness_low (stickiness 0 for ≥ 7 days); c-1's own
+    #   stickiness_low (< 0.1 from day 57) is still pending its 7 days
+    assert g("vitals_alerts_firing", rule="health_red", severity="critical") == 1
+    assert g("vitals_alerts_firing", rule="health_dropping", severity="warning") == 1
+    assert g("vitals_alerts_firing", rule="stickiness_low", severity="warning") == 1
+    assert g("vitals_alerts_firing", rule="ttv_exceeded", severity="warning") is None
+    assert g("vitals_alerts_total", rule="health_red", status="firing") == 1
+    assert g("vitals_time_to_value_days_count", segment="smb") == 1
+    # no customer id in any label
+    assert not any(v in ("c-1", "tick") for _, labels in got for _, v in labels)
+
+
+def test_gauges_follow_the_recovery(straight: tuple[Run, Metrics]) -> None:
+    _, metrics = straight
+    got = samples(metrics)
+    # as of day 95: c-1 green (100), health_red resolved → no health_red series firing
+    assert got.get(("vitals_customers_by_grade", (("grade", "green"), ("segment", "smb")))) == 1
+    assert got.get(("vitals_customers_by_grade", (("grade", "red"), ("segment", "smb")))) is None
+    assert got.get(("vitals_alerts_firing", (("rule", "health_red"),
+                                             ("severity", "critical")))) is None
+
+
+# ---- configuration changes across a restart ----------------------------------------------------
+
+
+def test_firing_alert_of_a_removed_rule_does_not_break_the_scrape() -> None:
+    state = CustomerState("c-1")
+    state.segment = "smb"
+    state.signup_ts = at(0, 9)
+    state.alerts.state["retired_rule"] = {"since": at(0, 9), "firing": True}
+    store = {"c-1": decode_state(encode_state(state))}
+    proc, metrics = make(store=store, clock_store={"0": {"wm": at(1), "day": D + 1}})
+    proc.assign([0])
+    proc.flush()
+    text = metrics.exposition().decode()
+    assert "vitals_alerts_firing" in text
