@@ -16,6 +16,7 @@ from faust.serializers import codecs
 from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
+from streams.business import BusinessAggregator, ScopeState, decode_scope, encode_scope
 from streams.exporters.metrics import CONTENT_TYPE, Metrics
 from streams.ingest import IngestService
 from streams.processor import CustomerProcessor, Flush
@@ -44,7 +45,16 @@ class _Utf8Codec(codecs.Codec):
         return s.decode()
 
 
+class _ScopeCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_scope(obj) if isinstance(obj, ScopeState) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_scope(s)
+
+
 codecs.register("vitals_state", _StateCodec())
+codecs.register("vitals_scope", _ScopeCodec())
 codecs.register("utf8", _Utf8Codec())
 
 
@@ -56,7 +66,9 @@ class Service:
     metrics: Metrics
     processor: CustomerProcessor
     ingest: IngestService
+    aggregator: BusinessAggregator | None = None
     pending: list[EventT] = field(default_factory=list)
+    business_pending: list[EventT] = field(default_factory=list)
     flushes: int = 0
     records_sent: int = 0
 
@@ -97,10 +109,17 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     customer_out = app.topic(s.topics.customer, key_serializer="utf8", value_serializer="raw")
     deadletter_out = app.topic(s.topics.deadletter, key_serializer="raw", value_serializer="raw")
     alerts_out = app.topic(s.topics.alerts, key_serializer="utf8", value_serializer="raw")
+    scopes = _table(app, "scopes", s.app.partitions, "vitals_scope")
+    business_in = app.topic(s.topics.business_internal, partitions=s.app.partitions,
+                            key_serializer="utf8", value_serializer="raw")
+    business_out = app.topic(s.topics.business, key_serializer="utf8", value_serializer="raw")
 
     processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
-    service = Service(s, app, metrics, processor, ingest)
+    aggregator = BusinessAggregator(s, scopes.data)
+    processor.churn_rates = aggregator.rates
+    metrics.add_gauge_source(aggregator.gauges)
+    service = Service(s, app, metrics, processor, ingest, aggregator)
 
     @app.agent(internal, name="apply_customer_events")
     async def apply_customer_events(stream: faust.StreamT) -> None:
@@ -122,7 +141,16 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             customer_out.send_soon(key=key, value=value)
         for key, value in out.alerts:
             alerts_out.send_soon(key=key, value=value)
+        for scope, value in out.business:
+            business_in.send_soon(key=scope, value=value, partition=partition_of(scope))
         service.records_sent += len(out.records)
+
+    @app.agent(business_in, name="aggregate_business")
+    async def aggregate_business(stream: faust.StreamT) -> None:
+        # Same contract as the customer agent: acknowledged by the flush timer only.
+        async for event in stream.noack().events():
+            aggregator.apply([orjson.loads(event.message.value)])
+            service.business_pending.append(event)
 
     @app.timer(s.emit.interval_seconds, name="flush_customers")
     async def flush_customers() -> None:
@@ -130,6 +158,16 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             processor.advance_wall_clock(time.time())
         send(processor.flush())
         pending, service.pending = service.pending, []
+        for event in pending:
+            event.ack()
+        business = aggregator.flush()
+        for scope, state in business.changelog:
+            scopes.send_changelog(partition_of(scope), scope, state)
+        for key, value in business.records:
+            business_out.send_soon(key=key, value=value)
+        for key, value in business.alerts:
+            alerts_out.send_soon(key=key, value=value)
+        pending, service.business_pending = service.business_pending, []
         for event in pending:
             event.ack()
         service.flushes += 1
@@ -145,6 +183,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == s.topics.business_internal}
+        aggregator.revoke({scope for scope in list(scopes.data.keys())
+                           if partition_of(scope) in gone} | {
+                              scope for scope in aggregator.live if partition_of(scope) in gone})
+        service.business_pending = [e for e in service.business_pending
+                                    if e.message.tp not in revoked]
         send(processor.revoke({tp.partition for tp in revoked
                                if tp.topic == s.topics.repartition}))
         service.pending = [e for e in service.pending

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from models.activity import DAY_SECONDS, day_of, window_days
 from models.health import HealthParams, weakest_components
-from models.onboarding import MilestoneParams
+from models.onboarding import MilestoneParams, success_eligible
+from models.revenue import clv_to_cac, customer_clv
 from streams.alerts import Transition, alert_record
 from streams.records import activity_figures, customer_record, customer_status
 from streams.settings import Settings
@@ -29,6 +30,9 @@ class Evaluation:
     grade: str | None
     score: float | None
     ttv_days: float | None
+    succeeded: bool = False      # eureka within success_days of signup
+    eligible: bool = False       # signed up at least success_days before as_of
+    cac: float | None = None
 
 
 def _release_times(released: Mapping[str, str]) -> dict[str, float]:
@@ -53,6 +57,9 @@ class Evaluator:
         self.customer_rules = list(settings.alerts.customer_rules)
         self.key_features = set(settings.features.key)
         self.released = _release_times(settings.features.released)
+        self.currency = settings.app.reporting_currency
+        self.gross_margin = settings.revenue.gross_margin
+        self.min_churn_rate = settings.revenue.min_churn_rate
 
     def attach(self, state: CustomerState) -> CustomerState:
         """Parameters are configuration, not state: give restored records the current ones."""
@@ -71,7 +78,8 @@ class Evaluator:
         return out
 
     def evaluate(self, state: CustomerState, as_of: float, catalog: Mapping[str, float],
-                 remember: bool = True, alerts: bool = True) -> Evaluation:
+                 remember: bool = True, alerts: bool = True,
+                 churn_rates: Mapping[str, float] | None = None) -> Evaluation:
         day = day_of(as_of)
         act = activity_figures(state, as_of, self.window)
         first = state.signup_ts if state.signup_ts is not None else state.first_ts
@@ -88,8 +96,12 @@ class Evaluator:
         record = customer_record(state, as_of, act, status)
         record["onboarding"] = onboarding
         record["health"] = health
+        record["revenue"] = self._revenue(state, segment, churn_rates or {})
+        ob = state.onboarding
         out = Evaluation(record, [], segment, status, act.stickiness, health["grade"],
-                         health["score"], onboarding["ttv_days"])
+                         health["score"], onboarding["ttv_days"], ob.succeeded(),
+                         success_eligible(ob.signed_up, as_of, self.milestones.success_days),
+                         state.cac)
         if alerts and self.customer_rules:
             figures = {"activity": record["activity"], "health": health,
                        "onboarding": {**onboarding,
@@ -99,6 +111,16 @@ class Evaluator:
                                                 state.segment, as_of)
             out.alerts = [self._alert(state, t, health) for t in transitions]
         return out
+
+    def _revenue(self, state: CustomerState, segment: str, churn_rates: Mapping[str, float]
+                 ) -> dict[str, Any]:
+        """Customer CLV = MRR x margin / monthly churn rate of its segment (floored)."""
+        rate = churn_rates.get(f"segment:{segment}", self.min_churn_rate)
+        mrr = state.revenue.mrr
+        value = round(customer_clv(mrr, self.gross_margin, rate), 2) if mrr > 0 else 0.0
+        ratio = clv_to_cac(value, state.cac)
+        return {"mrr": mrr, "currency": self.currency, "clv": value, "cac": state.cac,
+                "clv_to_cac": None if ratio is None else round(ratio, 4)}
 
     def _alert(self, state: CustomerState, t: Transition, health: dict[str, Any]) -> dict[str, Any]:
         components = health.get("components") or {}

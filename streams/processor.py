@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, MutableMapping
+from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
 import orjson
 
 from models.activity import DAY_SECONDS, day_of
 from streams import events as ev
 from streams.deadletter import deadletter_value
+from models.revenue import SUBSCRIPTION_KINDS, Movement
+from streams.business import add_to_summary, empty_summary
 from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, histogram, watermark_gauges
 from streams.settings import Settings
@@ -35,6 +37,7 @@ class Flush:
     clocks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     records: list[tuple[str, bytes]] = field(default_factory=list)
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
+    business: list[tuple[str, bytes]] = field(default_factory=list)   # key = scope
 
 
 class CustomerProcessor:
@@ -66,6 +69,11 @@ class CustomerProcessor:
         # Last evaluation of each customer, for the gauges (no customer id ever in a label).
         self.contrib: dict[str, Evaluation] = {}
         self.alerts_out: list[tuple[str, bytes]] = []
+        self.business_out: list[tuple[str, bytes]] = []
+        # Per customer partition and scope: a summary of its customers for vitals.business.
+        self.summaries: dict[int, dict[str, dict[str, Any]]] = {}
+        self.dirty_summaries: set[int] = set()
+        self.churn_rates: Mapping[str, float] = {}  # scope -> monthly churn rate (CLV)
         # Features first seen per partition, kept with the partition's clock.
         self.catalog: dict[str, float] = {}
         self.days_closed = 0
@@ -163,10 +171,20 @@ class CustomerProcessor:
         elif family == "billing":
             kind = event["type"]
             state.onboarding.on_billing(kind, ts)
+            if kind in SUBSCRIPTION_KINDS:
+                mv = state.revenue.apply_subscription(ts, event["event_id"], kind, event["mrr"])
+                if mv is not None:
+                    self._movement(state, mv)
             if kind in ("payment_succeeded", "payment_failed"):
                 state.support.on_payment(ts, kind == "payment_succeeded")
             if event.get("seats"):
                 state.seats = event["seats"]
+
+    def _movement(self, state: CustomerState, mv: Movement) -> None:
+        """To the business stage, once per scope; the event_id lets it drop a resent one."""
+        for scope in ("all", f"segment:{state.segment or 'unknown'}"):
+            self.business_out.append((scope, orjson.dumps(
+                {"t": "mv", "scope": scope, "cid": state.customer_id, "mv": mv.to_dict()})))
 
     def _see_feature(self, feature: str, ts: float, partition: int) -> None:
         first = self.catalog.get(feature)
@@ -236,11 +254,25 @@ class CustomerProcessor:
         self._write_dirty(self.dirty, out)
         self.dirty = {}
         self.live = {}
+        for partition in self.dirty_clocks | self.dirty_summaries:
+            self._report_partition(partition)
         for partition in self.dirty_clocks:
             out.clocks.append((partition, self.clocks[partition].to_dict()))
         self.dirty_clocks = set()
+        self.dirty_summaries = set()
         out.alerts, self.alerts_out = self.alerts_out, []
+        out.business, self.business_out = self.business_out, []
         return out
+
+    def _report_partition(self, partition: int) -> None:
+        """Watermark and customer summary of a partition, to every scope it has customers in
+        (and always to `all`, whose months must roll even when nothing moves)."""
+        wm = self.clocks[partition].watermark if partition in self.clocks else None
+        scopes = self.summaries.get(partition, {})
+        for scope in {"all", *scopes}:
+            self.business_out.append((scope, orjson.dumps(
+                {"t": "part", "scope": scope, "p": partition, "wm": wm,
+                 "sum": scopes.get(scope, empty_summary())})))
 
     def _load(self, cid: str) -> CustomerState:
         state = self.live.get(cid)
@@ -249,8 +281,18 @@ class CustomerProcessor:
         return state
 
     def _evaluate(self, cid: str, state: CustomerState, as_of: float) -> Evaluation:
-        result = self.evaluator.evaluate(state, as_of, self.catalog)
+        result = self.evaluator.evaluate(state, as_of, self.catalog,
+                                         churn_rates=self.churn_rates)
+        old = self.contrib.get(cid)
         self.contrib[cid] = result
+        partition = self.partition_of(cid)
+        scopes = self.summaries.setdefault(partition, {})
+        if old is not None:
+            for scope in ("all", f"segment:{old.segment}"):
+                add_to_summary(scopes.setdefault(scope, empty_summary()), old, -1)
+        for scope in ("all", f"segment:{result.segment}"):
+            add_to_summary(scopes.setdefault(scope, empty_summary()), result, 1)
+        self.dirty_summaries.add(partition)
         for alert in result.alerts:
             self.metrics.alert(alert["rule"], alert["status"])
             self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
@@ -332,6 +374,8 @@ class CustomerProcessor:
             for cid in self.members.pop(partition, ()):
                 self.contrib.pop(cid, None)
                 self.live.pop(cid, None)
+            self.summaries.pop(partition, None)
+            self.dirty_summaries.discard(partition)
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
         return out

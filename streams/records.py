@@ -9,8 +9,8 @@ from streams.time import rfc3339
 
 
 def customer_status(state: CustomerState) -> str:
-    """Billing-derived status; until revenue state exists every customer is on trial."""
-    return "trial"
+    """trial (never paid), active, churned, reactivated: from subscription events."""
+    return state.revenue.status
 
 
 def activity_figures(state: CustomerState, as_of: float, window: int) -> ActivityFigures:

@@ -51,6 +51,7 @@ class TopicSettings:
     alerts: str
     deadletter: str
     repartition: str
+    business_internal: str
     input_partitions: int
 
     def input_topics(self) -> dict[str, str]:
@@ -156,6 +157,7 @@ class AlertRule:
 @dataclass(frozen=True)
 class AlertSettings:
     customer_rules: list[str]
+    business_rules: list[str]
     rules: dict[str, AlertRule]
 
 
@@ -347,9 +349,10 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
-    for name in s.alerts.customer_rules:
-        if name not in s.alerts.rules:
-            raise SettingsError(f"setting 'alerts.customer_rules' names an unknown rule {name!r}")
+    for kind in ("customer_rules", "business_rules"):
+        for name in getattr(s.alerts, kind):
+            if name not in s.alerts.rules:
+                raise SettingsError(f"setting 'alerts.{kind}' names an unknown rule {name!r}")
     total = sum(s.health.weights.values())
     if abs(total - 1.0) > 1e-9:
         raise SettingsError(f"setting 'health.weights' must sum to 1, sums to {total:g}")

@@ -13,6 +13,7 @@ import orjson
 from models.activity import ActivityWindow
 from models.health import SupportAndPayments
 from models.onboarding import Onboarding
+from models.revenue import CustomerRevenue
 from streams.alerts import AlertBook
 from streams.dedup import SeenIds
 
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
-                 "onboarding", "support", "features", "alerts")
+                 "onboarding", "support", "features", "alerts", "revenue")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -42,6 +43,7 @@ class CustomerState:
         self.support = SupportAndPayments()       # tickets, payments, surveys, score history
         self.features: dict[str, int] = {}         # feature -> last event-time day used
         self.alerts = AlertBook()
+        self.revenue = CustomerRevenue()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,7 +52,7 @@ class CustomerState:
             "sus": self.signup_seen_ts, "ft": self.first_ts, "lt": self.last_ts, "n": self.events,
             "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
             "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
-            "al": self.alerts.to_dict(),
+            "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class CustomerState:
         state.support = SupportAndPayments.from_dict(data.get("sp", {}))
         state.features = data.get("f", {})
         state.alerts = AlertBook(data.get("al"))
+        state.revenue = CustomerRevenue.from_dict(data.get("rv", {}))
         return state
 
 

@@ -46,6 +46,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     compact = {"cleanup.policy": "compact"}
     specs = [NewTopic(name, t.input_partitions, 1) for name in t.input_topics()]
     specs.append(NewTopic(t.repartition, settings.app.partitions, 1))
+    specs.append(NewTopic(t.business_internal, settings.app.partitions, 1))
     for name in (t.customer, t.feature_out, t.business, t.alerts):
         specs.append(NewTopic(name, settings.app.partitions, 1, topic_configs=compact))
     specs.append(NewTopic(t.deadletter, settings.app.partitions, 1))

@@ -367,7 +367,6 @@ def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(
         expected |= {name for name, expr in recording.items()
                      if all(n in expected if n in recording else has_data[f"{n}{m}"]
                             for n, m in selectors(expr))}
-    print("EXPECTED", sorted(expected))
     assert "vitals:events:rate5m" in expected and "vitals:workers_up:sum" in expected, expected
     wait_until(lambda: all(prom.query(name) for name in expected),
                f"the recording rules {sorted(expected)} to return data",

@@ -1,0 +1,340 @@
+"""The business stage: per scope (`all`, `segment:<s>`) and calendar month, the revenue bridge,
+NRR/GRR, CLV and customer aggregates of `vitals.business` (METRICS.md "Revenue").
+
+It is fed by the customer stage through an internal topic keyed by scope, with two kinds of
+messages:
+
+- `mv`: one MRR movement of one customer, carrying its event_id, so a movement resent after a
+  crash is recognised and booked once (MonthBook keeps the ids);
+- `part`: for one customer partition, its watermark and a summary of its customers (health,
+  risk, time to value, success, CAC), replacing the previous summary of that partition. The
+  summaries do not depend on which worker owns which partition, so neither do the records.
+
+Kept free of Faust; `streams/app.py` wires it to a stream and a changelog table keyed by scope.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import orjson
+
+from models.revenue import (MOVEMENT_KINDS, MonthBook, Movement, clv, clv_to_cac, month_end,
+                            month_of, monthly_churn_rate, next_month)
+from streams.alerts import AlertBook, alert_record
+from streams.settings import Settings
+from streams.time import rfc3339
+
+TTV_BIN_DAYS = 0.1  # ttv_median_days is the median of 0.1-day bins (within ±0.05 day)
+OPEN_MONTHS_KEPT = 3
+
+
+def empty_summary() -> dict[str, Any]:
+    return {"n": 0, "health_n": 0, "health_sum": 0.0, "at_risk": 0, "ttv": {},
+            "success": 0, "eligible": 0, "cac_n": 0, "cac_sum": 0.0}
+
+
+def add_to_summary(summary: dict[str, Any], e: Any, sign: int) -> None:
+    """Add (sign 1) or take away (sign -1) one customer's evaluation from a summary."""
+    summary["n"] += sign
+    if e.score is not None:
+        summary["health_n"] += sign
+        summary["health_sum"] += sign * e.score
+    if e.grade == "red":
+        summary["at_risk"] += sign
+    if e.ttv_days is not None:
+        b = str(int(e.ttv_days / TTV_BIN_DAYS))
+        left = summary["ttv"].get(b, 0) + sign
+        if left:
+            summary["ttv"][b] = left
+        else:
+            summary["ttv"].pop(b, None)
+    if e.eligible:
+        summary["eligible"] += sign
+        if e.succeeded:
+            summary["success"] += sign
+    if e.cac is not None:
+        summary["cac_n"] += sign
+        summary["cac_sum"] += sign * e.cac
+
+
+def merge_summaries(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    out = empty_summary()
+    for s in parts:
+        for key in ("n", "health_n", "health_sum", "at_risk", "success", "eligible",
+                    "cac_n", "cac_sum"):
+            out[key] += s.get(key, 0)
+        for b, n in s.get("ttv", {}).items():
+            out["ttv"][b] = out["ttv"].get(b, 0) + n
+    return out
+
+
+def ttv_median(hist: dict[str, int]) -> float | None:
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    bins = sorted((int(b), n) for b, n in hist.items())
+    seen = 0
+    lower = upper = None
+    for b, n in bins:
+        if lower is None and seen + n >= (total + 1) // 2:
+            lower = b
+        if seen + n >= total // 2 + 1:
+            upper = b
+            break
+        seen += n
+    assert lower is not None and upper is not None
+    return round((lower + upper) / 2 * TTV_BIN_DAYS + TTV_BIN_DAYS / 2, 4)
+
+
+@dataclass
+class ScopeState:
+    """Everything about one scope; one changelog record."""
+    scope: str
+    books: dict[str, MonthBook] = field(default_factory=dict)         # open months
+    closed: dict[str, dict[str, Any]] = field(default_factory=dict)   # final revenue records
+    samples: dict[str, list[int]] = field(default_factory=dict)       # month -> [churned, start]
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)    # partition -> {wm, sum}
+    alerts: AlertBook = field(default_factory=AlertBook)
+    final: list[str] = field(default_factory=list)    # open months already published as final
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scope": self.scope, "books": [b.to_dict() for b in self.books.values()],
+                "closed": self.closed, "samples": self.samples, "parts": self.parts,
+                "alerts": self.alerts.to_dict(), "final": self.final}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScopeState":
+        return cls(data["scope"], {b["month"]: MonthBook.from_dict(b) for b in data["books"]},
+                   data.get("closed", {}), data.get("samples", {}), data.get("parts", {}),
+                   AlertBook(data.get("alerts")), list(data.get("final", ())))
+
+
+def encode_scope(state: ScopeState) -> bytes:
+    return orjson.dumps(state.to_dict())
+
+
+def decode_scope(raw: bytes) -> ScopeState:
+    return ScopeState.from_dict(orjson.loads(raw))
+
+
+@dataclass
+class BusinessFlush:
+    changelog: list[tuple[str, ScopeState]] = field(default_factory=list)
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class BusinessAggregator:
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.lateness = settings.time.lateness_days * 86400.0
+        self.live: dict[str, ScopeState] = {}
+        self.dirty: dict[str, set[str]] = {}      # scope -> months to publish
+        self.rules = settings.alerts.rules
+        self.scope_rules = list(settings.alerts.business_rules)
+        # Monthly churn rate per scope, for customer CLV (read by the customer stage).
+        self.rates: dict[str, float] = {}
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def apply(self, messages: Iterable[dict[str, Any]]) -> None:
+        for msg in messages:
+            state = self._load(msg["scope"])
+            if msg["t"] == "mv":
+                self._movement(state, Movement.from_dict(msg["mv"]))
+            else:
+                self._part(state, str(msg["p"]), msg["wm"], msg["sum"])
+
+    def _load(self, scope: str) -> ScopeState:
+        state = self.live.get(scope)
+        if state is None:
+            state = self.store.get(scope) or ScopeState(scope)
+            self.live[scope] = state
+        return state
+
+    def _months(self, state: ScopeState, upto: str) -> None:
+        """Open books up to `upto`, walking the calendar (a month with no movement still has
+        a start, an end and its customers)."""
+        if not state.books:
+            state.books[upto] = MonthBook(upto)
+            return
+        last = max(state.books)
+        while last < upto:
+            book = state.books[last].next_month()
+            state.books[book.month] = book
+            last = book.month
+            self._touch(state, last)
+
+    def _movement(self, state: ScopeState, mv: Movement) -> None:
+        if mv.month in state.closed or (state.books and mv.month < min(state.books)):
+            # A correction to a month already closed: reopen is not possible (its books are
+            # gone); carry it into the open months so their balances stay right.
+            for month, book in state.books.items():
+                if book.carry(mv):
+                    self._touch(state, month)
+            return
+        self._months(state, mv.month)
+        if state.books[mv.month].apply(mv):
+            self._touch(state, mv.month)
+            for month in sorted(state.books):
+                if month > mv.month and state.books[month].carry(mv):
+                    self._touch(state, month)
+
+    def _part(self, state: ScopeState, partition: str, wm: float | None,
+              summary: dict[str, Any]) -> None:
+        old = state.parts.get(partition)
+        if old is not None and wm is not None and old.get("wm") is not None and wm < old["wm"]:
+            return  # an older report resent after a restart
+        state.parts[partition] = {"wm": wm, "sum": summary}
+        current = self.as_of(state)
+        if current is not None:
+            self._months(state, month_of(current))
+            self._touch(state, max(state.books))
+            for month in state.books:
+                if month not in state.final and current >= month_end(month) + self.lateness:
+                    state.final.append(month)  # becomes final: published once more
+                    self._touch(state, month)
+
+    def _touch(self, state: ScopeState, month: str) -> None:
+        self.dirty.setdefault(state.scope, set()).add(month)
+
+    # -- figures ---------------------------------------------------------------------------
+
+    @staticmethod
+    def as_of(state: ScopeState) -> float | None:
+        """The oldest watermark among the customer partitions that reported."""
+        marks = [p["wm"] for p in state.parts.values() if p.get("wm") is not None]
+        return min(marks) if marks else None
+
+    def churn_rate(self, state: ScopeState, before: str) -> float:
+        """Mean monthly logo churn over the complete months before `before`, floored."""
+        samples = dict(state.samples)
+        for month, book in state.books.items():
+            samples[month] = list(book.churn_sample())
+        history = [tuple(v) for m, v in sorted(samples.items()) if m < before]
+        r = self.settings.revenue
+        return monthly_churn_rate(history, r.churn_rate_months, r.min_churn_rate)  # type: ignore[arg-type]
+
+    def record(self, state: ScopeState, month: str) -> dict[str, Any]:
+        as_of = self.as_of(state)
+        final = as_of is not None and as_of >= month_end(month) + self.lateness
+        revenue = (state.books[month].to_record() if month in state.books
+                   else dict(state.closed[month]))
+        summary = merge_summaries(p["sum"] for p in state.parts.values())
+        r = self.settings.revenue
+        c = self.churn_rate(state, month)
+        scope_clv = clv(revenue["arpa"], r.gross_margin, c)
+        mean_cac = summary["cac_sum"] / summary["cac_n"] if summary["cac_n"] else None
+        return {
+            "scope": state.scope, "period": month,
+            "as_of": None if as_of is None else rfc3339(min(as_of, month_end(month))),
+            "final": final, **revenue,
+            "clv": None if scope_clv is None else round(scope_clv, 2),
+            "clv_to_cac": None if scope_clv is None else _round(clv_to_cac(scope_clv, mean_cac)),
+            "churn_rate": round(c, 6),
+            "avg_health": (round(summary["health_sum"] / summary["health_n"], 2)
+                           if summary["health_n"] else None),
+            "at_risk_customers": summary["at_risk"],
+            "ttv_median_days": ttv_median(summary["ttv"]),
+            "success_rate_90d": (round(summary["success"] / summary["eligible"], 6)
+                                 if summary["eligible"] else None),
+            "churn_model": None,
+        }
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def flush(self) -> BusinessFlush:
+        out = BusinessFlush()
+        for scope, months in self.dirty.items():
+            state = self.live[scope]
+            for month in sorted(months):
+                record = self.record(state, month)
+                out.records.append((f"{scope}|{month}", orjson.dumps(record)))
+                if record["final"] and self.scope_rules:
+                    self._alerts(state, record, out)  # monthly figures: judged once final
+            self._close_months(state)
+        for scope, state in self.live.items():
+            self.store[scope] = state
+            out.changelog.append((scope, state))
+            current = max(state.books) if state.books else None
+            if current is not None:
+                self.rates[scope] = self.churn_rate(state, current)
+        self.dirty = {}
+        self.live = {}
+        return out
+
+    def revoke(self, scopes: set[str]) -> None:
+        """Unflushed messages of these scopes were not acknowledged: their new owner replays
+        them (movements are deduplicated by event id, summaries replace each other)."""
+        for scope in scopes:
+            self.live.pop(scope, None)
+            self.dirty.pop(scope, None)
+            self.rates.pop(scope, None)
+
+    def _close_months(self, state: ScopeState) -> None:
+        """Final months leave the open books: their record and churn sample stay."""
+        as_of = self.as_of(state)
+        if as_of is None:
+            return
+        # The last few months stay open even when final: a late correction re-emits them.
+        for month in sorted(state.books)[:-OPEN_MONTHS_KEPT]:
+            if as_of >= month_end(month) + self.lateness:
+                book = state.books.pop(month)
+                if month in state.final:
+                    state.final.remove(month)
+                state.samples[month] = list(book.churn_sample())
+                state.closed[month] = book.to_record()
+
+    def _alerts(self, state: ScopeState, record: dict[str, Any], out: BusinessFlush) -> None:
+        as_of = self.as_of(state) or 0.0
+        figures = {"business": record}
+        segment = state.scope.split(":", 1)[1] if ":" in state.scope else None
+        for t in state.alerts.evaluate(self.rules, self.scope_rules, figures, segment, as_of):
+            subject = {"scope": state.scope, "period": record["period"]}
+            alert = alert_record(t.rule, self.rules[t.rule], t, subject, state.scope)
+            out.alerts.append((alert["alert_id"], orjson.dumps(alert)))
+
+    # -- gauges ----------------------------------------------------------------------------
+
+    def current(self) -> dict[str, MonthBook]:
+        """Latest open book of every scope this worker holds (for the gauges)."""
+        out = {}
+        for scope in list(self.store.keys()):
+            state = self.live.get(scope) or self.store.get(scope)
+            if state is not None and state.books:
+                out[scope] = state.books[max(state.books)]
+        return out
+
+    def gauges(self) -> list[Any]:
+        from streams.exporters.metrics import gauge
+
+        mrr: dict[tuple[str, ...], float] = {}
+        moves: dict[tuple[str, ...], float] = {}
+        nrr: dict[tuple[str, ...], float] = {}
+        for scope, book in self.current().items():
+            label = scope_label(scope)
+            mrr[(label,)] = book.mrr_end
+            for kind in MOVEMENT_KINDS:
+                moves[(label, kind)] = book.movements[kind]
+            if book.nrr() is not None:
+                nrr[(label,)] = book.nrr()  # type: ignore[assignment]
+        return [
+            gauge("vitals_mrr", "MRR now, by segment (all = every segment)", ("segment",), mrr),
+            gauge("vitals_mrr_movement", "MRR movements of the current month",
+                  ("segment", "movement"), moves),
+            gauge("vitals_nrr_ratio", "Net revenue retention of the current month so far",
+                  ("segment",), nrr),
+        ]
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def scope_label(scope: str) -> str:
+    return scope.split(":", 1)[1] if ":" in scope else scope
+
+
+__all__ = ["BusinessAggregator", "ScopeState", "MOVEMENT_KINDS", "next_month", "scope_label"]
