@@ -178,6 +178,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                 if tp.topic == s.topics.repartition}
         owned = set(processor.members)
         send(processor.revoke(owned - mine))
+        await app.producer.flush()
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
 
@@ -191,6 +192,9 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                                     if e.message.tp not in revoked]
         send(processor.revoke({tp.partition for tp in revoked
                                if tp.topic == s.topics.repartition}))
+        # Faust flushed its producer before this signal: deliver what revoke() just wrote, or
+        # the recovery that follows the rebalance may restore an older record over it.
+        await app.producer.flush()
         service.pending = [e for e in service.pending
                            if e.message.tp not in revoked]
 

@@ -168,13 +168,22 @@ class BusinessAggregator:
             self._touch(state, last)
 
     def _movement(self, state: ScopeState, mv: Movement) -> None:
-        if mv.month in state.closed or (state.books and mv.month < min(state.books)):
+        if mv.month in state.closed or (state.closed and mv.month < min(state.closed)):
             # A correction to a month already closed: reopen is not possible (its books are
             # gone); carry it into the open months so their balances stay right.
             for month, book in state.books.items():
                 if book.carry(mv):
                     self._touch(state, month)
             return
+        if state.books and mv.month < min(state.books):
+            # The first movements can arrive after a partition's clock opened a later month:
+            # nothing was booked before, so the earlier months open with the same balance.
+            first = state.books[min(state.books)]
+            month = mv.month
+            while month < first.month:
+                state.books[month] = MonthBook(month, first.mrr_start, first.customers_start)
+                self._touch(state, month)
+                month = next_month(month)
         self._months(state, mv.month)
         if state.books[mv.month].apply(mv):
             self._touch(state, mv.month)
@@ -189,7 +198,7 @@ class BusinessAggregator:
             return  # an older report resent after a restart
         state.parts[partition] = {"wm": wm, "sum": summary}
         current = self.as_of(state)
-        if current is not None:
+        if current is not None and state.books:  # months start with a scope's first movement
             self._months(state, month_of(current))
             self._touch(state, max(state.books))
             for month in state.books:
@@ -312,20 +321,36 @@ class BusinessAggregator:
 
         mrr: dict[tuple[str, ...], float] = {}
         moves: dict[tuple[str, ...], float] = {}
-        nrr: dict[tuple[str, ...], float] = {}
+        ratios: dict[str, dict[tuple[str, ...], float]] = {
+            "nrr": {}, "grr": {}, "logo_retention": {}, "clv": {}, "clv_to_cac": {},
+            "success_rate_90d": {}}
         for scope, book in self.current().items():
             label = scope_label(scope)
             mrr[(label,)] = book.mrr_end
             for kind in MOVEMENT_KINDS:
                 moves[(label, kind)] = book.movements[kind]
-            if book.nrr() is not None:
-                nrr[(label,)] = book.nrr()  # type: ignore[assignment]
+            state = self.live.get(scope) or self.store.get(scope)
+            record = self.record(state, book.month)
+            for field_name, values in ratios.items():
+                if record[field_name] is not None:
+                    values[(label,)] = record[field_name]
         return [
             gauge("vitals_mrr", "MRR now, by segment (all = every segment)", ("segment",), mrr),
             gauge("vitals_mrr_movement", "MRR movements of the current month",
                   ("segment", "movement"), moves),
             gauge("vitals_nrr_ratio", "Net revenue retention of the current month so far",
-                  ("segment",), nrr),
+                  ("segment",), ratios["nrr"]),
+            gauge("vitals_grr_ratio", "Gross revenue retention of the current month so far",
+                  ("segment",), ratios["grr"]),
+            gauge("vitals_logo_retention_ratio", "Logo retention of the current month so far",
+                  ("segment",), ratios["logo_retention"]),
+            gauge("vitals_clv", "Customer lifetime value (reporting currency)", ("segment",),
+                  ratios["clv"]),
+            gauge("vitals_clv_to_cac_ratio", "CLV over mean acquisition cost", ("segment",),
+                  ratios["clv_to_cac"]),
+            gauge("vitals_success_rate_ratio",
+                  "Share of customers reaching eureka within 90 days of signup", ("segment",),
+                  ratios["success_rate_90d"]),
         ]
 
 

@@ -20,14 +20,13 @@ from streams.deadletter import deadletter_value
 from models.revenue import SUBSCRIPTION_KINDS, Movement
 from streams.business import add_to_summary, empty_summary
 from streams.evaluate import Evaluation, Evaluator
-from streams.exporters.metrics import Metrics, gauge, histogram, watermark_gauges
+from streams.exporters.metrics import Metrics, gauge, watermark_gauges
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
 WINDOWED = frozenset({"usage", "feature"})
-HEALTH_BUCKETS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
-TTV_BUCKETS = (1.0, 3.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0)
+
 
 
 @dataclass
@@ -58,6 +57,7 @@ class CustomerProcessor:
                                            settings.time.dedup_horizon_days,
                                            settings.time.max_skew_days)
         self.window = settings.activity.window_days
+        self.segment_wait = settings.revenue.segment_wait_days * DAY_SECONDS
         self.evaluator = Evaluator(settings)
         topics = settings.topics
         self.topic_of = {fam: name for name, fam in topics.input_topics().items()}
@@ -164,6 +164,8 @@ class CustomerProcessor:
                 # The newest signup event describes the account; the oldest dates it.
                 state.signup_seen_ts = ts
                 state.segment = event["segment"]
+                if state.pending_mv:
+                    self._release_movements(state, state.segment)
                 state.plan = event.get("plan")
                 state.seats = event.get("seats")
                 state.cac = event.get("cac")
@@ -181,10 +183,26 @@ class CustomerProcessor:
                 state.seats = event["seats"]
 
     def _movement(self, state: CustomerState, mv: Movement) -> None:
-        """To the business stage, once per scope; the event_id lets it drop a resent one."""
-        for scope in ("all", f"segment:{state.segment or 'unknown'}"):
-            self.business_out.append((scope, orjson.dumps(
-                {"t": "mv", "scope": scope, "cid": state.customer_id, "mv": mv.to_dict()})))
+        """To the business stage, once per scope; the event_id lets it drop a resent one.
+
+        Without a segment yet (the signup can arrive after billing events read by another
+        ingest worker), the segment's share waits in the customer's record for the signup,
+        at most the allowed lateness; after that it is booked under segment:unknown.
+        """
+        self._send_movement("all", state.customer_id, mv.to_dict())
+        if state.segment is None:
+            state.pending_mv.append(mv.to_dict())
+        else:
+            self._send_movement(f"segment:{state.segment}", state.customer_id, mv.to_dict())
+
+    def _release_movements(self, state: CustomerState, segment: str) -> None:
+        for mv in state.pending_mv:
+            self._send_movement(f"segment:{segment}", state.customer_id, mv)
+        state.pending_mv = []
+
+    def _send_movement(self, scope: str, cid: str, mv: dict[str, Any]) -> None:
+        self.business_out.append((scope, orjson.dumps(
+            {"t": "mv", "scope": scope, "cid": cid, "mv": mv})))
 
     def _see_feature(self, feature: str, ts: float, partition: int) -> None:
         first = self.catalog.get(feature)
@@ -224,8 +242,15 @@ class CustomerProcessor:
         as_of = float(day * DAY_SECONDS)
         for cid in self.members[partition]:
             state = self._load(cid)
+            if state.closed_day is not None and state.closed_day >= day:
+                continue  # restored ahead of the clock: this close already ran for it
+            state.closed_day = day
             state.support.prune(day)
-            self._evaluate(cid, state, as_of)
+            score = self._evaluate(cid, state, as_of).score
+            if score is not None:
+                self.metrics.health_score.labels(self.contrib[cid].segment).observe(score)
+            if state.pending_mv and state.pending_mv[0]["ts"] < as_of - self.segment_wait:
+                self._release_movements(state, "unknown")
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
 
@@ -285,6 +310,9 @@ class CustomerProcessor:
                                          churn_rates=self.churn_rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result
+        if result.ttv_days is not None and (old is None or old.ttv_days is None):
+            # Once per customer reaching aha (again for every customer after a restart).
+            self.metrics.ttv.labels(result.segment).observe(result.ttv_days)
         partition = self.partition_of(cid)
         scopes = self.summaries.setdefault(partition, {})
         if old is not None:
@@ -378,6 +406,9 @@ class CustomerProcessor:
             self.dirty_summaries.discard(partition)
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
+        # Alerts and business messages already decided go out with the state that records them.
+        out.alerts, self.alerts_out = self.alerts_out, []
+        out.business, self.business_out = self.business_out, []
         return out
 
     # -- gauges ---------------------------------------------------------------------------
@@ -391,8 +422,6 @@ class CustomerProcessor:
         grades: dict[tuple[str, ...], float] = defaultdict(float)
         stick_sum: dict[tuple[str, ...], float] = defaultdict(float)
         stick_n: dict[tuple[str, ...], int] = defaultdict(int)
-        scores: dict[str, list[float]] = defaultdict(list)
-        ttvs: dict[str, list[float]] = defaultdict(list)
         firing: dict[tuple[str, ...], float] = defaultdict(float)
         rules = self.settings.alerts.rules
         for cid, e in self.contrib.items():
@@ -401,9 +430,6 @@ class CustomerProcessor:
             stick_n[(e.segment,)] += 1
             if e.grade is not None:
                 grades[(e.segment, e.grade)] += 1
-                scores[e.segment].append(e.score)  # type: ignore[arg-type]
-            if e.ttv_days is not None:
-                ttvs[e.segment].append(e.ttv_days)
         for cid in self.contrib:
             state = self.live.get(cid) or self.store.get(cid)
             for rule in state.alerts.firing() if state is not None else ():
@@ -417,10 +443,6 @@ class CustomerProcessor:
                   {k: stick_sum[k] / stick_n[k] for k in stick_sum}),
             gauge("vitals_customers_by_grade", "Customers by segment and health grade",
                   ("segment", "grade"), grades),
-            histogram("vitals_health_score", "Current health scores of customers", "segment",
-                      scores, HEALTH_BUCKETS),
-            histogram("vitals_time_to_value_days", "Time to value of customers that reached aha",
-                      "segment", ttvs, TTV_BUCKETS),
             gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
                   firing),
         ]

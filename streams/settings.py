@@ -122,6 +122,7 @@ class RevenueSettings:
     gross_margin: float
     min_churn_rate: float
     churn_rate_months: int
+    segment_wait_days: float
     currency_rates: dict[str, float]
 
 

@@ -23,7 +23,8 @@ FORMAT_VERSION = 1
 class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
-                 "onboarding", "support", "features", "alerts", "revenue")
+                 "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
+                 "closed_day")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -44,6 +45,11 @@ class CustomerState:
         self.features: dict[str, int] = {}         # feature -> last event-time day used
         self.alerts = AlertBook()
         self.revenue = CustomerRevenue()
+        self.pending_mv: list[dict[str, Any]] = []  # movements waiting for the segment
+        # Last day close this customer was evaluated at: the customer record and the
+        # partition clock are separate changelog writes, so after a crash they can be
+        # restored out of step; this keeps every day close once per customer.
+        self.closed_day: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +59,7 @@ class CustomerState:
             "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
             "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
+            "pm": self.pending_mv, "cd": self.closed_day,
         }
 
     @classmethod
@@ -75,6 +82,8 @@ class CustomerState:
         state.features = data.get("f", {})
         state.alerts = AlertBook(data.get("al"))
         state.revenue = CustomerRevenue.from_dict(data.get("rv", {}))
+        state.pending_mv = list(data.get("pm", ()))
+        state.closed_day = data.get("cd")
         return state
 
 

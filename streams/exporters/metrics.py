@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -18,6 +19,8 @@ from streams.events import ERROR_CODES, FAMILIES
 # `*_created` series double the exposition and no dashboard of ours reads them.
 disable_created_metrics()
 
+HEALTH_BUCKETS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
+TTV_BUCKETS = (1.0, 3.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0)
 OUTCOMES = ("accepted", "duplicate", "late", "rejected")
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
@@ -37,6 +40,12 @@ class Metrics:
                              for f in FAMILIES for e in ERROR_CODES}
         self.alerts = Counter("vitals_alerts", "Alert transitions by rule and status",
                               ["rule", "status"], registry=self.registry)
+        self.health_score = Histogram(
+            "vitals_health_score", "Customer health scores, observed at every day close",
+            ["segment"], buckets=HEALTH_BUCKETS, registry=self.registry)
+        self.ttv = Histogram(
+            "vitals_time_to_value_days", "Time to value, observed when a customer reaches aha",
+            ["segment"], buckets=TTV_BUCKETS, registry=self.registry)
         self._gauges = _GaugeCollector()
         self.registry.register(self._gauges)
 

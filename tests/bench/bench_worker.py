@@ -340,6 +340,17 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -362,6 +373,8 @@ class WorkerRun:
     rss_end: int = 0
     cpu_window: float = 0.0
     broker_cpu_window: float = 0.0
+    bench_cpu_window: float = 0.0
+    machine_cpu_window: float = 0.0
     events_counted: float = 0.0
     outcomes: dict[str, float] = field(default_factory=dict)
     flushes: int = 0
@@ -453,7 +466,7 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
     ingest_lags: Lags | None = None
     internal_lags: Lags | None = None
     spy: subprocess.Popen[bytes] | None = None
-    cpu0 = broker_cpu0 = cpu_last = 0.0
+    cpu0 = broker_cpu0 = cpu_last = bench_cpu0 = machine0 = 0.0
     applied_flushes = -1
     last_progress = 0.0
     prev_rss = 0
@@ -495,6 +508,7 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
                     run.first = now
                     run.rss_base = prev_rss or mem.get("VmRSS", 0)
                     cpu0, broker_cpu0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
+                    bench_cpu0, machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
                     cpu_last = cpu0
                     log(f"worker consuming {now - run.spawned:.1f} s after start")
             prev_rss = mem.get("VmRSS", 0)
@@ -518,6 +532,8 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
                     run.done = time.perf_counter()
                     run.cpu_window = cpu_seconds(worker.pid) - cpu0
                     run.broker_cpu_window = cpu_seconds(broker_pid) - broker_cpu0
+                    run.bench_cpu_window = cpu_seconds(os.getpid()) - bench_cpu0
+                    run.machine_cpu_window = machine_busy_seconds() - machine0
                     run.flushes = flushes
                     break
             if run.first is not None and (not run.timeline or now - run.first
@@ -666,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="FILE",
                     help="sample the worker with py-spy into FILE (collapsed stacks)")
     ap.add_argument("--timeout", type=float, default=600.0, help="worker phase limit, seconds")
-    ap.add_argument("--poll", type=float, default=0.2, help="metrics poll interval, seconds")
+    ap.add_argument("--poll", type=float, default=0.25, help="metrics poll interval, seconds")
     ap.add_argument("--keep", metavar="DIR", help="keep broker and worker logs in DIR")
     args = ap.parse_args(argv)
 
@@ -740,6 +756,11 @@ def main(argv: list[str] | None = None) -> int:
                 worker_cpu_share=run.cpu_window / window,
                 worker_cpu_us_per_event=1e6 * run.cpu_window / total,
                 broker_cpu_share=run.broker_cpu_window / window,
+                bench_cpu_share=run.bench_cpu_window / window,
+                # Everything else on the machine (other jobs): a noise indicator.
+                other_cpu_share=max(0.0, run.machine_cpu_window - run.cpu_window
+                                    - run.broker_cpu_window - run.bench_cpu_window) / window,
+                cores=os.cpu_count(),
                 outcomes=run.outcomes,
                 timeline=run.timeline,
                 flushes=run.flushes,
@@ -748,7 +769,11 @@ def main(argv: list[str] | None = None) -> int:
                 rss_base_bytes=run.rss_base,
                 rss_peak_bytes=run.rss_peak,
                 rss_end_bytes=run.rss_end,
-                rss_growth_per_customer_bytes=(run.rss_peak - run.rss_base) / args.customers,
+                # As asked: (peak - RSS when healthz first answered 200) / customers. Mostly
+                # fetch and producer buffers at this size, see the README.
+                rss_growth_per_customer_bytes=(run.rss_peak - run.rss_ready) / args.customers,
+                rss_growth_from_base_per_customer_bytes=(run.rss_peak - run.rss_base)
+                / args.customers,
             )
             if "baseline_events_per_s" in result:
                 result["ratio_worker_to_baseline"] = (result["worker_events_per_s"]
@@ -803,7 +828,8 @@ def print_table(r: dict[str, Any]) -> None:
                                         f" / {r['worker_start_to_first_seconds']:.1f} s"),
         ("  worker CPU", f"{100 * r['worker_cpu_share']:.0f}% of a core, "
                          f"{r['worker_cpu_us_per_event']:.1f} us/event; broker "
-                         f"{100 * r['broker_cpu_share']:.0f}%"),
+                         f"{100 * r['broker_cpu_share']:.0f}%, others on the machine "
+                         f"{100 * r['other_cpu_share']:.0f}% ({r['cores']} cores)"),
         ("  outcomes", ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["outcomes"].items()) if v)),
     ]
     if "ratio_worker_to_baseline" in r:
@@ -813,7 +839,9 @@ def print_table(r: dict[str, Any]) -> None:
                                             f"{r['rss_base_bytes'] / mib:.0f} / "
                                             f"{r['rss_peak_bytes'] / mib:.0f} MiB (VmHWM)"),
         ("RSS growth per customer", f"{r['rss_growth_per_customer_bytes']:,.0f} B "
-                                    "((peak - base) / customers)"),
+                                    "((peak - ready) / customers); "
+                                    f"{r['rss_growth_from_base_per_customer_bytes']:,.0f} B "
+                                    "from base"),
     ]
     if cl.get("keys"):
         rows += [

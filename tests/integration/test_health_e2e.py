@@ -89,7 +89,8 @@ def test_green_yellow_red_one_firing_one_resolution_across_a_restart(broker, tmp
         mine = alerts.wait_for(lambda o: [v for k, v in o.records
                                           if k == f"health_red:{c}" and v["status"] == "resolved"]
                                and [v for k, v in o.records if k == f"health_red:{c}"])
-        assert [a["status"] for a in mine] == ["firing", "resolved"], mine
+        assert [a["status"] for a in mine] == ["firing", "resolved"], [
+            (a["status"], a["value"], a["started_at"], a["as_of"]) for a in mine]
         firing = mine[0]
         assert firing["rule"] == "health_red" and firing["severity"] == "critical"
         assert firing["value"] < 40 and firing["threshold"] == 40.0

@@ -82,8 +82,9 @@ def test_sigkill_and_restart_gives_the_same_figures(broker, tmp_path):
         time.sleep(1.5)  # a few flush intervals for the last records
         expected = _figures(clean, customers)
         actual = _figures(crash, customers)
-        diffs = {c: (expected[c]["activity"], actual[c]["activity"]) for c in customers
-                 if expected[c] != actual[c]}
+        diffs = {c: {k: (expected[c][k], actual[c][k]) for k in expected[c]
+                     if expected[c][k] != actual[c][k]}
+                 for c in customers if expected[c] != actual[c]}
         assert not diffs, diffs
         # Nothing lost on the output topic either: every customer was published.
         out.wait_for(lambda o: set(customers) <= set(o.latest), timeout=30)
