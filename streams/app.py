@@ -92,6 +92,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         web_port=s.app.web_port,
         web_in_thread=False,
         producer_max_request_size=8 << 20,
+        producer_max_batch_size=producer_batch_bytes(s, broker_url),
         consumer_max_fetch_size=16 << 20,
         table_cleanup_interval=3600.0,
         topic_disable_leader=True,
@@ -209,6 +210,13 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     from streams.exporters.web import register_views
     register_views(service, customers)
     return service
+
+
+def producer_batch_bytes(settings: Settings, broker_url: str) -> int:
+    """See app.producer_batch_bytes: one record per batch on Tansu, Kafka's default elsewhere."""
+    if settings.app.producer_batch_bytes:
+        return settings.app.producer_batch_bytes
+    return 1 if settings.app.broker == "embedded" else 16384
 
 
 def _table(app: faust.App, name: str, partitions: int, value_serializer: str) -> faust.Table:

@@ -82,7 +82,8 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with EmbeddedBroker(port=settings.app.embedded_port) as broker:
         env = {**os.environ, "VITALS_APP__BROKER": broker.url,
-               "VITALS_APP__SESSION_TIMEOUT_SECONDS": str(DEMO_SESSION_TIMEOUT)}
+               "VITALS_APP__SESSION_TIMEOUT_SECONDS": str(DEMO_SESSION_TIMEOUT),
+               "VITALS_APP__PRODUCER_BATCH_BYTES": "1"}  # the embedded broker is Tansu
         if args.config:
             env["VITALS_CONFIG"] = args.config
         print(f"demo: broker {broker.url}; starting worker "

@@ -7,6 +7,7 @@ changelog record and at most one output record per customer.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
+log = logging.getLogger(__name__)
 WINDOWED = frozenset({"usage", "feature"})
 
 
@@ -322,6 +324,8 @@ class CustomerProcessor:
             add_to_summary(scopes.setdefault(scope, empty_summary()), result, 1)
         self.dirty_summaries.add(partition)
         for alert in result.alerts:
+            log.info("alert %s %s as of %s (state %x)", alert["alert_id"], alert["status"],
+                     alert["as_of"], id(state))
             self.metrics.alert(alert["rule"], alert["status"])
             self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
         return result
@@ -392,6 +396,8 @@ class CustomerProcessor:
         the partition, here or elsewhere, sees them, and the replayed events are duplicates.
         """
         gone = set(partitions)
+        if gone:
+            log.info("customer partitions revoked: %s", sorted(gone))
         out = Flush()
         self._write_dirty({c: p for c, p in self.dirty.items() if p in gone}, out)
         for partition in gone:

@@ -32,6 +32,7 @@ class AppSettings:
     web_port: int
     partitions: int
     session_timeout_seconds: float
+    producer_batch_bytes: int
     store: str
     data_dir: str
     log_level: str

@@ -1,6 +1,8 @@
 """Health decays without events, alerts fire and resolve once each, also across a restart."""
 from __future__ import annotations
 
+import time
+
 from tests.integration.conftest import DAY, WorkerProcess, iso
 from tests.integration.helpers import signup, tick, usage
 from tests.integration.kafka import In, Out
@@ -10,7 +12,7 @@ FAMILIES = ("signup", "usage", "feature", "billing", "support")
 
 def _env() -> dict[str, str]:
     env = {f"VITALS_TOPICS__{f.upper()}": f"hl.events.{f}" for f in FAMILIES}
-    env.update({"VITALS_APP__ID": "hl", "VITALS_TOPICS__CUSTOMER": "hl.customer",
+    env.update({"VITALS_APP__ID": "hl", "VITALS_APP__LOG_LEVEL": "info", "VITALS_TOPICS__CUSTOMER": "hl.customer",
                 "VITALS_TOPICS__REPARTITION": "hl.internal", "VITALS_TOPICS__ALERTS": "hl.alerts",
                 "VITALS_TOPICS__DEADLETTER": "hl.deadletter"})
     return env
@@ -89,8 +91,13 @@ def test_green_yellow_red_one_firing_one_resolution_across_a_restart(broker, tmp
         mine = alerts.wait_for(lambda o: [v for k, v in o.records
                                           if k == f"health_red:{c}" and v["status"] == "resolved"]
                                and [v for k, v in o.records if k == f"health_red:{c}"])
-        assert [a["status"] for a in mine] == ["firing", "resolved"], [
-            (a["status"], a["value"], a["started_at"], a["as_of"]) for a in mine]
+        if [a["status"] for a in mine] != ["firing", "resolved"]:
+            log = Out(broker.address, "hl-customers-changelog")
+            time.sleep(3)
+            trail = [(v.get("lt"), v.get("cd"), v.get("al")) for k, v in log.records if k == c
+                     and 29279 <= (v.get("cd") or 0) <= 29283]
+            log.close()
+            raise AssertionError(([(a["status"], a["as_of"]) for a in mine], trail[-8:]))
         firing = mine[0]
         assert firing["rule"] == "health_red" and firing["severity"] == "critical"
         assert firing["value"] < 40 and firing["threshold"] == 40.0
