@@ -130,6 +130,7 @@ class BusinessAggregator:
         self.settings = settings
         self.store = store
         self.lateness = settings.time.lateness_days * 86400.0
+        self.partitions = settings.app.partitions
         self.live: dict[str, ScopeState] = {}
         self.dirty: dict[str, set[str]] = {}      # scope -> months to publish
         self.rules = settings.alerts.rules
@@ -211,11 +212,17 @@ class BusinessAggregator:
 
     # -- figures ---------------------------------------------------------------------------
 
-    @staticmethod
-    def as_of(state: ScopeState) -> float | None:
-        """The oldest watermark among the customer partitions that reported."""
+    def as_of(self, state: ScopeState) -> float | None:
+        """The oldest watermark of the customer partitions; None until every one reported.
+
+        A partition that has not reported yet may still hold movements of any month: on a
+        replay one partition's backlog can be read far ahead of another's, and months must not
+        be opened, closed or called final on the fast partition's word alone.
+        """
         marks = [p["wm"] for p in state.parts.values() if p.get("wm") is not None]
-        return min(marks) if marks else None
+        if len(marks) < self.partitions:
+            return None
+        return min(marks)
 
     def churn_rate(self, state: ScopeState, before: str) -> float:
         """Mean monthly logo churn over the complete months before `before`, floored."""

@@ -292,11 +292,12 @@ class CustomerProcessor:
         return out
 
     def _report_partition(self, partition: int) -> None:
-        """Watermark and customer summary of a partition, to every scope it has customers in
-        (and always to `all`, whose months must roll even when nothing moves)."""
+        """Watermark and customer summary of a partition, to every scope: a scope's months
+        roll and become final only once every customer partition has reported."""
         wm = self.clocks[partition].watermark if partition in self.clocks else None
         scopes = self.summaries.get(partition, {})
-        for scope in {"all", *scopes}:
+        every = {"all", *(f"segment:{seg}" for seg in ev.SEGMENTS)}
+        for scope in every | set(scopes):
             self.business_out.append((scope, orjson.dumps(
                 {"t": "part", "scope": scope, "p": partition, "wm": wm,
                  "sum": scopes.get(scope, empty_summary())})))

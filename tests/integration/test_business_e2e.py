@@ -34,9 +34,6 @@ History = list[tuple[str, dict[str, Any]]]
 # first book (opened at the jumped as_of) gets no record at all. And when a late partition
 # reports, as_of goes back down: a month republished then says `final: false`, and stays so
 # (state.final keeps it from being published as final again before it is closed).
-SKEW_BUG = ("streams/business.py: as_of counts only the customer partitions that reported to "
-            "the scope, so a partition read ahead makes months final/closed before the others' "
-            "movements arrive: closed months miss them and `final` can end false")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -202,7 +199,6 @@ def test_identity_holds_for_every_scope_and_month_of_a_simulated_year():
     _assert_matches_batch(expected, actual, history)
 
 
-@pytest.mark.xfail(strict=True, reason=SKEW_BUG)
 @pytest.mark.timeout(300)
 def test_business_records_do_not_depend_on_which_customer_partition_is_read_first():
     """Deterministic form of what the replay below runs into: 4 customer partitions, partition
@@ -296,8 +292,4 @@ def test_replay_of_a_simulated_year_matches_the_batch_computation(broker, tmp_pa
             check()
         except AssertionError as exc:
             problems.append(str(exc)[:3000])
-    if problems:
-        # Known bug (SKEW_BUG), hit when the worker happens to read one customer partition far
-        # enough ahead of the others: a race, 7 runs of 8 here, so not a strict xfail marker.
-        # The deterministic test above is strict and flags the fix: remove this then.
-        pytest.xfail(f"{SKEW_BUG}:\n" + "\n".join(problems))
+    assert not problems, "\n".join(problems)
