@@ -52,6 +52,18 @@ def _trail(history: History, key: str, fields: tuple[str, ...]) -> list[tuple[An
     return [tuple(r.get(f) for f in fields) for k, r in history if k == key]
 
 
+def _assert_batch_and_final(expected, actual, history) -> None:
+    """Both checks, reported together: a wrong month usually breaks both."""
+    problems = []
+    for check in (lambda: _assert_matches_batch(expected, actual, history),
+                  lambda: _assert_final(actual, history)):
+        try:
+            check()
+        except AssertionError as exc:
+            problems.append(str(exc)[:3000])
+    assert not problems, "\n".join(problems)
+
+
 def _assert_identity(actual: Records) -> None:
     broken = {}
     for key, rec in actual.items():
@@ -207,14 +219,7 @@ def test_business_records_do_not_depend_on_which_customer_partition_is_read_firs
     actual, history = _stream_in_process(events, partitions=4, head_start_days=120)
     expected = batch.compute(events)
     _assert_identity(actual)
-    problems = []
-    for check in (lambda: _assert_matches_batch(expected, actual, history),
-                  lambda: _assert_final(actual, history)):
-        try:
-            check()
-        except AssertionError as exc:
-            problems.append(str(exc)[:3000])
-    assert not problems, "\n".join(problems)
+    _assert_batch_and_final(expected, actual, history)
 
 
 # -- end to end -------------------------------------------------------------------------------
@@ -285,11 +290,4 @@ def test_replay_of_a_simulated_year_matches_the_batch_computation(broker, tmp_pa
 
     assert len(events) > 300_000  # a year of 100 customers, about 390,000 events
     _assert_identity(actual)
-    problems = []
-    for check in (lambda: _assert_matches_batch(expected, actual, history),
-                  lambda: _assert_final(actual, history)):
-        try:
-            check()
-        except AssertionError as exc:
-            problems.append(str(exc)[:3000])
-    assert not problems, "\n".join(problems)
+    _assert_batch_and_final(expected, actual, history)
