@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -45,6 +46,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import build_app
     from streams.topics import bootstrap_servers, ensure_topics
 
+    # The worker allocates many short-lived dicts per event; the default GC thresholds made the
+    # collector a measurable share of the CPU (tests/bench/README.md). Costs some peak RSS.
+    gc.set_threshold(100_000, 50, 100)
     with broker_url(settings) as url:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
