@@ -33,6 +33,7 @@ from streams.processor import CustomerProcessor
 from streams.settings import load_settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import rfc3339
+from tests.unit.test_processor import make
 
 SETTINGS = load_settings(env={})
 VALIDATOR = EventValidator(SETTINGS.app.reporting_currency, SETTINGS.revenue.currency_rates)
@@ -62,16 +63,6 @@ def event(family: str, cid: str, ts: float, **fields: Any) -> dict[str, Any]:
 
 def usage(cid: str, ts: float, user: str, action: str) -> dict[str, Any]:
     return event("usage", cid, ts, user_id=user, action=action)
-
-
-def make(store: MutableMapping[str, CustomerState] | None = None,
-         clock_store: MutableMapping[str, dict[str, Any]] | None = None
-         ) -> tuple[CustomerProcessor, Metrics]:
-    metrics = Metrics()
-    proc = CustomerProcessor(SETTINGS, {} if store is None else store,
-                             {} if clock_store is None else clock_store, metrics,
-                             partition_of=lambda cid: 0, wall_clock=None)
-    return proc, metrics
 
 
 class Run:
