@@ -17,7 +17,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
 from streams.business import BusinessAggregator, ScopeState, decode_scope, encode_scope
-from streams.exporters.metrics import CONTENT_TYPE, Metrics
+from streams.exporters.metrics import Metrics
 from streams.ingest import IngestService
 from streams.processor import CustomerProcessor, Flush
 from streams.settings import Settings
@@ -70,7 +70,6 @@ class Service:
     pending: list[EventT] = field(default_factory=list)
     business_pending: list[EventT] = field(default_factory=list)
     flushes: int = 0
-    records_sent: int = 0
 
     def ready(self) -> bool:
         return self.ingest.ready and not self.app.rebalancing and bool(
@@ -144,7 +143,6 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             alerts_out.send_soon(key=key, value=value)
         for scope, value in out.business:
             business_in.send_soon(key=scope, value=value, partition=partition_of(scope))
-        service.records_sent += len(out.records)
 
     @app.agent(business_in, name="aggregate_business")
     async def aggregate_business(stream: faust.StreamT) -> None:
@@ -237,4 +235,4 @@ def _bootstrap(broker_url: str) -> str:
     return bootstrap_servers(broker_url)
 
 
-__all__ = ["Service", "build_app", "CONTENT_TYPE"]
+__all__ = ["Service", "build_app"]

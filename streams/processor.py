@@ -1,6 +1,6 @@
 """The customer stage: applies batches of validated events to per-customer state.
 
-Kept free of Faust so that its logic is tested by plain calls; `streams/agents/customer.py`
+Kept free of Faust so that its logic is tested by plain calls; `streams/app.py`
 wires it to the stream, the changelog table and the output topics. Writes are coalesced: a
 batch only marks customers dirty, and `flush()` (once per emit interval) hands back one
 changelog record and at most one output record per customer.
@@ -453,7 +453,3 @@ class CustomerProcessor:
             gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
                   firing),
         ]
-
-
-def day_start(day: int) -> float:
-    return float(day * DAY_SECONDS)

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
                                generate_latest)
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.events import ERROR_CODES, FAMILIES
@@ -87,23 +87,6 @@ def gauge(name: str, doc: str, labels: tuple[str, ...],
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)
     return family
-
-
-def histogram(name: str, doc: str, label: str, values: Mapping[str, list[float]],
-              buckets: tuple[float, ...]) -> HistogramMetricFamily:
-    """A distribution of current values (not of observations over time), one series per label."""
-    family = HistogramMetricFamily(name, doc, labels=[label])
-    for label_value, observed in sorted(values.items()):
-        counts = []
-        for bound in buckets:
-            counts.append((_fmt(bound), sum(1 for v in observed if v <= bound)))
-        counts.append(("+Inf", len(observed)))
-        family.add_metric([label_value], counts, sum(observed))
-    return family
-
-
-def _fmt(bound: float) -> str:
-    return str(int(bound)) if bound == int(bound) else str(bound)
 
 
 def watermark_gauges(watermark: float | None, now: Callable[[], float] = time.time
