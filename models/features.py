@@ -1,0 +1,569 @@
+"""Feature analytics (METRICS.md "Features", CONTRACT.md ``vitals.feature``).
+
+Three pieces, one per stage:
+
+* ``CustomerFeatures`` and ``PaidHistory`` live in the customer record (customer stage). Users
+  are (customer_id, user_id) pairs, so every user belongs to exactly one customer and every
+  customer to exactly one partition: distinct users and customers of different partitions
+  never overlap, and exact per-partition counts simply add up. The customer keeps, per
+  feature, the users who used it on each day of the window as bit masks over interned user ids
+  (as ``models/activity.py`` does for all activity), plus its first use; ``PaidHistory`` keeps
+  when MRR went from 0 to > 0 and back, for the 90-day retention split.
+* ``FeatureContribution`` is what one partition sends, once per day close D and feature f:
+  exact integer sums over its customers, a histogram of days-to-adopt, and four retention
+  counts. Every field merges by addition (``first_seen`` by min), so the merge is associative,
+  commutative and its size is fixed: it does not grow with users or customers.
+* ``FeatureBook`` is what the feature stage keeps per feature: the latest contribution of each
+  partition (a resend replaces, it does not add) and a short history of the window counts for
+  ``adoption_30d_after_release``. ``feature_record`` turns the merged figures into the record.
+
+No distinct count here needs a sketch: the sets are partition-disjoint and each partition
+counts its own exactly. ``models/sketch.py`` (HyperLogLog) is there for distinct counts over
+sets that are *not* partition-disjoint.
+
+Time: the figures of day close D are as of T = (D + 1) 00:00 UTC, over days D-29 .. D.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from models.activity import DAY_SECONDS, day_of, window_days
+
+WINDOW_DAYS = 30
+RETENTION_WINDOW_DAYS = 90      # features.retention_window_days
+MIN_GROUP = 10                  # features.min_group
+RATIO_DIGITS = 4
+
+# Days-to-adopt histogram: tenths of a day below FINE_DAYS, whole days from there on, so a
+# feature's histogram holds at most 10 * FINE_DAYS + (oldest age in days) buckets.
+FINE_DAYS = 30
+
+
+# --------------------------------------------------------------------------------------------
+# Figures (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den <= 0 else num / den
+
+
+def adoption_rate(feature_users_30d: float, active_users_30d: float) -> float | None:
+    """Users of f in the window / active users in the window; None without active users."""
+    return _ratio(feature_users_30d, active_users_30d)
+
+
+def customer_adoption_rate(feature_customers_30d: int, active_customers_30d: int) -> float | None:
+    """Customers with an f event in the window / active customers; None without any."""
+    return _ratio(feature_customers_30d, active_customers_30d)
+
+
+def stickiness_days(as_of_day: int, released_at: float | None, window: int = WINDOW_DAYS) -> int:
+    """Days the DAU mean is taken over: the window, or the days since release within it.
+
+    A feature released 3 days ago has had 3 days to be used daily; dividing by 30 would make
+    every new feature look unsticky.
+    """
+    return window_days(as_of_day, None if released_at is None else day_of(released_at), window)
+
+
+def stickiness(dau_sum: float, n_days: int, feature_users_30d: float) -> float | None:
+    """(Σ DAU_f over the last n_days ÷ n_days) ÷ feature_users_30d; None when nobody used f."""
+    if feature_users_30d <= 0 or n_days <= 0:
+        return None
+    return (dau_sum / n_days) / feature_users_30d
+
+
+def after_release_day(released_at: float) -> int:
+    """The day close whose 30-day window is the 30 days starting with the release day.
+
+    Day resolution: [R, R+30d) is taken as the UTC days day(R) .. day(R)+29, exact when R is a
+    midnight (the usual configured release) and otherwise off by the part of day(R) before R
+    (no f users then, when R is the first time f was seen) and of day(R)+30 before R+30d.
+    """
+    return day_of(released_at) + WINDOW_DAYS - 1
+
+
+def adoption_30d_after_release(users: float | None, active: float | None, watermark: float,
+                               released_at: float | None) -> float | None:
+    """Users of f / active users over the 30 days after release; None until R + 30d passed."""
+    if released_at is None or users is None or active is None:
+        return None
+    if watermark < released_at + WINDOW_DAYS * DAY_SECONDS:
+        return None
+    return _ratio(users, active)
+
+
+def days_to_adopt(first_use: float, released_at: float | None,
+                  signup_ts: float | None) -> float:
+    """first use − max(R, signup) in days, never negative (use in a beta before R counts as 0).
+
+    An unknown signup or release drops out of the max; with neither, the customer adopted at
+    its first use (0).
+    """
+    starts = [t for t in (released_at, signup_ts) if t is not None]
+    if not starts:
+        return 0.0
+    return max(0.0, (first_use - max(starts)) / DAY_SECONDS)
+
+
+def adopt_bucket(days: float) -> int:
+    """Histogram key in tenths of a day: 0.1-day resolution below FINE_DAYS, 1 day above."""
+    days = max(0.0, days)
+    if days < FINE_DAYS:
+        return min(int(math.floor(days * 10 + 0.5)), FINE_DAYS * 10)
+    return int(math.floor(days + 0.5)) * 10
+
+
+def bucket_days(key: int) -> float:
+    return key / 10
+
+
+def median_from_histogram(hist: Mapping[int, int]) -> float | None:
+    """Median of the bucketed values (mean of the two middle ones for an even count)."""
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    keys = sorted(k for k, n in hist.items() if n > 0)
+    lo_rank, hi_rank = (total - 1) // 2, total // 2      # 0-based ranks of the middle values
+    lo = hi = None
+    seen = 0
+    for key in keys:
+        seen += hist[key]
+        if lo is None and seen > lo_rank:
+            lo = key
+        if seen > hi_rank:
+            hi = key
+            break
+    assert lo is not None and hi is not None
+    return (bucket_days(lo) + bucket_days(hi)) / 2
+
+
+def median_days_to_adopt(values: Iterable[float]) -> float | None:
+    """Median of days-to-adopt values at the histogram's resolution (one partition's worth)."""
+    hist: dict[int, int] = {}
+    for v in values:
+        key = adopt_bucket(v)
+        hist[key] = hist.get(key, 0) + 1
+    return median_from_histogram(hist)
+
+
+def retention_impact(with_kept: int, with_total: int, without_kept: int, without_total: int,
+                     min_group: int = MIN_GROUP
+                     ) -> tuple[float | None, float | None, float | None]:
+    """(retention_with, retention_without, impact); all None when a group is under min_group.
+
+    The groups are customers paying at D − W that had / had not used f before D − W; retention
+    is the share of them still paying at D. Below min_group a share is noise, not evidence.
+    """
+    if with_total < min_group or without_total < min_group or min(with_total, without_total) <= 0:
+        return None, None, None
+    with_rate = with_kept / with_total
+    without_rate = without_kept / without_total
+    return with_rate, without_rate, with_rate - without_rate
+
+
+# --------------------------------------------------------------------------------------------
+# Per-customer state (customer stage)
+# --------------------------------------------------------------------------------------------
+
+
+class CustomerFeatures:
+    """Per feature: users per day of the window (bit masks), and the customer's first use.
+
+    Users are interned separately from ``ActivityWindow`` (only users of some feature, so the
+    list is short) to keep the two prunes independent.
+    """
+
+    __slots__ = ("users", "masks", "first", "_index")
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+        self.masks: dict[str, dict[int, int]] = {}     # feature -> day -> users mask
+        self.first: dict[str, float] = {}              # feature -> first use ts (kept for life)
+        self._index: dict[str, int] = {}
+
+    def record(self, feature: str, ts: float, user_id: str) -> bool:
+        """A feature event of user at ts; True when it changed anything."""
+        changed = False
+        first = self.first.get(feature)
+        if first is None or ts < first:
+            self.first[feature] = ts
+            changed = True
+        index = self._index.get(user_id)
+        if index is None:
+            index = len(self.users)
+            self.users.append(user_id)
+            self._index[user_id] = index
+        bit = 1 << index
+        days = self.masks.setdefault(feature, {})
+        day = day_of(ts)
+        mask = days.get(day, 0)
+        if not mask & bit:
+            days[day] = mask | bit
+            changed = True
+        return changed
+
+    def first_use(self, feature: str) -> float | None:
+        return self.first.get(feature)
+
+    def window(self, feature: str, as_of_day: int, since_day: int | None = None,
+               window: int = WINDOW_DAYS) -> tuple[int, int]:
+        """(distinct users of f over D-window+1 .. D, Σ DAU_f over those days >= since_day)."""
+        lo = as_of_day - window + 1
+        lo_sum = lo if since_day is None else max(lo, since_day)
+        union = dau_sum = 0
+        for day, mask in self.masks.get(feature, {}).items():
+            if lo <= day <= as_of_day:
+                union |= mask
+                if day >= lo_sum:
+                    dau_sum += mask.bit_count()
+        return union.bit_count(), dau_sum
+
+    def prune(self, oldest_day: int) -> None:
+        """Forget days before oldest_day and users no longer in any mask (first uses stay)."""
+        changed = False
+        for feature in list(self.masks):
+            days = self.masks[feature]
+            stale = [d for d in days if d < oldest_day]
+            for d in stale:
+                del days[d]
+            changed |= bool(stale)
+            if not days:
+                del self.masks[feature]
+        if not changed:
+            return
+        union = 0
+        for days in self.masks.values():
+            for mask in days.values():
+                union |= mask
+        if union.bit_count() == len(self.users):
+            return
+        remap = {old: new for new, old in
+                 enumerate(i for i in range(len(self.users)) if union >> i & 1)}
+        for days in self.masks.values():
+            for d, mask in days.items():
+                new_mask = 0
+                for old, new in remap.items():
+                    if mask >> old & 1:
+                        new_mask |= 1 << new
+                days[d] = new_mask
+        self.users = [self.users[old] for old in remap]
+        self._index = {u: i for i, u in enumerate(self.users)}
+
+    def to_dict(self) -> dict[str, Any]:
+        # Masks as hex: JSON integers stop at 64 bits, customers can have more users.
+        return {"u": self.users, "f": self.first,
+                "m": {f: [[d, format(m, "x")] for d, m in sorted(days.items())]
+                      for f, days in self.masks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CustomerFeatures":
+        state = cls()
+        state.users = [str(u) for u in data.get("u", ())]
+        state._index = {u: i for i, u in enumerate(state.users)}
+        state.first = {str(f): float(ts) for f, ts in data.get("f", {}).items()}
+        state.masks = {str(f): {int(d): int(m, 16) for d, m in days}
+                       for f, days in data.get("m", {}).items()}
+        return state
+
+
+class PaidHistory:
+    """When the customer's MRR turned > 0 and back to 0, for "paying at D − W" and "at D".
+
+    Fed with every MRR change the customer's revenue applied (time-ordered: ``CustomerRevenue``
+    ignores subscription events older than its latest), so only transitions are stored.
+    """
+
+    __slots__ = ("changes",)
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[float, bool]] = []     # (ts, paying from ts on)
+
+    def on_mrr(self, ts: float, mrr: float) -> None:
+        paying = mrr > 0
+        if self.changes and ts < self.changes[-1][0]:
+            raise ValueError("MRR changes must be applied in time order")
+        if self.paying_at(ts) != paying:
+            self.changes.append((float(ts), paying))
+
+    def paying_at(self, ts: float) -> bool:
+        """MRR > 0 at instant ts (a change at exactly ts already counts)."""
+        paying = False
+        for at, value in self.changes:
+            if at > ts:
+                break
+            paying = value
+        return paying
+
+    def prune(self, keep_from: float) -> None:
+        """Forget changes before keep_from except the one that still decides the state there."""
+        older = [i for i, (at, _) in enumerate(self.changes) if at <= keep_from]
+        if len(older) > 1:
+            del self.changes[: older[-1]]
+
+    def to_list(self) -> list[list[float]]:
+        return [[at, 1 if paying else 0] for at, paying in self.changes]
+
+    @classmethod
+    def from_list(cls, data: Iterable[Iterable[float]]) -> "PaidHistory":
+        history = cls()
+        history.changes = [(float(at), bool(paying)) for at, paying in data]
+        return history
+
+
+# --------------------------------------------------------------------------------------------
+# Per-partition contribution (customer stage -> feature stage)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureContribution:
+    """One partition's (or a merge of several) exact counts for feature f at day close ``day``.
+
+    All counts are over the partition's customers, as of T = (day + 1) 00:00 UTC.
+    """
+
+    feature: str
+    day: int
+    first_seen: float | None = None    # earliest f event seen: the release when none configured
+    active_users: int = 0              # Σ customer mau (users with any event in the window)
+    feature_users: int = 0             # Σ distinct users of f in the window
+    dau_sum: int = 0                   # Σ over window days since release of DAU_f(d)
+    active_customers: int = 0          # customers with mau > 0
+    feature_customers: int = 0         # customers with an f event in the window
+    adopt_hist: dict[int, int] = field(default_factory=dict)  # adopt_bucket -> customers
+    with_total: int = 0                # paying at T - W and used f before T - W
+    with_kept: int = 0                 #   ... and paying at T
+    without_total: int = 0             # paying at T - W, no f use before T - W
+    without_kept: int = 0              #   ... and paying at T
+
+    def add_customer(self, use: CustomerFeatures | None, *, mau: int,
+                     released_at: float | None, signup_ts: float | None,
+                     paid: PaidHistory | None,
+                     retention_window_days: int = RETENTION_WINDOW_DAYS) -> None:
+        """Add one customer of the partition (every customer, users of f or not).
+
+        ``mau`` is the customer's ``ActivityWindow.figures(day, ...).mau`` and ``released_at``
+        the release time of f this stage knows (configured, else first seen).
+        """
+        as_of = (self.day + 1) * DAY_SECONDS
+        anchor = as_of - retention_window_days * DAY_SECONDS
+        self.active_users += mau
+        if mau > 0:
+            self.active_customers += 1
+        first = None
+        if use is not None:
+            since = None if released_at is None else day_of(released_at)
+            users, dau_sum = use.window(self.feature, self.day, since)
+            self.feature_users += users
+            self.dau_sum += dau_sum
+            if users:
+                self.feature_customers += 1
+            first = use.first_use(self.feature)
+        if first is not None and first < as_of:
+            if self.first_seen is None or first < self.first_seen:
+                self.first_seen = first
+            key = adopt_bucket(days_to_adopt(first, released_at, signup_ts))
+            self.adopt_hist[key] = self.adopt_hist.get(key, 0) + 1
+        if paid is not None and paid.paying_at(anchor):
+            kept = int(paid.paying_at(as_of))
+            if first is not None and first < anchor:
+                self.with_total += 1
+                self.with_kept += kept
+            else:
+                self.without_total += 1
+                self.without_kept += kept
+
+    def merge(self, other: "FeatureContribution") -> "FeatureContribution":
+        """Sum of two contributions (a new object); as of the older of the two days."""
+        if other.feature != self.feature:
+            raise ValueError(f"cannot merge feature {other.feature!r} into {self.feature!r}")
+        hist = dict(self.adopt_hist)
+        for key, n in other.adopt_hist.items():
+            hist[key] = hist.get(key, 0) + n
+        firsts = [t for t in (self.first_seen, other.first_seen) if t is not None]
+        return replace(
+            self, day=min(self.day, other.day), first_seen=min(firsts) if firsts else None,
+            active_users=self.active_users + other.active_users,
+            feature_users=self.feature_users + other.feature_users,
+            dau_sum=self.dau_sum + other.dau_sum,
+            active_customers=self.active_customers + other.active_customers,
+            feature_customers=self.feature_customers + other.feature_customers,
+            adopt_hist=hist,
+            with_total=self.with_total + other.with_total,
+            with_kept=self.with_kept + other.with_kept,
+            without_total=self.without_total + other.without_total,
+            without_kept=self.without_kept + other.without_kept,
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain JSON types (histogram as sorted [key, count] pairs: JSON keys are strings)."""
+        return {"f": self.feature, "d": self.day, "fs": self.first_seen,
+                "au": self.active_users, "fu": self.feature_users, "ds": self.dau_sum,
+                "ac": self.active_customers, "fc": self.feature_customers,
+                "h": [[k, n] for k, n in sorted(self.adopt_hist.items())],
+                "r": [self.with_kept, self.with_total, self.without_kept, self.without_total]}
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> "FeatureContribution":
+        wk, wt, nk, nt = (int(x) for x in data.get("r", (0, 0, 0, 0)))
+        fs = data.get("fs")
+        return cls(feature=str(data["f"]), day=int(data["d"]),
+                   first_seen=None if fs is None else float(fs),
+                   active_users=int(data.get("au", 0)), feature_users=int(data.get("fu", 0)),
+                   dau_sum=int(data.get("ds", 0)), active_customers=int(data.get("ac", 0)),
+                   feature_customers=int(data.get("fc", 0)),
+                   adopt_hist={int(k): int(n) for k, n in data.get("h", ())},
+                   with_total=wt, with_kept=wk, without_total=nt, without_kept=nk)
+
+
+def merge_all(parts: Iterable[FeatureContribution]) -> FeatureContribution | None:
+    merged: FeatureContribution | None = None
+    for part in parts:
+        merged = part if merged is None else merged.merge(part)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Feature stage
+# --------------------------------------------------------------------------------------------
+
+# Window counts kept per partition for adoption_30d_after_release: enough days for the
+# partitions' day closes to catch up with each other and with late release times.
+HISTORY_DAYS = 40
+
+
+class FeatureBook:
+    """What the feature stage keeps for one feature: bounded by the number of partitions.
+
+    ``update`` keeps the latest contribution of each partition (an older or repeated one is
+    ignored, so a resend after a restart is harmless) and, per partition, the window counts
+    (feature users, active users) of the last HISTORY_DAYS day closes. Once every partition
+    has reported the day close ``after_release_day(R)``, the after-release counts are summed
+    and kept for good.
+    """
+
+    __slots__ = ("feature", "parts", "history", "after_release")
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        self.parts: dict[int, FeatureContribution] = {}
+        self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
+        self.after_release: tuple[int, int, int] | None = None     # (day, users, active)
+
+    def update(self, partition: int, part: FeatureContribution) -> bool:
+        """Take a partition's contribution; False when it is older than the one held."""
+        if part.feature != self.feature:
+            raise ValueError(f"contribution for {part.feature!r} sent to {self.feature!r}")
+        held = self.parts.get(partition)
+        if held is not None and part.day < held.day:
+            return False
+        self.parts[partition] = part
+        days = self.history.setdefault(partition, {})
+        days[part.day] = (part.feature_users, part.active_users)
+        for d in [d for d in days if d <= part.day - HISTORY_DAYS]:
+            del days[d]
+        return True
+
+    def merged(self) -> FeatureContribution | None:
+        """Sum of the latest contribution of every partition, as of the oldest of them."""
+        return merge_all(self.parts[p] for p in sorted(self.parts))
+
+    def released_at(self, configured: float | None) -> float | None:
+        """The configured release, else the first time any partition saw f."""
+        if configured is not None:
+            return configured
+        firsts = [p.first_seen for p in self.parts.values() if p.first_seen is not None]
+        return min(firsts) if firsts else None
+
+    def after_release_counts(self, released_at: float | None,
+                             partitions: int | None = None) -> tuple[int, int] | None:
+        """(users, active) over the 30 days after release, once every partition has them.
+
+        ``partitions``: the number of customer partitions; without it, "every partition" is
+        every partition that has sent a contribution so far.
+        """
+        if released_at is None:
+            return None
+        target = after_release_day(released_at)
+        if self.after_release is not None and self.after_release[0] == target:
+            return self.after_release[1], self.after_release[2]
+        if not self.history:
+            return None
+        if partitions is not None and any(p not in self.history for p in range(partitions)):
+            return None
+        users = active = 0
+        for days in self.history.values():
+            counts = days.get(target)
+            if counts is None:
+                return None
+            users += counts[0]
+            active += counts[1]
+        self.after_release = (target, users, active)
+        return users, active
+
+    def to_state(self) -> dict[str, Any]:
+        return {"f": self.feature,
+                "p": [[p, c.to_state()] for p, c in sorted(self.parts.items())],
+                "h": [[p, [[d, u, a] for d, (u, a) in sorted(days.items())]]
+                      for p, days in sorted(self.history.items())],
+                "ar": None if self.after_release is None else list(self.after_release)}
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> "FeatureBook":
+        book = cls(str(data["f"]))
+        book.parts = {int(p): FeatureContribution.from_state(c) for p, c in data.get("p", ())}
+        book.history = {int(p): {int(d): (int(u), int(a)) for d, u, a in days}
+                        for p, days in data.get("h", ())}
+        ar = data.get("ar")
+        book.after_release = None if ar is None else (int(ar[0]), int(ar[1]), int(ar[2]))
+        return book
+
+
+# --------------------------------------------------------------------------------------------
+# Record
+# --------------------------------------------------------------------------------------------
+
+RECORD_KEYS: tuple[str, ...] = (
+    "feature", "as_of", "released_at", "active_users_30d", "feature_users_30d",
+    "adoption_rate", "customer_adoption_rate", "stickiness", "adoption_30d_after_release",
+    "median_days_to_adopt", "retention_with", "retention_without", "retention_impact",
+)
+
+
+def _round(value: float | None, digits: int = RATIO_DIGITS) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def feature_record(feature: str, as_of: str, released_at: str | None,
+                   merged: FeatureContribution, *, n_days: int,
+                   after_release: float | None, min_group: int = MIN_GROUP) -> dict[str, Any]:
+    """The ``vitals.feature`` record: exactly the CONTRACT keys, ratios to 4 places.
+
+    ``as_of``/``released_at`` are already formatted (ISO 8601 UTC); ``n_days`` is
+    ``stickiness_days(merged.day, R)`` and ``after_release`` the value of
+    ``adoption_30d_after_release`` (None until R + 30d).
+    """
+    with_rate, without_rate, impact = retention_impact(
+        merged.with_kept, merged.with_total, merged.without_kept, merged.without_total,
+        min_group)
+    median = median_from_histogram(merged.adopt_hist)
+    return {
+        "feature": feature,
+        "as_of": as_of,
+        "released_at": released_at,
+        "active_users_30d": merged.active_users,
+        "feature_users_30d": merged.feature_users,
+        "adoption_rate": _round(adoption_rate(merged.feature_users, merged.active_users)),
+        "customer_adoption_rate": _round(customer_adoption_rate(merged.feature_customers,
+                                                                merged.active_customers)),
+        "stickiness": _round(stickiness(merged.dau_sum, n_days, merged.feature_users)),
+        "adoption_30d_after_release": _round(after_release),
+        "median_days_to_adopt": None if median is None else round(median, 2),
+        "retention_with": _round(with_rate),
+        "retention_without": _round(without_rate),
+        "retention_impact": _round(impact),
+    }
