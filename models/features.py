@@ -22,6 +22,19 @@ counts its own exactly. ``models/sketch.py`` (HyperLogLog) is there for distinct
 sets that are *not* partition-disjoint.
 
 Time: the figures of day close D are as of T = (D + 1) 00:00 UTC, over days D-29 .. D.
+
+How the stages use it:
+
+* customer: on a feature event ``CustomerFeatures.record(f, ts, user_id)``; on every MRR
+  change the revenue applied ``PaidHistory.on_mrr(mv.ts, mv.new_mrr)``; when pruning,
+  ``CustomerFeatures.prune(day(wm) - 29)`` and ``PaidHistory.prune(wm - (W + lateness + 1) d)``.
+  Cost per customer (JSON): about 1.5 kB for 5 users of 4 features on most days, 5.4 kB for
+  60 users of 6 features.
+* partition, at day close D: per feature f, ``part = FeatureContribution(f, D)`` and
+  ``part.add_customer(...)`` for *every* customer of the partition; send ``part.to_state()``
+  keyed by f, with the partition number.
+* feature: ``FeatureBook.update(partition, part)``; then ``merged()``, ``released_at()``,
+  ``after_release_counts()``, ``stickiness_days()`` and ``feature_record()``.
 """
 from __future__ import annotations
 

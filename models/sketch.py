@@ -9,8 +9,14 @@ hash is a 64-bit blake2b digest, identical in every process and on every machine
   for HyperLogLog sketches*, 2017, algorithm 6). It works on the histogram of register values
   and is unbiased from 0 to far beyond 2^50 items without empirical bias tables or a switch
   between linear counting and the raw estimate: its sigma term *is* linear counting when most
-  registers are empty, its tau term corrects the top end. Measured relative error is below
-  2 % at every cardinality from 1 to 200,000 (``tests/unit/test_sketch.py``).
+  registers are empty, its tau term corrects the top end.
+* Error: 2 % is about 2.5 standard errors, so about 99 % of sketches are within it. Measured
+  at 100,000 distinct users over 20 seeds: rms 0.65 %, worst 1.71 %; below a few hundred items
+  the count is exact to rounding. ``tests/unit/test_sketch.py`` checks 2 % at 100,000 users
+  (5 seeds) and at 13 cardinalities from 1 to 150,000. If a tighter bound is ever needed,
+  p = 16 gives 0.41 % for 64 KiB.
+* Speed (pure Python): ``update`` of 100,000 strings about 0.2 s, ``add_hash`` 0.5 us,
+  ``count`` and ``merge`` about 1-4 ms.
 * Union is the register-wise maximum: associative, commutative, idempotent. Adding the same
   item twice, or merging the same sketch twice, changes nothing, so a resent update is harmless.
 * Serialisation (``to_bytes``): one format byte, one precision byte, then either all m
