@@ -623,8 +623,9 @@ class ProgressiveMetrics:
         self.count += 1
         self.positives += y
         self.correct += int((p >= self.threshold) == bool(y))
-        q = min(1.0 - _EPS, max(_EPS, p))
-        self.log_loss_sum -= math.log(q) if y else math.log(1.0 - q)
+        # The probability given to the true class, at least 1e-15 (clipping p to
+        # [1e-15, 1 - 1e-15], without the rounding of 1 - (1 - 1e-15)).
+        self.log_loss_sum -= math.log(max(_EPS, p if y else 1.0 - p))
         (self._pos if y else self._neg)[self._bin(p)] += 1
 
     def update_many(self, pairs: Iterable[tuple[float | None, int]]) -> None:
