@@ -1,0 +1,539 @@
+"""models.churn: feature vector, delayed labels, the River model, progressive metrics.
+
+No broker. Days are integer epoch days; every synthetic data set is seeded.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import orjson
+import pytest
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
+from models import onboarding
+from models.churn import (
+    FEATURES,
+    FEATURES_VERSION,
+    HEALTH_DEFAULTS,
+    MAX_DAYS_SINCE_ACTIVITY,
+    SEGMENTS,
+    STAGES,
+    ChurnModel,
+    Example,
+    LabelBook,
+    ProgressiveMetrics,
+    churn_record,
+    decode,
+    encode,
+    risk_band,
+    snapshot_vector,
+)
+from streams import events
+
+D = 20513  # 2026-03-01
+
+FULL_RAW = {
+    "tenure_days": 120, "segment": "smb", "mrr": 199.0, "mrr_change_30d": -50.0,
+    "dau": 3, "wau": 5, "mau": 6, "stickiness": 0.42,
+    "active_days_7d": 2, "active_days_prev_7d": 6, "active_days_30d": 17,
+    "feature_breadth": 4, "tickets_30d": 2, "weighted_tickets_30d": 3.0,
+    "open_urgent_tickets": 1, "failed_payments_90d": 1, "days_since_activity": 3,
+    "stage": "eureka", "health_score": 61.5, "usage_frequency": 85.0,
+    "feature_adoption": 40.0, "support": 62.5, "payment": 75.0, "engagement": 55.0,
+}
+
+
+# ---- feature vector -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    {},
+    FULL_RAW,
+    {k: None for k in FULL_RAW},
+    {"segment": "galactic", "stage": "nirvana", "mrr": float("nan"), "dau": "lots",
+     "tenure_days": float("inf")},
+])
+def test_snapshot_vector_has_always_the_same_keys(raw: dict) -> None:
+    vec = snapshot_vector(raw)
+    assert tuple(vec) == FEATURES
+    assert all(isinstance(v, float) and math.isfinite(v) for v in vec.values())
+
+
+def test_snapshot_vector_derived_features() -> None:
+    vec = snapshot_vector(FULL_RAW)
+    assert vec["active_days_trend"] == -4.0  # 2 - 6
+    assert vec["log_mrr"] == pytest.approx(math.log1p(199.0))
+    assert vec["log_tenure_days"] == pytest.approx(math.log1p(120))
+    assert vec["mrr_change_ratio"] == pytest.approx(-50.0 / 249.0)  # MRR 30 days ago: 249
+    assert vec["days_since_activity"] == 3.0
+    assert vec["health_payment"] == 75.0 and vec["health_score"] == 61.5
+    assert vec["segment=smb"] == 1.0
+    assert sum(vec[f"segment={s}"] for s in SEGMENTS) == 1.0
+    assert vec["stage=eureka"] == 1.0
+    assert sum(vec[f"stage={s}"] for s in STAGES) == 1.0
+
+
+def test_snapshot_vector_defaults_and_clipping() -> None:
+    vec = snapshot_vector({"tenure_days": 400, "mrr": 100.0, "mrr_change_30d": 100.0,
+                           "days_since_activity": None, "segment": "galactic"})
+    assert vec["mrr_change_ratio"] == 5.0  # 100 / max(0, 1) = 100, clipped to 5
+    assert vec["days_since_activity"] == MAX_DAYS_SINCE_ACTIVITY  # never active: tenure, capped
+    assert vec["segment=unknown"] == 1.0 and vec["stage=none"] == 1.0
+    for name, default in HEALTH_DEFAULTS.items():
+        assert vec[name] == default
+    assert snapshot_vector({"mrr": 100.0, "mrr_change_30d": -100.0})["mrr_change_ratio"] == -0.5
+    assert snapshot_vector({"mrr": 0.0, "mrr_change_30d": -500.0})["mrr_change_ratio"] == -1.0
+    assert snapshot_vector({"tenure_days": 10})["days_since_activity"] == 10.0
+    assert snapshot_vector({"tickets_30d": -3})["tickets_30d"] == 0.0  # counts never negative
+
+
+def test_categories_match_the_rest_of_the_project() -> None:
+    assert STAGES[0] == "none" and set(STAGES[1:]) == set(onboarding.STAGES)
+    assert set(SEGMENTS) == set(events.SEGMENTS) | {"unknown"}
+    assert len(set(FEATURES)) == len(FEATURES)
+
+
+def test_encode_decode_round_trip_is_compact() -> None:
+    vec = snapshot_vector(FULL_RAW)
+    values = encode(vec)
+    assert len(values) == len(FEATURES)
+    back = decode(orjson.loads(orjson.dumps(values)))
+    assert back == pytest.approx(vec, abs=5e-5)
+    assert back["segment=smb"] == 1.0
+    assert len(orjson.dumps(values)) < 200  # vs ~1 kB as a dict of names
+    assert all(isinstance(v, int) for v in values[FEATURES.index("segment=solo"):])
+    with pytest.raises(ValueError):
+        decode(values[:-1])
+
+
+# ---- delayed labels ---------------------------------------------------------------------
+
+
+def vec_of(day: int) -> dict[str, float]:
+    """A vector that tells its own day (as a whole number, stored exactly), to check which
+    snapshot came back."""
+    return snapshot_vector({"feature_breadth": day, "mrr": 100.0})
+
+
+def day_of_vector(vector: dict[str, float]) -> int:
+    return int(vector["feature_breadth"])
+
+
+def test_churn_on_the_30th_day_is_1_and_on_the_31st_is_0() -> None:
+    in_horizon = LabelBook()
+    in_horizon.add(D, vec_of(D), 0.3, 4)
+    (ex,) = in_horizon.on_churn(D + 29)  # day d0 is the 1st day, d0 + 29 the 30th
+    assert (ex.day, ex.label, ex.probability, ex.model_version) == (D, 1, 0.3, 4)
+    assert day_of_vector(ex.vector) == D
+    assert len(in_horizon) == 0
+
+    after = LabelBook()
+    after.add(D, vec_of(D), 0.3, 4)
+    (ex,) = after.on_churn(D + 30)
+    assert (ex.day, ex.label) == (D, 0)
+
+
+def test_churn_on_the_snapshot_day_is_1_and_later_snapshots_stay() -> None:
+    book = LabelBook()
+    for d in range(D, D + 5):
+        book.add(d, vec_of(d), 0.1, 1)
+    out = book.on_churn(D + 2)
+    assert [(e.day, e.label) for e in out] == [(D, 1), (D + 1, 1), (D + 2, 1)]
+    assert book.days == [D + 3, D + 4]  # after the churn: a later paying period
+    assert book.discard_from(D + 3) == 2 and len(book) == 0
+
+
+def test_churn_labels_1_within_the_horizon_and_0_beyond() -> None:
+    book = LabelBook(settle_days=3)
+    for d in range(D, D + 41):
+        book.add(d, vec_of(d), None, 0)
+    # add(d) settled everything up to d - 1 - 33: days D .. D+6 are gone already (label 0)
+    assert book.days[0] == D + 40 - 1 - 33 + 1
+    out = book.on_churn(D + 40)
+    labels = {e.day: e.label for e in out}
+    assert set(labels) == set(range(D + 7, D + 41))
+    assert all(labels[d] == 0 for d in range(D + 7, D + 11))  # dc - d0 >= 30: never 1
+    assert all(labels[d] == 1 for d in range(D + 11, D + 41))
+
+
+def test_settle_waits_horizon_plus_settle_days() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.2, 1)
+    assert book.settle(D + 29, 0) == []
+    (ex,) = book.settle(D + 30, 0)  # d0 + 30 + 0 <= closed day
+    assert (ex.day, ex.label) == (D, 0)
+
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.2, 1)
+    assert book.settle(D + 32, 3) == []
+    assert book.settle(D + 33, 3)[0].label == 0
+    assert book.settle(D + 60, 3) == []  # once only
+
+
+def test_settle_days_let_a_late_churn_label_1() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.2, 1)
+    assert book.settle(D + 31, 3) == []  # churn on D+29 not seen yet, two days late
+    (ex,) = book.on_churn(D + 29)
+    assert ex.label == 1
+
+
+def test_a_settled_snapshot_never_comes_back_as_1() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.2, 1)
+    assert [e.label for e in book.settle(D + 33, 3)] == [0]
+    assert book.on_churn(D + 29) == []  # too late to matter: it was learnt as 0
+    assert book.add(D, vec_of(D), 0.2, 1) == [] and len(book) == 0  # final day: ignored
+
+
+def test_add_is_idempotent_per_day() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(1), 0.1, 1)
+    book.add(D, vec_of(2), 0.7, 2)
+    assert len(book) == 1
+    (ex,) = book.on_churn(D + 1)
+    assert day_of_vector(ex.vector) == 2 and ex.probability == 0.7 and ex.model_version == 2
+
+
+def test_days_up_to_a_churn_are_final() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.1, 1)
+    book.on_churn(D + 5)
+    book.add(D + 5, vec_of(D + 5), 0.1, 1)  # re-run of a day close after a restart
+    assert len(book) == 0 and book.final_through == D + 5
+    book.add(D + 6, vec_of(D + 6), 0.1, 1)  # reactivated later
+    assert book.days == [D + 6]
+
+
+def test_book_is_bounded_without_settle_calls() -> None:
+    book = LabelBook(horizon=30, settle_days=3)
+    settled: list[Example] = []
+    for d in range(D, D + 200):
+        settled += book.add(d, vec_of(d), 0.1, 1)
+        assert len(book) <= book.max_pending == 34
+    assert [e.day for e in settled] == list(range(D, D + 200 - 34))
+    assert all(e.label == 0 for e in settled)
+    assert len(settled) + len(book) == 200
+
+
+def test_book_state_round_trip() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), None, 0)
+    book.add(D + 1, vec_of(D + 1), 0.123456789, 3)
+    book.settle(D - 1)
+    state = orjson.loads(orjson.dumps(book.to_state()))
+    back = LabelBook.from_state(state)
+    assert back == book and back.final_through == book.final_through
+    assert back.to_state() == state
+    a, b = back.on_churn(D + 2)
+    assert (a.probability, b.probability, b.model_version) == (None, 0.123457, 3)
+    assert day_of_vector(b.vector) == D + 1
+    assert LabelBook.from_state(None) == LabelBook()
+
+
+def test_book_of_another_feature_version_drops_its_snapshots() -> None:
+    book = LabelBook()
+    book.add(D, vec_of(D), 0.1, 1)
+    book.settle(D - 1)
+    state = book.to_state()
+    state[0] = FEATURES_VERSION + 1
+    back = LabelBook.from_state(state)
+    assert len(back) == 0 and back.final_through == book.final_through
+
+
+def test_example_record_round_trip() -> None:
+    ex = Example(day=D, vector=vec_of(D), label=1, probability=None, model_version=0)
+    assert Example.from_record(orjson.loads(orjson.dumps(ex.to_record()))) == ex
+
+
+def _paying(d0: int, churns: set[int], reactivations: set[int]) -> bool:
+    """Paying at d0 00:00: no churn before d0, or a reactivation after the last one."""
+    last_churn = max((dc for dc in churns if dc < d0), default=None)
+    last_react = max((r for r in reactivations if r < d0), default=None)
+    return last_churn is None or (last_react is not None and last_react > last_churn)
+
+
+def _simulate(days: int, churns: dict[int, int], reactivations: set[int],
+              restarts: set[int]) -> tuple[list[Example], set[int]]:
+    """One customer over `days` day closes; `churns` maps churn day -> days its event is late.
+
+    Day close of day C: churn events arriving by now are applied (and the ghost snapshots
+    taken while they were unknown discarded), the C+1 snapshot is taken if the customer looks
+    paying, then the book settles. On a restart day the book goes through orjson and the day
+    close runs a second time (a crash between the state write and the offset commit). Returns
+    every example, and the snapshot days that were rightly taken (paying at d0 00:00).
+    """
+    book = LabelBook(horizon=30, settle_days=3)
+    out: list[Example] = []
+    taken: set[int] = set()
+
+    def close(book: LabelBook, c: int) -> list[Example]:
+        res: list[Example] = []
+        for dc, lag in churns.items():
+            if dc + lag == c:
+                res += book.on_churn(dc)
+                book.discard_from(dc + 1)
+        known = {dc for dc, lag in churns.items() if dc + lag <= c}
+        if _paying(c + 1, known, reactivations):
+            res += book.add(c + 1, vec_of(c + 1), (c % 97) / 97, 1)
+        res += book.settle(c, 3)
+        return res
+
+    for c in range(D, D + days):
+        out += close(book, c)
+        if c in restarts:
+            book = LabelBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
+            assert close(book, c) == []  # the re-run day close labels nothing again
+        if _paying(c + 1, set(churns), reactivations):
+            taken.add(c + 1)
+    return out, taken
+
+
+def _truth(d0: int, churns: dict[int, int]) -> int:
+    first = min((dc for dc in churns if dc >= d0), default=None)
+    return int(first is not None and first - d0 < 30)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_restarts_label_every_snapshot_exactly_once(seed: int) -> None:
+    rng = random.Random(seed)
+    days = 260
+    last_closed = D + days - 1
+    churns = {D + 50: 0, D + 140: 2, D + 215: 1}  # churn day: days late
+    reactivations = {D + 80, D + 170}
+    restarts = {D + d for d in rng.sample(range(days), 60)}
+    out, taken = _simulate(days, churns, reactivations, restarts)
+    reference, _ = _simulate(days, churns, reactivations, set())
+    assert out == reference  # restarts change nothing
+    labelled = [e.day for e in out]
+    assert len(labelled) == len(set(labelled))  # exactly once
+    assert set(labelled) <= taken  # ghost snapshots (taken before a late churn) never learnt
+    decided = {d for d in taken if d + 33 <= last_closed or
+               any(d <= dc and dc + lag <= last_closed for dc, lag in churns.items())}
+    assert decided == set(labelled)  # and nothing decided is left behind
+    for e in out:
+        assert e.label == _truth(e.day, churns), e.day
+    assert sum(e.label for e in out) == 3 * 30  # the 30 snapshots before each churn
+
+
+# ---- the model ----------------------------------------------------------------------------
+
+
+def separable(n: int, seed: int) -> list[tuple[dict[str, float], int]]:
+    """Churners are the customers whose activity dropped: label = trend <= -3 (~20 %)."""
+    rng = random.Random(seed)
+    data = []
+    for _ in range(n):
+        prev = rng.randint(0, 7)
+        now = rng.randint(0, 7)
+        raw = {**FULL_RAW, "active_days_prev_7d": prev, "active_days_7d": now,
+               "segment": rng.choice(SEGMENTS[:4]), "mrr": rng.uniform(20, 5000),
+               "tenure_days": rng.randint(1, 900), "health_score": rng.uniform(20, 95),
+               "failed_payments_90d": rng.randint(0, 1), "tickets_30d": rng.randint(0, 4)}
+        data.append((snapshot_vector(raw), int(now - prev <= -3)))
+    return data
+
+
+def payment_driven(n: int, seed: int) -> list[tuple[dict[str, float], int]]:
+    """Churn driven by failed payments only; everything else is noise."""
+    rng = random.Random(seed)
+    data = []
+    for _ in range(n):
+        fails = rng.choice([0, 0, 0, 0, 1, 2, 3])
+        raw = {**FULL_RAW, "failed_payments_90d": fails, "dau": rng.randint(0, 5),
+               "active_days_7d": rng.randint(0, 7), "tickets_30d": rng.randint(0, 4),
+               "health_score": rng.uniform(20, 95), "mrr": rng.uniform(20, 5000)}
+        p = 0.03 + 0.3 * fails
+        data.append((snapshot_vector(raw), int(rng.random() < p)))
+    return data
+
+
+def fit(model: ChurnModel, data: list[tuple[dict[str, float], int]]) -> ChurnModel:
+    for x, y in data:
+        model.learn(x, y)
+    return model
+
+
+@pytest.mark.parametrize("kind,n", [("logistic", 3000), ("forest", 2000)])
+def test_model_learns_a_separable_problem(kind: str, n: int) -> None:
+    model = fit(ChurnModel.create(kind, seed=7), separable(n, 1))
+    test = separable(1000, 2)
+    probs = [model.predict(x) for x, _ in test]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert roc_auc_score([y for _, y in test], probs) > 0.9
+    assert model.learned == n and model.ready(n) and not model.ready(n + 1)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ChurnModel.create("crystal_ball")
+
+
+def test_untrained_models() -> None:
+    x = snapshot_vector(FULL_RAW)
+    assert ChurnModel.create("logistic").predict(x) == 0.5
+    assert ChurnModel.create("forest").predict(x) == 0.0
+    assert ChurnModel.create("logistic").drivers(x) == []
+    assert ChurnModel.create("forest").drivers(x) == []
+
+
+@pytest.mark.parametrize("kind", ["logistic", "forest"])
+def test_dumps_loads_predicts_and_learns_identically(kind: str) -> None:
+    data = separable(800, 3)
+    model = fit(ChurnModel.create(kind, seed=5), data[:500])
+    blob = model.publish()
+    copy = ChurnModel.loads(blob)
+    assert (copy.kind, copy.learned, copy.version) == (kind, 500, 1)
+    test = separable(200, 4)
+    assert [copy.predict(x) for x, _ in test] == [model.predict(x) for x, _ in test]
+    # a restored learner goes on exactly like the one that never stopped
+    fit(model, data[500:])
+    fit(copy, data[500:])
+    assert [copy.predict(x) for x, _ in test] == [model.predict(x) for x, _ in test]
+    assert copy.drivers(test[0][0]) == model.drivers(test[0][0])
+    assert model.publish() and model.version == 2
+
+
+def test_loads_refuses_other_pickles() -> None:
+    import pickle
+
+    with pytest.raises(ValueError):
+        ChurnModel.loads(pickle.dumps({"weights": [1, 2]}))
+
+
+def test_logistic_contributions_are_weight_times_standardised_value() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(500, 1))
+    x = payment_driven(1, 9)[0][0]
+    scaler = model.estimator["StandardScaler"]
+    weights = model.estimator["LogisticRegression"].weights
+    z = scaler.transform_one(x)
+    contrib = model.contributions(x)
+    for name in FEATURES:
+        assert contrib[name] == pytest.approx(weights.get(name, 0.0) * z.get(name, 0.0))
+
+
+@pytest.mark.parametrize("kind,n", [("logistic", 3000), ("forest", 3000)])
+def test_drivers_point_at_what_drives_churn(kind: str, n: int) -> None:
+    model = fit(ChurnModel.create(kind, seed=3), payment_driven(n, 1))
+    risky = snapshot_vector({**FULL_RAW, "failed_payments_90d": 3, "dau": 2,
+                             "active_days_7d": 3, "tickets_30d": 2})
+    drivers = model.drivers(risky, k=3)
+    assert drivers[0]["feature"] == "failed_payments_90d"
+    assert 1 <= len(drivers) <= 3
+    contributions = [d["contribution"] for d in drivers]
+    assert contributions == sorted(contributions, reverse=True)
+    assert all(c > 0 and round(c, 4) == c for c in contributions)
+    safe = snapshot_vector({**FULL_RAW, "failed_payments_90d": 0})
+    assert "failed_payments_90d" not in [d["feature"] for d in model.drivers(safe)]
+    assert model.drivers(risky, k=1) == drivers[:1]
+
+
+# ---- progressive metrics ------------------------------------------------------------------
+
+
+def scored(n: int, seed: int, signal: float = 1.0) -> tuple[list[float], list[int]]:
+    """Random labels (~15 % positive) and probabilities that lean towards them."""
+    rng = random.Random(seed)
+    ys = [int(rng.random() < 0.15) for _ in range(n)]
+    ps = [1.0 / (1.0 + math.exp(-(rng.gauss(0, 1.2) + signal * (2 * y - 1) - 1.5)))
+          for y in ys]
+    return ps, ys
+
+
+@pytest.mark.parametrize("seed,signal", [(1, 1.0), (2, 0.2), (3, 2.5), (4, 0.0)])
+def test_metrics_match_sklearn(seed: int, signal: float) -> None:
+    ps, ys = scored(5000, seed, signal)
+    m = ProgressiveMetrics()
+    m.update_many(zip(ps, ys))
+    exact = roc_auc_score(ys, ps)
+    assert m.auc() == pytest.approx(exact, abs=0.002)
+    assert abs(m.auc() - exact) <= m.auc_error_bound() + 1e-12
+    assert m.log_loss() == pytest.approx(log_loss(ys, ps), rel=1e-9)
+    assert m.accuracy() == accuracy_score(ys, [int(p >= 0.5) for p in ps])
+    assert (m.count, m.positives) == (5000, sum(ys))
+
+
+def test_precision_top_decile_matches_sorting() -> None:
+    ps, ys = scored(10000, 5)
+    m = ProgressiveMetrics()
+    m.update_many(zip(ps, ys))
+    top = sorted(zip(ps, ys), reverse=True)[:1000]
+    exact = sum(y for _, y in top) / 1000
+    assert m.precision_top_decile() == pytest.approx(exact, abs=0.01)
+    assert m.precision_top_decile() > 2 * sum(ys) / len(ys)  # better than chance here
+
+
+def test_precision_top_decile_interpolates_in_the_boundary_bin() -> None:
+    m = ProgressiveMetrics(bins=10)
+    # 20 predictions: the top 10 % (2) fall in a bin of 4 holding 1 positive -> 0.25
+    m.update_many([(0.95, 1), (0.95, 0), (0.95, 0), (0.95, 0)] + [(0.05, 0)] * 16)
+    assert m.precision_top_decile() == pytest.approx(0.25)
+    m = ProgressiveMetrics(bins=10)
+    m.update_many([(0.95, 1), (0.85, 0)] + [(0.05, 0)] * 8)  # k = 1: the single top one
+    assert m.precision_top_decile() == 1.0
+
+
+def test_metrics_edge_cases() -> None:
+    m = ProgressiveMetrics()
+    assert m.to_record() == {"labelled": 0, "auc": None, "accuracy": None, "log_loss": None,
+                             "precision_top_decile": None}
+    m.update(None, 1)  # no model when this snapshot was taken: not scored
+    assert m.count == 0 and m.unscored == 1 and m.to_record()["labelled"] == 0
+    m.update(0.5, 1)  # the threshold itself predicts churn
+    m.update(0.2, 1)
+    assert m.accuracy() == 0.5 and m.auc() is None  # one class only: no AUC
+    m.update(1.0, 0)  # clipped, not infinite
+    assert math.isfinite(m.log_loss())
+    assert m.log_loss() == pytest.approx((-math.log(0.5) - math.log(0.2) - math.log(1e-15)) / 3)
+    assert m.auc() == 0.0  # the only negative is ranked above every positive
+
+
+def test_metrics_ties_and_perfect_ranking() -> None:
+    ties = ProgressiveMetrics()
+    ties.update_many([(0.3, 1), (0.3, 0), (0.3, 0), (0.3, 1)])
+    assert ties.auc() == 0.5 == roc_auc_score([1, 0, 0, 1], [0.3] * 4)
+    perfect = ProgressiveMetrics()
+    perfect.update_many([(0.9, 1)] * 20 + [(0.1, 0)] * 80)
+    assert perfect.auc() == 1.0 and perfect.precision_top_decile() == 1.0
+    assert perfect.accuracy() == 1.0
+
+
+def test_metrics_merge_and_state_round_trip() -> None:
+    ps, ys = scored(3000, 6)
+    whole = ProgressiveMetrics()
+    whole.update_many(zip(ps, ys))
+    whole.update(None, 0)
+    a, b = ProgressiveMetrics(), ProgressiveMetrics()
+    a.update_many(zip(ps[:1000], ys[:1000]))
+    b.update_many(zip(ps[1000:], ys[1000:]))
+    b.update(None, 0)
+    a.merge(b)
+    assert a.to_record() == whole.to_record()
+    assert a.count == whole.count and a.unscored == 1
+    assert a.log_loss_sum == pytest.approx(whole.log_loss_sum)
+    state = orjson.loads(orjson.dumps(whole.to_state()))
+    back = ProgressiveMetrics.from_state(state)
+    assert back == whole and back.to_record() == whole.to_record()
+    assert len(orjson.dumps(state)) < 20000
+    assert ProgressiveMetrics.from_state(None) == ProgressiveMetrics()
+    with pytest.raises(ValueError):
+        a.merge(ProgressiveMetrics(bins=100))
+
+
+# ---- record -------------------------------------------------------------------------------
+
+
+def test_risk_band_boundaries() -> None:
+    assert risk_band(0.5) == "high" and risk_band(0.4999) == "medium"
+    assert risk_band(0.2) == "medium" and risk_band(0.1999) == "low"
+    assert risk_band(0.35, high=0.3, medium=0.1) == "high"
+    assert risk_band(0.0) == "low" and risk_band(1.0) == "high"
+
+
+def test_churn_record_bands_the_published_probability() -> None:
+    drivers = [{"feature": "active_days_trend", "contribution": 0.8}]
+    rec = churn_record(0.49996, True, drivers)
+    assert rec == {"probability": 0.5, "risk": "high", "model_ready": True, "drivers": drivers}
+    assert churn_record(0.1234567, False, [])["probability"] == 0.1235
