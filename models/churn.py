@@ -28,8 +28,6 @@ from typing import Any
 
 from river import compose, forest, linear_model, optim, preprocessing
 
-DAY = 86400
-
 # --------------------------------------------------------------------------------------------
 # Feature vector
 # --------------------------------------------------------------------------------------------
@@ -262,6 +260,14 @@ class LabelBook:
 
     Snapshots are stored as ``encode``d lists in ``FEATURES`` order (about 40 short numbers
     each), not dicts of names.
+
+    >>> book = LabelBook()
+    >>> _ = book.add(100, {}, 0.4, 1), book.add(101, {}, None, 0)
+    >>> [(e.day, e.label) for e in book.on_churn(130)]  # 130 - 100 = 30: survived its horizon
+    [(100, 0), (101, 1)]
+    >>> _ = book.add(140, {}, 0.1, 1)
+    >>> book.settle(172, settle_days=3), [e.day for e in book.settle(173, settle_days=3)]
+    ([], [140])
     """
 
     __slots__ = ("horizon", "settle_days", "_pending", "_final_through")
@@ -445,6 +451,10 @@ class ChurnModel:
     <= 6, seeded). Its snapshots are MBs, not KBs: the model topic needs a matching
     ``max.message.bytes``.
     Labels are 0/1, predictions the probability of churn within the horizon.
+
+    Until a first version is published (or while ``learned == 0``) a prediction means
+    nothing (0.5 or 0): the service should then store None as the snapshot's probability, so
+    that progressive validation leaves it out (``ProgressiveMetrics``).
     """
 
     def __init__(self, kind: str, seed: int, estimator: Any) -> None:
@@ -743,7 +753,11 @@ class ProgressiveMetrics:
 
 
 def risk_band(probability: float, high: float = 0.5, medium: float = 0.2) -> str:
-    """``churn.risk``: "high" at >= high, "medium" at >= medium, else "low" (``churn.bands``)."""
+    """``churn.risk``: "high" at >= high, "medium" at >= medium, else "low" (``churn.bands``).
+
+    >>> risk_band(0.5), risk_band(0.2), risk_band(0.19)
+    ('high', 'medium', 'low')
+    """
     if probability >= high:
         return "high"
     if probability >= medium:

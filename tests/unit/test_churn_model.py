@@ -5,6 +5,7 @@ No broker. Days are integer epoch days; every synthetic data set is seeded.
 
 from __future__ import annotations
 
+import doctest
 import math
 import random
 
@@ -12,7 +13,7 @@ import orjson
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from models import onboarding
+from models import churn, onboarding
 from models.churn import (
     FEATURES,
     FEATURES_VERSION,
@@ -43,6 +44,11 @@ FULL_RAW = {
     "stage": "eureka", "health_score": 61.5, "usage_frequency": 85.0,
     "feature_adoption": 40.0, "support": 62.5, "payment": 75.0, "engagement": 55.0,
 }
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(churn)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- feature vector -------------------------------------------------------------------------
