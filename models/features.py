@@ -390,6 +390,20 @@ class FeatureContribution:
                 self.without_total += 1
                 self.without_kept += kept
 
+    def set_base(self, active_users: int, active_customers: int, paying: int, kept: int
+                 ) -> None:
+        """Fill the parts that do not depend on f, counted once for all features.
+
+        A partition then calls ``add_customer`` (with ``mau=0``) only for the customers that
+        ever used f: everyone else adds nothing but active users and the retention group
+        "without", which is the paying-at-anchor total (``paying``, ``kept`` still paying)
+        minus the "with" group.
+        """
+        self.active_users = active_users
+        self.active_customers = active_customers
+        self.without_total = paying - self.with_total
+        self.without_kept = kept - self.with_kept
+
     def merge(self, other: "FeatureContribution") -> "FeatureContribution":
         """Sum of two contributions (a new object); as of the older of the two days."""
         if other.feature != self.feature:

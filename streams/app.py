@@ -5,6 +5,7 @@ differently configured workers from the same code.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
 from streams.business import BusinessAggregator, ScopeState, decode_scope, encode_scope
-from streams.exporters.metrics import Metrics
+from streams.churn import ChurnLearner
+from streams.exporters.metrics import Metrics, gauge
+from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
 from streams.ingest import IngestService
+from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
@@ -53,8 +57,17 @@ class _ScopeCodec(codecs.Codec):
         return decode_scope(s)
 
 
+class _FeatureCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_feature(obj) if isinstance(obj, FeatureState) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_feature(s)
+
+
 codecs.register("vitals_state", _StateCodec())
 codecs.register("vitals_scope", _ScopeCodec())
+codecs.register("vitals_feature", _FeatureCodec())
 codecs.register("utf8", _Utf8Codec())
 
 
@@ -69,6 +82,14 @@ class Service:
     aggregator: BusinessAggregator | None = None
     pending: list[EventT] = field(default_factory=list)
     business_pending: list[EventT] = field(default_factory=list)
+    features: FeatureAggregator | None = None
+    feature_pending: list[EventT] = field(default_factory=list)
+    # Published records, read back from their compacted topics: any worker answers the
+    # /features and /business views, whoever owns the feature or scope.
+    feature_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    business_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    learner: ChurnLearner | None = None       # on the worker owning the churn examples topic
+    learner_pending: list[EventT] = field(default_factory=list)
     flushes: int = 0
 
     def ready(self) -> bool:
@@ -113,13 +134,55 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     business_in = app.topic(s.topics.business_internal, partitions=s.app.partitions,
                             key_serializer="utf8", value_serializer="raw")
     business_out = app.topic(s.topics.business, key_serializer="utf8", value_serializer="raw")
+    churn_in = app.topic(s.topics.churn_examples, partitions=1, key_serializer="utf8",
+                         value_serializer="raw")
+    model_out = app.topic(s.topics.churn_model, partitions=1, key_serializer="utf8",
+                          value_serializer="raw")
+    learner_table = _table(app, "churn_learner", 1, "raw")
+    feature_table = _table(app, "features", s.app.partitions, "vitals_feature")
+    feature_in = app.topic(s.topics.feature_internal, partitions=s.app.partitions,
+                           key_serializer="utf8", value_serializer="raw")
+    feature_out = app.topic(s.topics.feature_out, key_serializer="utf8", value_serializer="raw")
+    catalog_out = app.topic(s.topics.feature_catalog, partitions=1, key_serializer="utf8",
+                            value_serializer="raw")
 
     processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
     aggregator = BusinessAggregator(s, scopes.data)
     processor.churn_rates = aggregator.rates
+    aggregator.churn_model = processor.scorer.model_record
     metrics.add_gauge_source(aggregator.gauges)
-    service = Service(s, app, metrics, processor, ingest, aggregator)
+    features = FeatureAggregator(s, feature_table.data)
+    metrics.add_gauge_source(features.gauges)
+    service = Service(s, app, metrics, processor, ingest, aggregator, features=features)
+
+    def on_model() -> None:
+        owner = partition_of("all")
+        if any(tp.topic == s.topics.business_internal and tp.partition == owner
+               for tp in app.assignor.assigned_actives()):
+            aggregator.on_model()
+
+    def on_models(records: list[Any]) -> None:
+        if any([processor.scorer.update(v) for v in values(records)]):
+            log.info("churn model version %s", processor.scorer.version)
+            on_model()
+
+    def on_catalog(records: list[Any]) -> None:
+        processor.learn_catalog({r.key.decode(): orjson.loads(r.value) for r in records
+                                 if r.key is not None and r.value is not None})
+
+    def keep_latest(into: dict[str, dict[str, Any]]) -> Any:
+        def handler(records: list[Any]) -> None:
+            for r in records:
+                if r.key is not None and r.value is not None:
+                    into[r.key.decode()] = orjson.loads(r.value)
+        return handler
+
+    follower = Follower(_bootstrap(broker_url))
+    follower.follow(s.topics.churn_model, 1, on_models)
+    follower.follow(s.topics.feature_catalog, 1, on_catalog)
+    follower.follow(s.topics.feature_out, s.app.partitions, keep_latest(service.feature_records))
+    follower.follow(s.topics.business, s.app.partitions, keep_latest(service.business_records))
 
     @app.agent(internal, name="apply_customer_events")
     async def apply_customer_events(stream: faust.StreamT) -> None:
@@ -131,7 +194,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                 deadletter_out.send_soon(key=key, value=value)
             service.pending.append(event)
 
-    def send(out: Flush) -> None:
+    async def send(out: Flush) -> None:
+        # Labelled snapshots first, delivered: the records written next no longer hold them.
+        sent = [await churn_in.send(key="examples", value=value, partition=0)
+                for value in out.examples]
+        if sent:
+            await asyncio.gather(*sent)
         for partition, key, state in out.changelog:
             customers.send_changelog(partition, key, state)
         for partition, clock in out.clocks:
@@ -143,6 +211,10 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             alerts_out.send_soon(key=key, value=value)
         for scope, value in out.business:
             business_in.send_soon(key=scope, value=value, partition=partition_of(scope))
+        for feature, value in out.features:
+            feature_in.send_soon(key=feature, value=value, partition=partition_of(feature))
+        for feature, value in out.catalog:
+            catalog_out.send_soon(key=feature, value=value, partition=0)
 
     @app.agent(business_in, name="aggregate_business")
     async def aggregate_business(stream: faust.StreamT) -> None:
@@ -155,7 +227,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def flush_customers() -> None:
         if s.time.mode == "live":
             processor.advance_wall_clock(time.time())
-        send(processor.flush())
+        await send(processor.flush())
         pending, service.pending = service.pending, []
         for event in pending:
             event.ack()
@@ -169,14 +241,76 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         pending, service.business_pending = service.business_pending, []
         for event in pending:
             event.ack()
+        flush_features()
+        flush_learner()
         service.flushes += 1
+
+    @app.agent(feature_in, name="aggregate_features")
+    async def aggregate_features(stream: faust.StreamT) -> None:
+        # Same contract as the customer agent: acknowledged by the flush timer only.
+        async for event in stream.noack().events():
+            features.apply(event.message.key.decode(), orjson.loads(event.message.value))
+            service.feature_pending.append(event)
+
+    def flush_features() -> None:
+        out = features.flush()
+        for feature, state in out.changelog:
+            feature_table.send_changelog(partition_of(feature), feature, state)
+        for key, value in out.records:
+            feature_out.send_soon(key=key, value=value)
+        for key, value in out.alerts:
+            alerts_out.send_soon(key=key, value=value)
+        pending, service.feature_pending = service.feature_pending, []
+        for event in pending:
+            event.ack()
+
+    def learner_gauges() -> list[Any]:
+        """The learner's figures, from the one worker that owns it (so sum() is right)."""
+        learner = service.learner
+        if learner is None:
+            return []
+        rec = learner.metrics_record()
+        return [gauge("vitals_churn_model_auc", "Progressive ROC AUC of the churn model", (),
+                      {} if rec["auc"] is None else {(): rec["auc"]}),
+                gauge("vitals_churn_model_labelled", "Labelled snapshots the churn model learnt",
+                      (), {(): float(learner.learned)})]
+
+    metrics.add_gauge_source(learner_gauges)
+
+    @app.agent(churn_in, name="learn_churn")
+    async def learn_churn(stream: faust.StreamT) -> None:
+        # One partition: one learner for the service. Acknowledged once its state is written.
+        async for event in stream.noack().events():
+            if service.learner is None:
+                service.learner = ChurnLearner(s.churn, learner_table.data.get("learner"))
+            service.learner.apply(orjson.loads(event.message.value))
+            service.learner_pending.append(event)
+
+    def save_learner() -> None:
+        learner = service.learner
+        if learner is not None and learner.changed:
+            blob = learner.to_bytes()
+            learner_table.data["learner"] = blob
+            learner_table.send_changelog(0, "learner", blob)
+
+    def flush_learner() -> None:
+        learner = service.learner
+        if learner is None:
+            return
+        model = learner.publish()
+        save_learner()  # before the version it names goes out
+        if model is not None:
+            model_out.send_soon(key="model", value=model, partition=0)
+        pending, service.learner_pending = service.learner_pending, []
+        for event in pending:
+            event.ack()
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         mine = {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == s.topics.repartition}
         owned = set(processor.members)
-        send(processor.revoke(owned - mine))
+        await send(processor.revoke(owned - mine))
         await app.producer.flush()
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
@@ -189,8 +323,18 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                               scope for scope in aggregator.live if partition_of(scope) in gone})
         service.business_pending = [e for e in service.business_pending
                                     if e.message.tp not in revoked]
-        send(processor.revoke({tp.partition for tp in revoked
-                               if tp.topic == s.topics.repartition}))
+        lost = {tp.partition for tp in revoked if tp.topic == s.topics.feature_internal}
+        features.revoke({f for f in [*feature_table.data.keys(), *features.live]
+                         if partition_of(f) in lost})
+        service.feature_pending = [e for e in service.feature_pending
+                                   if e.message.tp not in revoked]
+        await send(processor.revoke({tp.partition for tp in revoked
+                                     if tp.topic == s.topics.repartition}))
+        if any(tp.topic == s.topics.churn_examples for tp in revoked):
+            save_learner()
+            service.learner = None
+        service.learner_pending = [e for e in service.learner_pending
+                                   if e.message.tp not in revoked]
         # Faust flushed its producer before this signal: deliver what revoke() just wrote, or
         # the recovery that follows the rebalance may restore an older record over it.
         await app.producer.flush()
@@ -200,10 +344,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     @app.service
     class _Ingest(faust.Service):  # noqa: N801 - started and stopped with the worker
         async def on_start(self) -> None:
+            await follower.start()
             await ingest.start()
 
         async def on_stop(self) -> None:
             await ingest.stop()
+            await follower.stop()
 
     from streams.exporters.web import register_views
     register_views(service, customers)

@@ -15,7 +15,7 @@ Kept free of Faust; `streams/app.py` wires it to a stream and a changelog table 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -137,6 +137,8 @@ class BusinessAggregator:
         self.scope_rules = list(settings.alerts.business_rules)
         # Monthly churn rate per scope, for customer CLV (read by the customer stage).
         self.rates: dict[str, float] = {}
+        # Progressive validation of the churn model, for scope all (set by the app).
+        self.churn_model: Callable[[], dict[str, Any] | None] = lambda: None
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -256,8 +258,16 @@ class BusinessAggregator:
             "ttv_median_days": ttv_median(summary["ttv"]),
             "success_rate_90d": (round(summary["success"] / summary["eligible"], 6)
                                  if summary["eligible"] else None),
-            "churn_model": None,
+            "churn_model": self.churn_model() if state.scope == "all" else None,
         }
+
+    def on_model(self) -> None:
+        """A new churn model version: re-emit the current month of scope all (owner only)."""
+        if "all" not in self.live and self.store.get("all") is None:
+            return
+        state = self._load("all")
+        if state.books:
+            self.dirty.setdefault("all", set()).add(max(state.books))
 
     # -- flushing --------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ class Evaluation:
     cac: float | None = None
 
 
-def _release_times(released: Mapping[str, str]) -> dict[str, float]:
+def release_times(released: Mapping[str, str]) -> dict[str, float]:
     return {f: datetime.fromisoformat(ts).timestamp() for f, ts in released.items()}
 
 
@@ -56,7 +56,7 @@ class Evaluator:
         self.rules = settings.alerts.rules
         self.customer_rules = list(settings.alerts.customer_rules)
         self.key_features = set(settings.features.key)
-        self.released = _release_times(settings.features.released)
+        self.released = release_times(settings.features.released)
         self.currency = settings.app.reporting_currency
         self.gross_margin = settings.revenue.gross_margin
         self.min_churn_rate = settings.revenue.min_churn_rate
@@ -97,6 +97,9 @@ class Evaluator:
         record["onboarding"] = onboarding
         record["health"] = health
         record["revenue"] = self._revenue(state, segment, churn_rates or {})
+        churn = state.churn.last
+        record["churn"] = None if churn is None else {
+            k: churn[k] for k in ("probability", "risk", "model_ready", "drivers")}
         ob = state.onboarding
         out = Evaluation(record, [], segment, status, act.stickiness, health["grade"],
                          health["score"], onboarding["ttv_days"], ob.succeeded(),
@@ -106,7 +109,10 @@ class Evaluator:
             figures = {"activity": record["activity"], "health": health,
                        "onboarding": {**onboarding,
                                       "days_without_aha": self._days_without_aha(state, as_of)},
-                       "payments": {"failed_30d": self._failed_30d(state, day)}}
+                       "payments": {"failed_30d": self._failed_30d(state, day)},
+                       # Before the model has learnt enough, its probability alerts nobody.
+                       "churn": {"probability": churn["probability"]}
+                       if churn is not None and churn["model_ready"] else {}}
             transitions = state.alerts.evaluate(self.rules, self.customer_rules, figures,
                                                 state.segment, as_of)
             out.alerts = [self._alert(state, t, health) for t in transitions]
@@ -126,6 +132,8 @@ class Evaluator:
         components = health.get("components") or {}
         explain = {"components": components,
                    "pulled_down_by": weakest_components(components, 2, self.health.weights)}
+        if state.churn.last is not None and self.rules[t.rule].metric.startswith("churn."):
+            explain["drivers"] = state.churn.last["drivers"]
         subject = {"customer_id": state.customer_id, "segment": state.segment}
         return alert_record(t.rule, self.rules[t.rule], t, subject, state.customer_id, explain)
 

@@ -16,10 +16,12 @@ from typing import Any, Callable, Iterable, Mapping, MutableMapping
 import orjson
 
 from models.activity import DAY_SECONDS, day_of
+from models.features import FeatureContribution
 from streams import events as ev
 from streams.deadletter import deadletter_value
-from models.revenue import SUBSCRIPTION_KINDS, Movement
+from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement
 from streams.business import add_to_summary, empty_summary
+from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
 from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, watermark_gauges
 from streams.settings import Settings
@@ -39,6 +41,10 @@ class Flush:
     records: list[tuple[str, bytes]] = field(default_factory=list)
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
     business: list[tuple[str, bytes]] = field(default_factory=list)   # key = scope
+    # Labelled churn snapshots, one message per chunk: delivered before the changelog.
+    examples: list[bytes] = field(default_factory=list)
+    features: list[tuple[str, bytes]] = field(default_factory=list)   # key = feature
+    catalog: list[tuple[str, bytes]] = field(default_factory=list)    # feature first seen
 
 
 class CustomerProcessor:
@@ -79,6 +85,10 @@ class CustomerProcessor:
         # Features first seen per partition, kept with the partition's clock.
         self.catalog: dict[str, float] = {}
         self.days_closed = 0
+        self.scorer = ChurnScorer(settings.churn)
+        self.examples_out: list[dict[str, Any]] = []
+        self.features_out: list[tuple[str, bytes]] = []
+        self.catalog_out: dict[str, float] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -146,6 +156,7 @@ class CustomerProcessor:
                 state.onboarding.on_feature(ts)
                 if state.features.get(feature, -1) < day_of(ts):
                     state.features[feature] = day_of(ts)
+                state.feature_use.record(feature, ts, event["user_id"])
                 self._see_feature(feature, ts, partition)
         elif family == "support":
             kind = event["type"]
@@ -178,6 +189,7 @@ class CustomerProcessor:
             if kind in SUBSCRIPTION_KINDS:
                 mv = state.revenue.apply_subscription(ts, event["event_id"], kind, event["mrr"])
                 if mv is not None:
+                    state.paid.on_mrr(mv.ts, mv.new_mrr)
                     self._movement(state, mv)
             if kind in ("payment_succeeded", "payment_failed"):
                 state.support.on_payment(ts, kind == "payment_succeeded")
@@ -192,6 +204,13 @@ class CustomerProcessor:
         at most the allowed lateness; after that it is booked under segment:unknown.
         """
         self._send_movement("all", state.customer_id, mv.to_dict())
+        if mv.kind == CHURN:
+            cid = state.customer_id
+            book = state.churn.book
+            self.examples_out.extend(example_value(cid, x) for x in book.on_churn(day_of(mv.ts)))
+            # Snapshots taken after the churn day exist only because its event came late.
+            book.discard_from(day_of(mv.ts) + 1)
+            state.churn.last = None  # a churned customer is not scored until it pays again
         if state.segment is None:
             state.pending_mv.append(mv.to_dict())
         else:
@@ -210,6 +229,7 @@ class CustomerProcessor:
         first = self.catalog.get(feature)
         if first is None or ts < first:
             self.catalog[feature] = ts
+            self.catalog_out[feature] = ts
             clock = self.clocks[partition]
             clock.features[feature] = min(ts, clock.features.get(feature, ts))
             self.dirty_clocks.add(partition)
@@ -248,13 +268,70 @@ class CustomerProcessor:
                 continue  # restored ahead of the clock: this close already ran for it
             state.closed_day = day
             state.support.prune(day)
-            score = self._evaluate(cid, state, as_of).score
-            if score is not None:
-                self.metrics.health_score.labels(self.contrib[cid].segment).observe(score)
+            result = self._evaluate(cid, state, as_of)
+            if result.score is not None:
+                self.metrics.health_score.labels(result.segment).observe(result.score)
+            self._churn_day(cid, state, result, day)
             if state.pending_mv and state.pending_mv[0]["ts"] < as_of - self.segment_wait:
                 self._release_movements(state, "unknown")
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
+        self._features_day(partition, day - 1)
+
+    def _features_day(self, partition: int, closed: int) -> None:
+        """Send this partition's contribution of closed day D to every known feature.
+
+        Every feature gets one, even with no user here: its active users and retention
+        "without" group count in the denominators (models/features.py).
+        """
+        released = {**self.catalog, **self.evaluator.released}  # configured releases win
+        if not released:
+            return
+        as_of = (closed + 1) * DAY_SECONDS
+        anchor = as_of - self.settings.features.retention_window_days * DAY_SECONDS
+        parts = {f: FeatureContribution(f, closed) for f in released}
+        active_users = active_customers = paying = kept = 0
+        for cid in self.members[partition]:
+            state = self._load(cid)
+            first = state.signup_ts if state.signup_ts is not None else state.first_ts
+            mau = state.activity.figures(
+                closed, None if first is None else day_of(first), self.window).mau
+            active_users += mau
+            active_customers += mau > 0
+            if state.paid.paying_at(anchor):
+                paying += 1
+                kept += state.paid.paying_at(as_of)
+            use = state.feature_use
+            for feature in use.first:
+                part = parts.get(feature)
+                if part is not None:
+                    part.add_customer(use, mau=0, released_at=released[feature],
+                                      signup_ts=state.signup_ts, paid=state.paid,
+                                      retention_window_days=self.settings.features.retention_window_days)
+        for feature, part in parts.items():
+            part.set_base(active_users, active_customers, paying, kept)
+            self.features_out.append((feature, orjson.dumps(
+                {"p": partition, "c": part.to_state()})))
+
+    def learn_catalog(self, entries: Mapping[str, float]) -> None:
+        """Features first seen by any worker (the shared catalog topic)."""
+        for feature, ts in entries.items():
+            first = self.catalog.get(feature)
+            if first is None or ts < first:
+                self.catalog[feature] = ts
+
+    def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
+        """Day close for churn: settle old snapshots, snapshot and score a paying customer."""
+        track = state.churn
+        mrr = state.revenue.mrr
+        remember_mrr(track.mrr, day, mrr)
+        book = track.book
+        book.horizon = self.settings.churn.horizon_days    # configuration, not state
+        book.settle_days = self.settings.churn.settle_days
+        settled = book.settle(day - 1)                     # day = d0, the day close's as-of day
+        if mrr > 0:
+            settled += snapshot(state, result.record, day, self.scorer)
+        self.examples_out.extend(example_value(cid, x) for x in settled)
 
     # -- wall clock -----------------------------------------------------------------------
 
@@ -289,7 +366,15 @@ class CustomerProcessor:
         self.dirty_summaries = set()
         out.alerts, self.alerts_out = self.alerts_out, []
         out.business, self.business_out = self.business_out, []
+        out.examples = self._take_examples()
+        out.features, self.features_out = self.features_out, []
+        out.catalog = [(f, orjson.dumps(ts)) for f, ts in self.catalog_out.items()]
+        self.catalog_out = {}
         return out
+
+    def _take_examples(self, chunk: int = 500) -> list[bytes]:
+        examples, self.examples_out = self.examples_out, []
+        return [orjson.dumps(examples[i:i + chunk]) for i in range(0, len(examples), chunk)]
 
     def _report_partition(self, partition: int) -> None:
         """Watermark and customer summary of a partition, to every scope: a scope's months
@@ -359,6 +444,9 @@ class CustomerProcessor:
         state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
         state.activity.prune(day_of(wm) - self.window + 1)
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
+        state.feature_use.prune(day_of(wm) - self.window)
+        keep = self.settings.features.retention_window_days + self.settings.time.lateness_days + 1
+        state.paid.prune(wm - keep * DAY_SECONDS)
 
     # -- partitions -----------------------------------------------------------------------
 
@@ -416,6 +504,8 @@ class CustomerProcessor:
         # Alerts and business messages already decided go out with the state that records them.
         out.alerts, self.alerts_out = self.alerts_out, []
         out.business, self.business_out = self.business_out, []
+        out.examples = self._take_examples()
+        out.features, self.features_out = self.features_out, []
         return out
 
     # -- gauges ---------------------------------------------------------------------------
@@ -430,9 +520,13 @@ class CustomerProcessor:
         stick_sum: dict[tuple[str, ...], float] = defaultdict(float)
         stick_n: dict[tuple[str, ...], int] = defaultdict(int)
         firing: dict[tuple[str, ...], float] = defaultdict(float)
+        risks: dict[tuple[str, ...], float] = defaultdict(float)
         rules = self.settings.alerts.rules
         for cid, e in self.contrib.items():
             customers[(e.segment, e.status)] += 1
+            churn = e.record.get("churn")
+            if churn is not None and churn["risk"] is not None:
+                risks[(e.segment, churn["risk"])] += 1
             stick_sum[(e.segment,)] += e.stickiness
             stick_n[(e.segment,)] += 1
             if e.grade is not None:
@@ -452,4 +546,8 @@ class CustomerProcessor:
                   ("segment", "grade"), grades),
             gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
                   firing),
+            gauge("vitals_churn_risk_customers", "Paying customers by segment and churn risk band",
+                  ("segment", "risk"), risks),
+            gauge("vitals_churn_model_version", "Churn model version this worker scores with",
+                  (), {(): float(self.scorer.version)}),
         ]

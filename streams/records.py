@@ -28,7 +28,7 @@ def customer_record(state: CustomerState, as_of: float, figures: ActivityFigures
         "signup_at": None if state.signup_ts is None else rfc3339(state.signup_ts),
         "status": status,
         "activity": figures.as_record(),
-        # Set by streams/evaluate.py; churn stays null until the churn model exists (issue 6).
+        # Set by streams/evaluate.py: null until the customer was first scored while paying.
         "onboarding": None,
         "health": None,
         "revenue": None,

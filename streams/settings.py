@@ -53,6 +53,10 @@ class TopicSettings:
     deadletter: str
     repartition: str
     business_internal: str
+    feature_internal: str
+    feature_catalog: str
+    churn_examples: str
+    churn_model: str
     input_partitions: int
 
     def input_topics(self) -> dict[str, str]:
@@ -139,8 +143,10 @@ class FeatureSettings:
 @dataclass(frozen=True)
 class ChurnSettings:
     horizon_days: int
+    settle_days: int
     min_labelled: int
     model: str
+    publish_interval_seconds: float
     bands: dict[str, float]
 
 
@@ -160,6 +166,7 @@ class AlertRule:
 class AlertSettings:
     customer_rules: list[str]
     business_rules: list[str]
+    feature_rules: list[str]
     rules: dict[str, AlertRule]
 
 
@@ -351,7 +358,7 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
-    for kind in ("customer_rules", "business_rules"):
+    for kind in ("customer_rules", "business_rules", "feature_rules"):
         for name in getattr(s.alerts, kind):
             if name not in s.alerts.rules:
                 raise SettingsError(f"setting 'alerts.{kind}' names an unknown rule {name!r}")

@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 
 from models.activity import ActivityWindow
+from models.features import CustomerFeatures, PaidHistory
 from models.health import SupportAndPayments
 from models.onboarding import Onboarding
 from models.revenue import CustomerRevenue
 from streams.alerts import AlertBook
+from streams.churn import ChurnTrack
 from streams.dedup import SeenIds
 
 FORMAT_VERSION = 1
@@ -24,7 +26,7 @@ class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
                  "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
-                 "closed_day")
+                 "closed_day", "churn", "feature_use", "paid")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -50,6 +52,9 @@ class CustomerState:
         # partition clock are separate changelog writes, so after a crash they can be
         # restored out of step; this keeps every day close once per customer.
         self.closed_day: int | None = None
+        self.churn = ChurnTrack()                 # pending churn snapshots, recent MRR, score
+        self.feature_use = CustomerFeatures()     # users per feature per day, first uses
+        self.paid = PaidHistory()                 # when MRR went above 0 and back (retention)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +64,8 @@ class CustomerState:
             "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
             "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
-            "pm": self.pending_mv, "cd": self.closed_day,
+            "pm": self.pending_mv, "cd": self.closed_day, "ch": self.churn.to_dict(),
+            "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(),
         }
 
     @classmethod
@@ -84,6 +90,9 @@ class CustomerState:
         state.revenue = CustomerRevenue.from_dict(data.get("rv", {}))
         state.pending_mv = list(data.get("pm", ()))
         state.closed_day = data.get("cd")
+        state.churn = ChurnTrack.from_dict(data.get("ch", {}))
+        state.feature_use = CustomerFeatures.from_dict(data.get("fu", {}))
+        state.paid = PaidHistory.from_list(data.get("pd", ()))
         return state
 
 

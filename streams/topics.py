@@ -47,6 +47,11 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs = [NewTopic(name, t.input_partitions, 1) for name in t.input_topics()]
     specs.append(NewTopic(t.repartition, settings.app.partitions, 1))
     specs.append(NewTopic(t.business_internal, settings.app.partitions, 1))
+    specs.append(NewTopic(t.feature_internal, settings.app.partitions, 1))
+    # One partition each: one learner for the whole service, one model every worker reads.
+    specs.append(NewTopic(t.churn_examples, 1, 1))
+    specs.append(NewTopic(t.churn_model, 1, 1, topic_configs=compact))
+    specs.append(NewTopic(t.feature_catalog, 1, 1, topic_configs=compact))
     for name in (t.customer, t.feature_out, t.business, t.alerts):
         specs.append(NewTopic(name, settings.app.partitions, 1, topic_configs=compact))
     specs.append(NewTopic(t.deadletter, settings.app.partitions, 1))

@@ -35,6 +35,11 @@ class WorkerProcess:
         self.log_path = log_path
         self.env = {**os.environ, "VITALS_CONFIG": "test.toml", "VITALS_APP__BROKER": broker_url,
                     "VITALS_APP__WEB_PORT": str(self.port), **env}
+        app_id = env.get("VITALS_APP__ID")
+        if app_id:  # internal topics of their own for a worker group of its own
+            for key in ("FEATURE_INTERNAL", "FEATURE_CATALOG", "CHURN_EXAMPLES",
+                        "CHURN_MODEL"):
+                self.env.setdefault(f"VITALS_TOPICS__{key}", f"{app_id}.internal.{key.lower()}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> "WorkerProcess":

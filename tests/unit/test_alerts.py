@@ -320,7 +320,8 @@ def test_state_without_alerts_key_decodes_to_an_empty_book() -> None:
 def test_default_rules_load() -> None:
     a = load_settings(env={}).alerts
     assert a.customer_rules == ["health_red", "health_dropping", "ttv_exceeded",
-                                "payment_failing", "stickiness_low"]
+                                "payment_failing", "stickiness_low", "churn_risk_high"]
+    assert a.feature_rules == ["feature_adoption_low"]
     assert set(a.customer_rules) <= set(a.rules)
     got = {name: (r.metric, r.op, r.threshold, r.severity, r.for_days)
            for name, r in a.rules.items() if name in a.customer_rules}
@@ -330,7 +331,12 @@ def test_default_rules_load() -> None:
         "ttv_exceeded": ("onboarding.days_without_aha", ">", 30.0, "warning", 0.0),
         "payment_failing": ("payments.failed_30d", ">=", 2.0, "critical", 0.0),
         "stickiness_low": ("activity.stickiness", "<", 0.1, "warning", 7.0),
+        "churn_risk_high": ("churn.probability", ">=", 0.5, "critical", 0.0),
     }
+    adoption = a.rules["feature_adoption_low"]
+    assert (adoption.metric, adoption.op, adoption.threshold) == (
+        "feature.adoption_30d_after_release", "<", 0.2)
+    assert len(adoption.actions) == 3  # onboarding, discoverability, value communication
     assert a.rules["ttv_exceeded"].threshold_by_segment == {
         "smb": 30.0, "solo": 30.0, "mid_market": 90.0, "enterprise": 90.0}
     for name in a.customer_rules:

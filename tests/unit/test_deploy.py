@@ -201,7 +201,8 @@ def test_kafka_init_creates_the_topics(services: dict[str, Any]) -> None:
 
 def test_kafka_init_topics_match_the_default_config(services: dict[str, Any]) -> None:
     config = tomllib.loads((ROOT / "config" / "default.toml").read_text(encoding="utf-8"))
-    internal = {"repartition", "business_internal"}  # created by the workers, app.partitions each
+    internal = {"repartition", "business_internal", "feature_internal", "feature_catalog",
+                "churn_examples", "churn_model"}  # created by the workers
     names = {v for k, v in config["topics"].items() if isinstance(v, str) and k not in internal}
     assert names == set(_created_topics(services))
 

@@ -486,3 +486,35 @@ def test_feature_record_nulls() -> None:
                 "retention_without", "retention_impact"):
         assert record[key] is None, key
     assert record["active_users_30d"] == 0 and record["feature_users_30d"] == 0
+
+
+def test_set_base_equals_adding_every_customer() -> None:
+    """Adding only the users of f plus the base counts gives the full contribution."""
+    anchor = T - 90 * DAY_SECONDS
+    customers = [  # (first use or None, mau, paid from, paid until)
+        (anchor - 5 * DAY_SECONDS, 3, anchor - 10 * DAY_SECONDS, None),
+        (at(D - 2), 2, anchor - 10 * DAY_SECONDS, T - 1),
+        (None, 4, anchor - 10 * DAY_SECONDS, None),
+        (None, 0, anchor - 3 * DAY_SECONDS, anchor + DAY_SECONDS),
+        (at(D - 40), 1, None, None),
+        (None, 2, None, None),
+    ]
+    full, fast = FeatureContribution(F, D), FeatureContribution(F, D)
+    active_users = active_customers = paying_n = kept_n = 0
+    for first, mau, start, end in customers:
+        use = None
+        if first is not None:
+            use = CustomerFeatures()
+            use.record(F, first, "u1")
+        paid = PaidHistory() if start is None else paying(start, end)
+        full.add_customer(use, mau=mau, released_at=None, signup_ts=None, paid=paid)
+        if use is not None:
+            fast.add_customer(use, mau=0, released_at=None, signup_ts=None, paid=paid)
+        active_users += mau
+        active_customers += mau > 0
+        if paid.paying_at(anchor):
+            paying_n += 1
+            kept_n += paid.paying_at(T)
+    fast.set_base(active_users, active_customers, paying_n, kept_n)
+    assert fast == full
+    assert (full.with_total, full.without_total, full.without_kept) == (1, 3, 1)

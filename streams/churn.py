@@ -1,0 +1,231 @@
+"""Churn prediction in the service: snapshots and scores at day close, one learner, one model.
+
+The customer stage snapshots every paying customer at each day close, scores it with the latest
+published model, and keeps the snapshot in the customer's record until its label is known
+(`models.churn.LabelBook`). Labelled snapshots go to a single-partition topic, so exactly one
+worker (the owner of that partition) learns, whatever the spread of customer partitions; it
+publishes versioned model snapshots to a compacted topic that every worker reads.
+
+Exactly once: a flush awaits the delivery of its labelled snapshots before it writes the
+customer records that no longer hold them, so a crash can only resend a snapshot, never lose
+one; the learner remembers the last learnt snapshot day per customer and skips resends. Its
+state (model, metrics, those days) is one changelog-backed table entry, written before the
+examples that changed it are acknowledged.
+"""
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from models.activity import DAY_SECONDS
+from models.churn import (ChurnModel, Example, LabelBook, ProgressiveMetrics, decode, encode,
+                          risk_band, snapshot_vector)
+from streams.settings import ChurnSettings
+
+if TYPE_CHECKING:
+    from streams.state import CustomerState
+
+MRR_HISTORY_DAYS = 31
+
+
+def raw_figures(state: CustomerState, record: Mapping[str, Any], day: int) -> dict[str, Any]:
+    """The raw per-customer inputs of a snapshot (METRICS.md "Churn prediction")."""
+    as_of = day * DAY_SECONDS
+    first = state.signup_ts if state.signup_ts is not None else state.first_ts
+    activity = record.get("activity") or {}
+    health = record.get("health") or {}
+    components = health.get("components") or {}
+    masks = state.activity.masks
+    last_7 = sum(1 for d, m in masks.items() if m and day - 6 <= d <= day)
+    prev_7 = sum(1 for d, m in masks.items() if m and day - 13 <= d <= day - 7)
+    last_active = state.activity.last_active_day()
+    tickets, weighted = state.support.tickets_30d(day)
+    mrr = state.revenue.mrr
+    return {
+        "tenure_days": 0.0 if first is None else max(0.0, (as_of - first) / DAY_SECONDS),
+        "segment": state.segment or "unknown",
+        "mrr": mrr,
+        "mrr_change_30d": mrr - mrr_days_ago(state.churn.mrr, day, 30),
+        "dau": activity.get("dau"), "wau": activity.get("wau"), "mau": activity.get("mau"),
+        "stickiness": activity.get("stickiness"),
+        "active_days_7d": last_7, "active_days_prev_7d": prev_7,
+        "active_days_30d": activity.get("active_days_30d"),
+        "feature_breadth": sum(1 for d in state.features.values() if d >= day - 29),
+        "tickets_30d": tickets, "weighted_tickets_30d": weighted,
+        "open_urgent_tickets": state.support.open_tickets("urgent"),
+        "failed_payments_90d": state.support.payments_90d(day)[1],
+        "days_since_activity": (day - last_active) if last_active is not None
+        else (0.0 if first is None else (as_of - first) / DAY_SECONDS),
+        "stage": (record.get("onboarding") or {}).get("stage"),
+        "health_score": health.get("score"),
+        **{c: components.get(c) for c in ("usage_frequency", "feature_adoption", "support",
+                                             "payment", "engagement")},
+    }
+
+
+def mrr_days_ago(history: list[list[float]], day: int, days: int) -> float:
+    """MRR at the day close `days` before `day`, from the [day, mrr] changes kept (0 before the
+    customer's first day close: it was not a customer yet)."""
+    value = 0.0
+    for d, mrr in history:
+        if d > day - days:
+            break
+        value = mrr
+    return value
+
+
+def remember_mrr(history: list[list[float]], day: int, mrr: float) -> None:
+    """Keep the MRR changes seen at day closes, enough of them to look 30 days back."""
+    if not history or history[-1][1] != mrr:
+        history.append([day, mrr])
+    while len(history) > 1 and history[1][0] <= day - MRR_HISTORY_DAYS:
+        del history[0]
+
+
+def example_value(cid: str, example: Example) -> dict[str, Any]:
+    """A labelled snapshot on the examples topic (vector as a list in FEATURES order)."""
+    return {"c": cid, "d": example.day, "x": encode(example.vector), "y": example.label,
+            "p": example.probability, "v": example.model_version}
+
+
+@dataclass
+class Published:
+    """A model version as every worker sees it."""
+    version: int
+    learned: int
+    model: ChurnModel
+    metrics: dict[str, Any]
+
+
+class ChurnScorer:
+    """The latest published model, held by every worker."""
+
+    def __init__(self, settings: ChurnSettings) -> None:
+        self.settings = settings
+        self.current: Published | None = None
+
+    @property
+    def version(self) -> int:
+        return 0 if self.current is None else self.current.version
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None and self.current.learned >= self.settings.min_labelled
+
+    def update(self, blob: bytes) -> bool:
+        """Take a published snapshot if it is newer than the one held."""
+        data = pickle.loads(blob)
+        if self.current is not None and data["version"] <= self.current.version:
+            return False
+        self.current = Published(data["version"], data["learned"],
+                                 ChurnModel.loads(data["model"]), data["metrics"])
+        return True
+
+    def score(self, vector: Mapping[str, float]) -> dict[str, Any]:
+        """The `churn` block of a customer record; no model yet gives a null probability."""
+        if self.current is None:
+            return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
+                    "model_version": 0}
+        model = self.current.model
+        p = float(model.predict(vector))
+        bands = self.settings.bands
+        return {"probability": round(p, 4),
+                "risk": risk_band(p, bands["high"], bands["medium"]),
+                "model_ready": self.ready, "drivers": model.drivers(vector, 3),
+                "model_version": self.current.version}
+
+    def model_record(self) -> dict[str, Any] | None:
+        """`churn_model` of the business record (scope all)."""
+        return None if self.current is None else dict(self.current.metrics)
+
+
+@dataclass
+class ChurnTrack:
+    """Churn part of a customer's record: pending snapshots, recent MRR, the last score."""
+    book: LabelBook = field(default_factory=LabelBook)
+    mrr: list[list[float]] = field(default_factory=list)
+    last: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"b": self.book.to_state(), "m": self.mrr, "s": self.last}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ChurnTrack":
+        book = data.get("b")
+        return cls(LabelBook() if book is None else LabelBook.from_state(book),
+                   [list(x) for x in data.get("m", ())], data.get("s"))
+
+
+class ChurnLearner:
+    """The single learner: learns each labelled snapshot once and scores its prediction."""
+
+    def __init__(self, settings: ChurnSettings, blob: bytes | None = None) -> None:
+        self.settings = settings
+        if blob:
+            data = pickle.loads(blob)
+            self.model = ChurnModel.loads(data["model"])
+            self.metrics = ProgressiveMetrics.from_state(data["metrics"])
+            self.last_day: dict[str, int] = data["last"]
+            self.version: int = data["version"]
+        else:
+            self.model = ChurnModel.create(settings.model)
+            self.metrics = ProgressiveMetrics()
+            self.last_day = {}
+            self.version = 0
+        self.duplicates = 0
+        self.changed = False
+        self.published_at = 0.0
+        self.unpublished = False
+
+    def apply(self, examples: list[dict[str, Any]]) -> int:
+        """Learn the examples not learnt before; returns how many were new."""
+        new = 0
+        for ex in examples:
+            cid, day = ex["c"], ex["d"]
+            if self.last_day.get(cid, -1) >= day:
+                self.duplicates += 1
+                continue
+            self.last_day[cid] = day
+            if ex["p"] is not None:
+                self.metrics.update(ex["p"], ex["y"])
+            self.model.learn(decode(ex["x"]), ex["y"])
+            new += 1
+        if new:
+            self.changed = self.unpublished = True
+        return new
+
+    def to_bytes(self) -> bytes:
+        self.changed = False
+        return pickle.dumps({"model": self.model.dumps(), "metrics": self.metrics.to_state(),
+                             "last": self.last_day, "version": self.version})
+
+    def publish(self, now: float | None = None) -> bytes | None:
+        """A new model version when something was learnt and the interval has passed."""
+        now = time.monotonic() if now is None else now
+        if not self.unpublished or now - self.published_at < self.settings.publish_interval_seconds:
+            return None
+        self.version += 1
+        self.changed = True  # the version is part of the learner's state
+        self.unpublished = False
+        self.published_at = now
+        return pickle.dumps({"version": self.version, "learned": self.learned,
+                             "model": self.model.dumps(), "metrics": self.metrics_record()})
+
+    @property
+    def learned(self) -> int:
+        return self.model.learned
+
+    def metrics_record(self) -> dict[str, Any]:
+        return self.metrics.to_record()
+
+
+def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
+             scorer: ChurnScorer) -> list[Example]:
+    """Score a paying customer at day close and keep its snapshot until the label is known;
+    returns the examples the book settled on the way."""
+    vector = snapshot_vector(raw_figures(state, record, day))
+    block = scorer.score(vector)
+    state.churn.last = block
+    return state.churn.book.add(day, vector, block["probability"], block["model_version"])

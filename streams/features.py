@@ -1,0 +1,150 @@
+"""The feature stage: merges every customer partition's daily contribution per feature.
+
+Keyed by feature on `topics.feature_internal`, so each feature is owned by one worker whatever
+the number of workers. A feature's state (`models.features.FeatureBook` plus its alert state)
+is one changelog record; a contribution only replaces the same partition's older one, so a
+resend after a restart changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+import orjson
+
+from models.activity import DAY_SECONDS
+from models.features import (FeatureBook, FeatureContribution, adoption_30d_after_release,
+                             feature_record, stickiness_days)
+from streams.alerts import AlertBook, alert_record
+from streams.evaluate import release_times
+from streams.settings import Settings
+from streams.time import rfc3339
+
+OTHER = "other"
+
+
+@dataclass
+class FeatureState:
+    book: FeatureBook
+    alerts: AlertBook = field(default_factory=AlertBook)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"book": self.book.to_state(), "alerts": self.alerts.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureState":
+        return cls(FeatureBook.from_state(data["book"]), AlertBook(data.get("alerts")))
+
+
+def encode_feature(state: FeatureState) -> bytes:
+    return orjson.dumps(state.to_dict())
+
+
+def decode_feature(raw: bytes) -> FeatureState:
+    return FeatureState.from_dict(orjson.loads(raw))
+
+
+@dataclass
+class FeatureFlush:
+    changelog: list[tuple[str, FeatureState]] = field(default_factory=list)
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class FeatureAggregator:
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.partitions = settings.app.partitions
+        self.min_group = settings.features.min_group
+        self.released = release_times(settings.features.released)
+        self.rules = settings.alerts.rules
+        self.feature_rules = list(settings.alerts.feature_rules)
+        self.labelled = set(settings.features.configured)
+        self.live: dict[str, FeatureState] = {}
+        self.dirty: set[str] = set()
+        self.latest: dict[str, dict[str, Any]] = {}   # feature -> last record (gauges)
+
+    def apply(self, feature: str, message: Mapping[str, Any]) -> None:
+        state = self.live.get(feature)
+        if state is None:
+            state = self.store.get(feature) or FeatureState(FeatureBook(feature))
+            self.live[feature] = state
+        if state.book.update(int(message["p"]), FeatureContribution.from_state(message["c"])):
+            self.dirty.add(feature)
+
+    def record(self, state: FeatureState) -> dict[str, Any] | None:
+        book = state.book
+        merged = book.merged()
+        if merged is None:
+            return None
+        released = book.released_at(self.released.get(book.feature))
+        as_of = (merged.day + 1) * DAY_SECONDS
+        counts = book.after_release_counts(released, partitions=self.partitions)
+        after = None if counts is None else adoption_30d_after_release(
+            counts[0], counts[1], as_of, released)
+        return feature_record(book.feature, rfc3339(as_of),
+                              None if released is None else rfc3339(released), merged,
+                              n_days=stickiness_days(merged.day, released),
+                              after_release=after, min_group=self.min_group)
+
+    def flush(self) -> FeatureFlush:
+        out = FeatureFlush()
+        for feature in sorted(self.dirty):
+            state = self.live[feature]
+            record = self.record(state)
+            if record is None:
+                continue
+            self.latest[feature] = record
+            out.records.append((feature, orjson.dumps(record)))
+            self._alerts(state, record, out)
+        for feature, state in self.live.items():
+            self.store[feature] = state
+            out.changelog.append((feature, state))
+        self.dirty = set()
+        self.live = {}
+        return out
+
+    def _alerts(self, state: FeatureState, record: dict[str, Any], out: FeatureFlush) -> None:
+        if not self.feature_rules:
+            return
+        as_of = datetime.fromisoformat(record["as_of"]).timestamp()
+        for t in state.alerts.evaluate(self.rules, self.feature_rules, {"feature": record},
+                                       None, as_of):
+            subject = {"feature": record["feature"]}
+            alert = alert_record(t.rule, self.rules[t.rule], t, subject, record["feature"])
+            out.alerts.append((alert["alert_id"], orjson.dumps(alert)))
+
+    def revoke(self, features: set[str]) -> None:
+        """Unflushed contributions were not acknowledged: the new owner replays them."""
+        for feature in features:
+            self.live.pop(feature, None)
+            self.dirty.discard(feature)
+            self.latest.pop(feature, None)
+
+    def gauges(self) -> list[Any]:
+        """Adoption and stickiness per configured feature; the others averaged as `other`."""
+        from streams.exporters.metrics import gauge
+
+        out: dict[str, dict[tuple[str, ...], float]] = {"adoption_rate": {}, "stickiness": {},
+                                                         "retention_impact": {}}
+        for name, values in out.items():
+            others = [r[name] for f, r in self.latest.items()
+                      if f not in self.labelled and r[name] is not None]
+            for f, r in self.latest.items():
+                if f in self.labelled and r[name] is not None:
+                    values[(f,)] = r[name]
+            if others:
+                values[(OTHER,)] = sum(others) / len(others)
+        return [
+            gauge("vitals_feature_adoption_ratio",
+                  "Users of the feature over active users, last 30 days", ("feature",),
+                  out["adoption_rate"]),
+            gauge("vitals_feature_stickiness_ratio",
+                  "Mean daily users of the feature over its 30-day users", ("feature",),
+                  out["stickiness"]),
+            gauge("vitals_feature_retention_impact_ratio",
+                  "90-day retention of customers who used the feature minus of those who did not",
+                  ("feature",), out["retention_impact"]),
+        ]
