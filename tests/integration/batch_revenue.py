@@ -182,6 +182,9 @@ def _parse(family: str, event: Any, reporting: str, rates: Mapping[str, float]
             return None
         if family == "feature" and not _text(event.get("feature")):
             return None
+        out["user_id"] = user                      # for batch_features.py
+        if family == "feature":
+            out["feature"] = event["feature"]
     elif family == "support":
         kind = event.get("type")
         if kind in ("ticket_opened", "ticket_closed"):

@@ -1,0 +1,194 @@
+"""`vitals.feature` against a plain batch computation of the same half-year (batch_features.py).
+
+Features are released on different days (the simulator's defaults: four at the start,
+`alerts_center` on day 45, `sso` on day 60), one release time is configured and the others are
+first seen, and `alerts_center` is a feature (almost) nobody adopts: it must fire
+`feature_adoption_low` once. First in process (customer and feature stages driven by plain
+calls, four customer partitions), then end to end through the embedded broker.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.simulator import SimConfig, generate
+from tests.integration import batch_features as batch
+from tests.integration.conftest import WorkerProcess
+from tests.integration.kafka import In, Out, group_lag
+
+FAMILIES = ("signup", "usage", "feature", "billing", "support")
+DAY = 86400.0
+UNADOPTED = "alerts_center"
+START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+CONFIGURED = {"sso": (START + timedelta(days=60)).isoformat()}   # its simulated release day
+
+
+def _config(customers: int = 120, days: int = 182, seed: int = 3) -> SimConfig:
+    return SimConfig(seed=seed, customers=customers, days=days, start=START,
+                     unadopted_features=(UNADOPTED,))
+
+
+def _closed_day(records: dict[str, dict[str, Any]]) -> int:
+    days = {int(datetime.fromisoformat(r["as_of"]).timestamp() // DAY) - 1
+            for r in records.values()}
+    assert len(days) == 1, days  # every feature as of the same day close
+    return days.pop()
+
+
+def _check(events: list[tuple[str, Any]], records: dict[str, dict[str, Any]]) -> int:
+    closed = _closed_day(records)
+    released = {f: datetime.fromisoformat(ts).timestamp() for f, ts in CONFIGURED.items()}
+    expected = batch.compute(events, closed, released)
+    assert set(records) == set(expected) == set(_config().features)
+    diffs = batch.all_differences(expected, records)
+    assert not diffs, diffs
+    # Not trivially equal: the figures move and differ between features.
+    assert len({r["adoption_rate"] for r in records.values()}) >= 5
+    assert sum(r["retention_impact"] is not None for r in records.values()) >= 2
+    assert records["sso"]["released_at"] == CONFIGURED["sso"].replace("+00:00", "Z")
+    return closed
+
+
+def _adoption_alerts(alerts: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for a in alerts:
+        if a["rule"] == "feature_adoption_low":
+            out.setdefault(a["subject"]["feature"], []).append(a["status"])
+    return out
+
+
+def _check_alerts(records: dict[str, dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+    fired = _adoption_alerts(alerts)
+    assert fired.get(UNADOPTED) == ["firing"], fired
+    assert records[UNADOPTED]["adoption_30d_after_release"] < 0.2
+    for f, r in records.items():  # the rule, not a special case: fires iff below 20 %
+        low = r["adoption_30d_after_release"] is not None and r["adoption_30d_after_release"] < 0.2
+        assert (f in fired) == low, (f, r["adoption_30d_after_release"], fired.get(f))
+
+
+# -- in process -------------------------------------------------------------------------------
+
+
+def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
+                       ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    from streams.events import EventValidator, InvalidEvent, event_hash
+    from streams.exporters.metrics import Metrics
+    from streams.features import FeatureAggregator
+    from streams.processor import CustomerProcessor
+    from streams.settings import load_settings
+    from streams.topics import Partitioner
+
+    env = {"VITALS_APP__PARTITIONS": str(partitions), "VITALS_TIME__MAX_SKEW_DAYS": "36500",
+           **{f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()}}
+    settings = load_settings(env=env)
+    validator = EventValidator(settings.app.reporting_currency, settings.revenue.currency_rates)
+    partition_of = Partitioner(partitions)
+    processor = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=partition_of,
+                                  wall_clock=None)
+    features = FeatureAggregator(settings, {})
+    records: dict[str, dict[str, Any]] = {}
+    alerts: list[dict[str, Any]] = []
+    batch_: list[dict[str, Any]] = []
+
+    def run() -> None:
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for event in batch_:
+            by_partition.setdefault(partition_of(event["customer_id"]), []).append(event)
+        for p, part in sorted(by_partition.items()):
+            assert not processor.apply(p, part)
+        out = processor.flush()
+        processor.learn_catalog({f: orjson.loads(v) for f, v in out.catalog})
+        for feature, value in out.features:
+            features.apply(feature, orjson.loads(value))
+        flushed = features.flush()
+        records.update((k, orjson.loads(v)) for k, v in flushed.records)
+        alerts.extend(orjson.loads(v) for _, v in flushed.alerts)
+        batch_.clear()
+
+    for family, raw in events:
+        try:
+            event = validator.validate(family, raw)
+        except InvalidEvent:
+            continue
+        event["h"] = event_hash(event["event_id"])
+        batch_.append(event)
+        if len(batch_) >= 2000:
+            run()
+    run()
+    return records, alerts
+
+
+@pytest.mark.timeout(300)
+def test_feature_figures_match_the_batch_computation_in_process():
+    events = list(generate(_config()))
+    records, alerts = _stream_in_process(events)
+    closed = _check(events, records)
+    assert closed >= int(START.timestamp() // DAY) + 180
+    _check_alerts(records, alerts)
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {f"VITALS_TOPICS__{f.upper()}": f"ft.events.{f}" for f in FAMILIES}
+    for name in ("customer", "feature_out", "business", "alerts", "deadletter"):
+        env[f"VITALS_TOPICS__{name.upper()}"] = f"ft.{name}"
+    env.update({"VITALS_APP__ID": "ft", "VITALS_TOPICS__REPARTITION": "ft.internal.events",
+                "VITALS_TOPICS__BUSINESS_INTERNAL": "ft.internal.business"})
+    env.update({f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()})
+    return env
+
+
+def _settle(bootstrap: str, out: Out, timeout: float = 240.0, quiet: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lag = (group_lag(bootstrap, "ft-ingest", [f"ft.events.{f}" for f in FAMILIES])
+               + group_lag(bootstrap, "ft", ["ft.internal.events", "ft.internal.feature_internal"]))
+        if lag == 0:
+            seen = len(out.records)
+            time.sleep(quiet)
+            if len(out.records) == seen:
+                return
+        time.sleep(0.5)
+    raise AssertionError("ft did not settle")
+
+
+@pytest.mark.timeout(400)
+def test_replay_of_a_half_year_gives_the_batch_feature_figures(broker, tmp_path):
+    events = list(generate(_config()))
+    producer = In(broker.address)
+    for family, event in events:
+        cid = event.get("customer_id") or event.get("context", {}).get("groupId")
+        while True:
+            try:
+                producer.send(f"ft.events.{family}", event, key=cid)
+                break
+            except BufferError:
+                producer.producer.poll(0.2)
+    producer.flush()
+    worker = WorkerProcess(broker.url, tmp_path / "worker.log", **_env()).start()
+    out = Out(broker.address, "ft.feature_out")
+    alerts_out = Out(broker.address, "ft.alerts")
+    try:
+        _settle(broker.address, out)
+        records = dict(out.latest)
+        status, body = worker.get("/features")
+        view = orjson.loads(body)["features"]
+        metric = worker.metric("vitals_feature_adoption_ratio", feature="other")
+    finally:
+        out.close()
+        worker.stop()
+    alerts = [v for _, v in alerts_out.records]
+    alerts_out.close()
+    _check(events, records)
+    _check_alerts(records, alerts)
+    # The feature impact view: every feature, highest retention impact first.
+    assert status == 200 and {r["feature"] for r in view} == set(records)
+    impacts = [r["retention_impact"] for r in view if r["retention_impact"] is not None]
+    assert impacts == sorted(impacts, reverse=True) and len(impacts) >= 2
+    assert 0 < metric < 1
