@@ -281,35 +281,39 @@ class CustomerProcessor:
     def _features_day(self, partition: int, closed: int) -> None:
         """Send this partition's contribution of closed day D to every known feature.
 
-        Every feature gets one, even with no user here: its active users and retention
-        "without" group count in the denominators (models/features.py).
+        Every feature gets one, even with no user here: its eligible active users and its
+        retention "without" group count in the denominators (models/features.py).
         """
         released = {**self.catalog, **self.evaluator.released}  # configured releases win
         if not released:
             return
+        fs = self.settings.features
         as_of = (closed + 1) * DAY_SECONDS
-        anchor = as_of - self.settings.features.retention_window_days * DAY_SECONDS
-        parts = {f: FeatureContribution(f, closed) for f in released}
-        active_users = active_customers = paying = kept = 0
+        anchor = as_of - fs.retention_window_days * DAY_SECONDS
+        customers = []   # (state, mau, paying at the anchor, still paying now)
         for cid in self.members[partition]:
             state = self._load(cid)
             first = state.signup_ts if state.signup_ts is not None else state.first_ts
             mau = state.activity.figures(
                 closed, None if first is None else day_of(first), self.window).mau
-            active_users += mau
-            active_customers += mau > 0
-            if state.paid.paying_at(anchor):
-                paying += 1
-                kept += state.paid.paying_at(as_of)
-            use = state.feature_use
-            for feature in use.first:
-                part = parts.get(feature)
-                if part is not None:
-                    part.add_customer(use, mau=0, released_at=released[feature],
+            paying = state.paid.paying_at(anchor)
+            customers.append((state, mau, paying, paying and state.paid.paying_at(as_of)))
+        for feature, release in released.items():
+            rule = fs.eligible.get(feature)
+            part = FeatureContribution(feature, closed)
+            active_users = active_customers = paying_n = kept_n = 0
+            for state, mau, paying, kept in customers:
+                if rule is not None and not rule.admits(state.segment, state.plan):
+                    continue
+                active_users += mau
+                active_customers += mau > 0
+                paying_n += paying
+                kept_n += kept
+                if feature in state.feature_use.first:
+                    part.add_customer(state.feature_use, mau=0, released_at=release,
                                       signup_ts=state.signup_ts, paid=state.paid,
-                                      retention_window_days=self.settings.features.retention_window_days)
-        for feature, part in parts.items():
-            part.set_base(active_users, active_customers, paying, kept)
+                                      retention_window_days=fs.retention_window_days)
+            part.set_base(active_users, active_customers, paying_n, kept_n)
             self.features_out.append((feature, orjson.dumps(
                 {"p": partition, "c": part.to_state()})))
 

@@ -132,12 +132,24 @@ class RevenueSettings:
 
 
 @dataclass(frozen=True)
+class Eligibility:
+    """Who a feature is for: customers of these segments and plans (empty = any)."""
+    segments: list[str] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
+
+    def admits(self, segment: str | None, plan: str | None) -> bool:
+        return ((not self.segments or segment in self.segments)
+                and (not self.plans or plan in self.plans))
+
+
+@dataclass(frozen=True)
 class FeatureSettings:
     key: list[str]
     retention_window_days: int
     min_group: int
     configured: list[str]
     released: dict[str, str]
+    eligible: dict[str, Eligibility] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,8 @@ class Settings:
 
 
 # Maps whose keys are data (feature names, currencies), not a fixed schema.
-OPEN_MAPS = {("features", "released"), ("revenue", "currency_rates"), ("alerts", "rules")}
+OPEN_MAPS = {("features", "released"), ("features", "eligible"), ("revenue", "currency_rates"),
+             ("alerts", "rules")}
 ENUMS = {
     ("time", "mode"): {"event", "live"},
     ("churn", "model"): {"logistic", "forest"},
@@ -358,6 +371,13 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
+    from streams.events import SEGMENTS
+
+    for feature, rule in s.features.eligible.items():
+        unknown = set(rule.segments) - SEGMENTS
+        if unknown:
+            raise SettingsError(f"setting 'features.eligible.{feature}.segments' names unknown "
+                                f"segments {sorted(unknown)}; known: {sorted(SEGMENTS)}")
     for kind in ("customer_rules", "business_rules", "feature_rules"):
         for name in getattr(s.alerts, kind):
             if name not in s.alerts.rules:

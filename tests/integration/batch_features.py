@@ -14,6 +14,8 @@ Definitions (as the README states them for the service):
   day(R); null until T >= R + 30 days.
 - median_days_to_adopt: over customers that used f before T, first use - max(R, signup), never
   below 0 (days).
+- A feature with eligible segments counts only the users and customers of those segments
+  (the segment of the customer's newest signup).
 - Retention (W = 90 days): customers with MRR > 0 at T - W, "with" if their first use of f is
   before T - W; retained if MRR > 0 at T; null when a group has fewer than 10 customers.
 """
@@ -33,9 +35,11 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def compute(events: list[tuple[str, Any]], closed_day: int,
-            released: Mapping[str, float] | None = None, window: int = 30,
+            released: Mapping[str, float] | None = None,
+            eligible: Mapping[str, set[str]] | None = None, window: int = 30,
             retention_days: int = 90, min_group: int = 10) -> dict[str, dict[str, Any]]:
     released = dict(released or {})
+    eligible = dict(eligible or {})
     T = (closed_day + 1) * DAY
     seen: set[tuple[str, str]] = set()
     active_days: dict[tuple[str, str], set[int]] = defaultdict(set)      # user -> days
@@ -65,24 +69,30 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
             first_seen[f] = min(ts, first_seen.get(f, ts))
             if ts < first_use[f].get(cid, float("inf")):
                 first_use[f][cid] = ts
-    lines, _, _ = timelines(events)
+    lines, segments, _ = timelines(events)
 
     def paying(cid: str, t: float) -> bool:
         line = lines.get(cid)
         return line is not None and line.before(t + 1e-6) > 0   # a change at t counts at t
 
-    def active_users(lo: int, hi: int) -> set[tuple[str, str]]:
-        return {u for u, days in active_days.items() if any(lo <= d <= hi for d in days)}
+    def active_users(lo: int, hi: int, admits: Any) -> set[tuple[str, str]]:
+        return {u for u, days in active_days.items()
+                if admits(u[0]) and any(lo <= d <= hi for d in days)}
 
     lo = closed_day - window + 1
-    active = active_users(lo, closed_day)
-    active_customers = {c for c, _ in active}
     anchor = T - retention_days * DAY
-    paying_then = {c for c in lines if paying(c, anchor)}
     out = {}
     for f in sorted(set(first_seen) | set(released)):
+        allowed = eligible.get(f)
+
+        def admits(cid: str) -> bool:
+            return allowed is None or segments.get(cid) in allowed
+
+        active = active_users(lo, closed_day, admits)
+        active_customers = {c for c, _ in active}
+        paying_then = {c for c in lines if admits(c) and paying(c, anchor)}
         R = released.get(f, first_seen.get(f))
-        users = set().union(*(daily[f].get(d, set()) for d in range(lo, closed_day + 1)))
+        users = {u for d in range(lo, closed_day + 1) for u in daily[f].get(d, ()) if admits(u[0])}
         record: dict[str, Any] = {
             "feature": f, "active_users_30d": len(active), "feature_users_30d": len(users),
             "adoption_rate": _ratio(len(users), len(active)),
@@ -91,16 +101,19 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         r_day = None if R is None else int(R // DAY)
         n = window if r_day is None else min(window, closed_day - r_day + 1)
         start = lo if r_day is None else max(lo, r_day)
-        dau_sum = sum(len(daily[f].get(d, ())) for d in range(start, closed_day + 1))
+        dau_sum = sum(sum(1 for u in daily[f].get(d, ()) if admits(u[0]))
+                      for d in range(start, closed_day + 1))
         record["stickiness"] = (None if not users or n <= 0 else dau_sum / n / len(users))
         after = None
         if R is not None and T >= R + 30 * DAY:
             hi = r_day + 29
-            adopters = set().union(*(daily[f].get(d, set()) for d in range(r_day, hi + 1)))
-            after = _ratio(len(adopters), len(active_users(r_day, hi)))
+            adopters = {u for d in range(r_day, hi + 1) for u in daily[f].get(d, ()) if admits(u[0])}
+            after = _ratio(len(adopters), len(active_users(r_day, hi, admits)))
         record["adoption_30d_after_release"] = after
         waits = []
         for cid, first in first_use[f].items():
+            if not admits(cid):
+                continue
             start_at = max(x for x in (R, signup.get(cid)) if x is not None) if (
                 R is not None or cid in signup) else first
             waits.append(max(0.0, first - start_at) / DAY)

@@ -25,6 +25,10 @@ DAY = 86400.0
 UNADOPTED = "alerts_center"
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 CONFIGURED = {"sso": (START + timedelta(days=60)).isoformat()}   # its simulated release day
+ELIGIBLE = {"sso": {"enterprise", "mid_market"}}                   # an enterprise feature
+ENV = {**{f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()},
+       **{f"VITALS_FEATURES__ELIGIBLE__{f}": "{segments = %s}" % str(sorted(segs)).replace("'", '"')
+          for f, segs in ELIGIBLE.items()}}
 
 
 def _config(customers: int = 120, days: int = 182, seed: int = 3) -> SimConfig:
@@ -42,7 +46,7 @@ def _closed_day(records: dict[str, dict[str, Any]]) -> int:
 def _check(events: list[tuple[str, Any]], records: dict[str, dict[str, Any]]) -> int:
     closed = _closed_day(records)
     released = {f: datetime.fromisoformat(ts).timestamp() for f, ts in CONFIGURED.items()}
-    expected = batch.compute(events, closed, released)
+    expected = batch.compute(events, closed, released, ELIGIBLE)
     assert set(records) == set(expected) == set(_config().features)
     diffs = batch.all_differences(expected, records)
     assert not diffs, diffs
@@ -50,6 +54,8 @@ def _check(events: list[tuple[str, Any]], records: dict[str, dict[str, Any]]) ->
     assert len({r["adoption_rate"] for r in records.values()}) >= 5
     assert sum(r["retention_impact"] is not None for r in records.values()) >= 2
     assert records["sso"]["released_at"] == CONFIGURED["sso"].replace("+00:00", "Z")
+    # sso counts enterprise and mid-market users only.
+    assert 0 < records["sso"]["active_users_30d"] < records["reports"]["active_users_30d"]
     return closed
 
 
@@ -83,7 +89,7 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
     from streams.topics import Partitioner
 
     env = {"VITALS_APP__PARTITIONS": str(partitions), "VITALS_TIME__MAX_SKEW_DAYS": "36500",
-           **{f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()}}
+           **ENV}
     settings = load_settings(env=env)
     validator = EventValidator(settings.app.reporting_currency, settings.revenue.currency_rates)
     partition_of = Partitioner(partitions)
@@ -140,7 +146,7 @@ def _env() -> dict[str, str]:
         env[f"VITALS_TOPICS__{name.upper()}"] = f"ft.{name}"
     env.update({"VITALS_APP__ID": "ft", "VITALS_TOPICS__REPARTITION": "ft.internal.events",
                 "VITALS_TOPICS__BUSINESS_INTERNAL": "ft.internal.business"})
-    env.update({f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()})
+    env.update(ENV)
     return env
 
 
