@@ -518,3 +518,16 @@ def test_set_base_equals_adding_every_customer() -> None:
     fast.set_base(active_users, active_customers, paying_n, kept_n)
     assert fast == full
     assert (full.with_total, full.without_total, full.without_kept) == (1, 3, 1)
+
+
+def test_book_keeps_the_after_release_day_of_a_partition_far_ahead() -> None:
+    """Partition 0 closes 100 days before partition 1 reports day(R) + 29."""
+    released = D * DAY_SECONDS                                   # configured, at midnight
+    book = FeatureBook(F)
+    target = after_release_day(released)
+    for day in range(D, D + 130):
+        book.update(0, book_part(day, 3 if day == target else 1, 10), released)
+    assert len(book.history[0]) == 41                            # 40 days + the target day
+    for day in range(D, target + 1):
+        book.update(1, book_part(day, 5 if day == target else 1, 20), released)
+    assert book.after_release_counts(released, partitions=2) == (8, 30)
