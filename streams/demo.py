@@ -17,6 +17,8 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
 
@@ -60,6 +62,24 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
     ]
     for segment in sorted(segments):
         lines.append(f"    {segment:<12} {segments[segment]:9,.0f}   {stick.get(segment, 0):.3f}")
+    risk: dict[str, float] = defaultdict(float)
+    for labels, v in metrics.get("vitals_churn_risk_customers", []):
+        risk[labels["risk"]] += v
+    version = metrics.get("vitals_churn_model_version")
+    auc = metrics.get("vitals_churn_model_auc")
+    learnt = metrics.get("vitals_churn_model_labelled")
+    lines.append(f"  churn model   version {version[0][1]:.0f}" if version and version[0][1]
+                 else "  churn model   waiting for the first labelled snapshots")
+    if learnt:
+        lines[-1] += f", {learnt[0][1]:,.0f} learnt" + (f", AUC {auc[0][1]:.3f}" if auc else "")
+    if risk:
+        lines.append("  churn risk    " + "  ".join(f"{k} {risk[k]:,.0f}"
+                                                   for k in ("high", "medium", "low") if k in risk))
+    adoption = metrics.get("vitals_feature_adoption_ratio", [])
+    if adoption:
+        lines.append("  adoption      " + "  ".join(f"{labels['feature']} {v:.0%}"
+                                                   for labels, v in sorted(
+                                                       adoption, key=lambda x: -x[1])))
     return lines
 
 
@@ -84,6 +104,9 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         env = {**os.environ, "VITALS_APP__BROKER": broker.url,
                "VITALS_APP__SESSION_TIMEOUT_SECONDS": str(DEMO_SESSION_TIMEOUT),
                "VITALS_APP__PRODUCER_BATCH_BYTES": "1"}  # the embedded broker is Tansu
+        if not settings.features.configured:  # a gauge series per simulated feature
+            from streams.simulator import DEFAULT_FEATURES
+            env["VITALS_FEATURES__CONFIGURED"] = orjson.dumps(list(DEFAULT_FEATURES)).decode()
         if args.config:
             env["VITALS_CONFIG"] = args.config
         print(f"demo: broker {broker.url}; starting worker "
