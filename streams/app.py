@@ -17,7 +17,8 @@ from faust.serializers import codecs
 from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
-from streams.business import BusinessAggregator, ScopeState, decode_scope, encode_scope
+from streams.business import (BusinessAggregator, ScopeState, StageFlush, decode_scope,
+                              encode_scope)
 from streams.churn import ChurnLearner
 from streams.exporters.metrics import Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
@@ -231,17 +232,14 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         pending, service.pending = service.pending, []
         for event in pending:
             event.ack()
-        business = aggregator.flush()
-        for scope, state in business.changelog:
-            scopes.send_changelog(partition_of(scope), scope, state)
-        for key, value in business.records:
-            business_out.send_soon(key=key, value=value)
-        for key, value in business.alerts:
-            alerts_out.send_soon(key=key, value=value)
+        send_stage(aggregator.flush(), scopes, business_out)
         pending, service.business_pending = service.business_pending, []
         for event in pending:
             event.ack()
-        flush_features()
+        send_stage(features.flush(), feature_table, feature_out)
+        pending, service.feature_pending = service.feature_pending, []
+        for event in pending:
+            event.ack()
         flush_learner()
         service.flushes += 1
 
@@ -252,17 +250,14 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             features.apply(event.message.key.decode(), orjson.loads(event.message.value))
             service.feature_pending.append(event)
 
-    def flush_features() -> None:
-        out = features.flush()
-        for feature, state in out.changelog:
-            feature_table.send_changelog(partition_of(feature), feature, state)
+    def send_stage(out: StageFlush, table: faust.Table, records: faust.TopicT) -> None:
+        """A keyed stage's flush: its changelog, its records, its alerts."""
+        for key, state in out.changelog:
+            table.send_changelog(partition_of(key), key, state)
         for key, value in out.records:
-            feature_out.send_soon(key=key, value=value)
+            records.send_soon(key=key, value=value)
         for key, value in out.alerts:
             alerts_out.send_soon(key=key, value=value)
-        pending, service.feature_pending = service.feature_pending, []
-        for event in pending:
-            event.ack()
 
     def learner_gauges() -> list[Any]:
         """The learner's figures, from the one worker that owns it (so sum() is right)."""

@@ -119,8 +119,9 @@ def decode_scope(raw: bytes) -> ScopeState:
 
 
 @dataclass
-class BusinessFlush:
-    changelog: list[tuple[str, ScopeState]] = field(default_factory=list)
+class StageFlush:
+    """What a keyed aggregation stage (business, features) hands to the transport."""
+    changelog: list[tuple[str, Any]] = field(default_factory=list)     # (key, state)
     records: list[tuple[str, bytes]] = field(default_factory=list)
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -271,8 +272,8 @@ class BusinessAggregator:
 
     # -- flushing --------------------------------------------------------------------------
 
-    def flush(self) -> BusinessFlush:
-        out = BusinessFlush()
+    def flush(self) -> StageFlush:
+        out = StageFlush()
         for scope, months in self.dirty.items():
             state = self.live[scope]
             for month in sorted(months):
@@ -313,7 +314,7 @@ class BusinessAggregator:
                 state.samples[month] = list(book.churn_sample())
                 state.closed[month] = book.to_record()
 
-    def _alerts(self, state: ScopeState, record: dict[str, Any], out: BusinessFlush) -> None:
+    def _alerts(self, state: ScopeState, record: dict[str, Any], out: StageFlush) -> None:
         as_of = self.as_of(state) or 0.0
         figures = {"business": record}
         segment = state.scope.split(":", 1)[1] if ":" in state.scope else None

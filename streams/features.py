@@ -17,6 +17,7 @@ from models.activity import DAY_SECONDS
 from models.features import (FeatureBook, FeatureContribution, adoption_30d_after_release,
                              feature_record, stickiness_days)
 from streams.alerts import AlertBook, alert_record
+from streams.business import StageFlush
 from streams.evaluate import release_times
 from streams.settings import Settings
 from streams.time import rfc3339
@@ -43,13 +44,6 @@ def encode_feature(state: FeatureState) -> bytes:
 
 def decode_feature(raw: bytes) -> FeatureState:
     return FeatureState.from_dict(orjson.loads(raw))
-
-
-@dataclass
-class FeatureFlush:
-    changelog: list[tuple[str, FeatureState]] = field(default_factory=list)
-    records: list[tuple[str, bytes]] = field(default_factory=list)
-    alerts: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class FeatureAggregator:
@@ -90,8 +84,8 @@ class FeatureAggregator:
                               n_days=stickiness_days(merged.day, released),
                               after_release=after, min_group=self.min_group)
 
-    def flush(self) -> FeatureFlush:
-        out = FeatureFlush()
+    def flush(self) -> StageFlush:
+        out = StageFlush()
         for feature in sorted(self.dirty):
             state = self.live[feature]
             record = self.record(state)
@@ -107,7 +101,7 @@ class FeatureAggregator:
         self.live = {}
         return out
 
-    def _alerts(self, state: FeatureState, record: dict[str, Any], out: FeatureFlush) -> None:
+    def _alerts(self, state: FeatureState, record: dict[str, Any], out: StageFlush) -> None:
         if not self.feature_rules:
             return
         as_of = datetime.fromisoformat(record["as_of"]).timestamp()

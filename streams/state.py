@@ -64,7 +64,7 @@ class CustomerState:
             "act": self.activity.to_dict(), "seen": self.seen.to_dict(),
             "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
-            "pm": self.pending_mv, "cd": self.closed_day, "ch": self.churn.to_dict(),
+            "pm": self.pending_mv, "cd": self.closed_day, "cn": self.churn.to_dict(),
             "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(),
         }
 
@@ -90,7 +90,7 @@ class CustomerState:
         state.revenue = CustomerRevenue.from_dict(data.get("rv", {}))
         state.pending_mv = list(data.get("pm", ()))
         state.closed_day = data.get("cd")
-        state.churn = ChurnTrack.from_dict(data.get("ch", {}))
+        state.churn = ChurnTrack.from_dict(data.get("cn", {}))
         state.feature_use = CustomerFeatures.from_dict(data.get("fu", {}))
         state.paid = PaidHistory.from_list(data.get("pd", ()))
         return state

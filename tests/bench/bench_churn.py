@@ -26,11 +26,11 @@ import orjson
 
 from models.churn import FEATURES
 from streams.churn import ChurnLearner
-from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
 from streams.processor import CustomerProcessor
 from streams.settings import load_settings
 from streams.simulator import SimConfig, generate
+from tests.inprocess import valid_events
 
 FLUSH_EVERY = 5000   # events between flushes (a worker flushes every second)
 
@@ -40,7 +40,6 @@ def replay(args: argparse.Namespace) -> tuple[ChurnLearner, list[dict], int]:
     settings = dataclasses.replace(
         settings, churn=dataclasses.replace(settings.churn, model=args.model,
                                             publish_interval_seconds=0.0))
-    validator = EventValidator("USD", dict(settings.revenue.currency_rates))
     proc = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=lambda c: 0,
                              wall_clock=None)
     learner = ChurnLearner(settings.churn)
@@ -59,12 +58,7 @@ def replay(args: argparse.Namespace) -> tuple[ChurnLearner, list[dict], int]:
             proc.scorer.update(model)
 
     cfg = SimConfig(seed=args.seed, customers=args.customers, days=args.days)
-    for family, event in generate(cfg):
-        try:
-            ev = validator.validate(family, event)
-        except InvalidEvent:
-            continue
-        ev["h"] = event_hash(ev["event_id"])
+    for ev in valid_events(generate(cfg), settings):
         batch.append(ev)
         events += 1
         if len(batch) >= FLUSH_EVERY:

@@ -11,11 +11,11 @@ from collections import Counter, defaultdict
 
 import orjson
 
-from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
 from streams.processor import CustomerProcessor
 from streams.settings import load_settings
 from streams.simulator import SimConfig, generate
+from tests.inprocess import valid_events
 
 
 def main() -> None:
@@ -25,17 +25,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     settings = load_settings(env={})
-    validator = EventValidator("USD", {"USD": 1.0})
     proc = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=lambda c: 0,
                              wall_clock=None)
     batch, alerts = [], Counter()
-    for family, event in generate(SimConfig(seed=args.seed, customers=args.customers,
-                                            days=args.days)):
-        try:
-            ev = validator.validate(family, event)
-        except InvalidEvent:
-            continue
-        ev["h"] = event_hash(ev["event_id"])
+    for ev in valid_events(generate(SimConfig(seed=args.seed, customers=args.customers,
+                                              days=args.days)), settings):
         batch.append(ev)
         if len(batch) >= 2000:
             proc.apply(0, batch)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -68,6 +68,21 @@ class In:
 
     def flush(self) -> None:
         assert self.producer.flush(10) == 0, "events not delivered"
+
+    def send_events(self, prefix: str, events: Iterable[tuple[str, Any]]) -> None:
+        """Each simulated (family, event) to `<prefix>.events.<family>`, keyed by customer,
+        waiting whenever librdkafka's local queue (100,000 messages) is full; then flush."""
+        for family, event in events:
+            key = None
+            if isinstance(event, dict):
+                key = event.get("customer_id") or (event.get("context") or {}).get("groupId")
+            while True:
+                try:
+                    self.send(f"{prefix}.events.{family}", event, key=key)
+                    break
+                except BufferError:
+                    self.producer.poll(0.2)
+        self.flush()
 
 
 def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:

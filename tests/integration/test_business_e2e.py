@@ -17,6 +17,7 @@ import pytest
 from streams.simulator import SimConfig, generate
 from tests.integration import batch_revenue as batch
 from tests.integration.conftest import WorkerProcess
+from tests.inprocess import valid_events
 from tests.integration.kafka import In, Out, group_lag
 
 FAMILIES = ("signup", "usage", "feature", "billing", "support")
@@ -124,12 +125,6 @@ def _assert_final(actual: Records, history: History) -> None:
                        f"them, in order: {wrong}")
 
 
-def _customer_id(event: Any) -> str | None:
-    if not isinstance(event, dict):
-        return None
-    return event.get("customer_id") or (event.get("context") or {}).get("groupId")
-
-
 # -- in process -------------------------------------------------------------------------------
 
 
@@ -142,7 +137,6 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 1,
     worker may when it reads one partition's backlog ahead of the others.
     """
     from streams.business import BusinessAggregator
-    from streams.events import EventValidator, InvalidEvent, event_hash
     from streams.exporters.metrics import Metrics
     from streams.processor import CustomerProcessor
     from streams.settings import load_settings
@@ -155,7 +149,6 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 1,
     if partitions > 1:
         env["VITALS_TIME__MAX_SKEW_DAYS"] = "36500"
     settings = load_settings(env=env)
-    validator = EventValidator(settings.app.reporting_currency, settings.revenue.currency_rates)
     partition_of = (lambda c: 0) if partitions == 1 else Partitioner(partitions)
     processor = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=partition_of,
                                   wall_clock=time.time)  # as the service: skew vs wall clock too
@@ -173,14 +166,7 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 1,
         for key, value in aggregator.flush().records:
             history.append((key, orjson.loads(value)))
 
-    valid = []
-    for family, raw in events:
-        try:
-            event = validator.validate(family, raw)
-        except InvalidEvent:
-            continue
-        event["h"] = event_hash(event["event_id"])
-        valid.append(event)
+    valid = list(valid_events(events, settings))
     ahead: list[dict[str, Any]] = []
     if head_start_days:
         split = valid[0]["ts"] + head_start_days * 86400.0
@@ -258,25 +244,12 @@ def _settle(bootstrap: str, out: Out, timeout: float = 240.0, quiet: float = 3.0
                          f"{len(out.records)} business records)")
 
 
-def _produce(producer: In, events: list[tuple[str, Any]]) -> None:
-    """Every event to its input topic, keyed by customer, waiting when librdkafka's local queue
-    (100,000 messages) is full."""
-    for family, event in events:
-        while True:
-            try:
-                producer.send(f"bz.events.{family}", event, key=_customer_id(event))
-                break
-            except BufferError:
-                producer.producer.poll(0.2)
-    producer.flush()
-
-
 @pytest.mark.timeout(300)
 def test_replay_of_a_simulated_year_matches_the_batch_computation(broker, tmp_path):
     # A producer retry now and then (duplicate_fraction): both sides must count them once.
     events = list(generate(SimConfig(seed=5, customers=100, days=365, duplicate_fraction=0.01)))
     expected = batch.compute(events)
-    _produce(In(broker.address), events)
+    In(broker.address).send_events("bz", events)
 
     worker = WorkerProcess(broker.url, tmp_path / "worker.log", **_env()).start()
     out = Out(broker.address, "bz.business")

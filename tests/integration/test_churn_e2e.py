@@ -67,16 +67,7 @@ def _distinct_examples(records: list[tuple[str | None, Any]]) -> tuple[set[tuple
 
 @pytest.mark.timeout(500)
 def test_two_workers_one_learner_one_model(broker, tmp_path):
-    producer = In(broker.address)
-    for family, event in generate(SimConfig(seed=17, customers=150, days=200)):
-        cid = event.get("customer_id") or event.get("context", {}).get("groupId")
-        while True:
-            try:
-                producer.send(f"{APP}.events.{family}", event, key=cid)
-                break
-            except BufferError:
-                producer.producer.poll(0.2)
-    producer.flush()
+    In(broker.address).send_events(APP, generate(SimConfig(seed=17, customers=150, days=200)))
 
     first = WorkerProcess(broker.url, tmp_path / "a.log", **_env()).start()
     second = WorkerProcess(broker.url, tmp_path / "b.log", **_env()).start()

@@ -18,6 +18,7 @@ import pytest
 from streams.simulator import SimConfig, generate
 from tests.integration import batch_features as batch
 from tests.integration.conftest import WorkerProcess
+from tests.inprocess import valid_events
 from tests.integration.kafka import In, Out, group_lag
 
 FAMILIES = ("signup", "usage", "feature", "billing", "support")
@@ -81,7 +82,6 @@ def _check_alerts(records: dict[str, dict[str, Any]], alerts: list[dict[str, Any
 
 def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
                        ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    from streams.events import EventValidator, InvalidEvent, event_hash
     from streams.exporters.metrics import Metrics
     from streams.features import FeatureAggregator
     from streams.processor import CustomerProcessor
@@ -91,7 +91,6 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
     env = {"VITALS_APP__PARTITIONS": str(partitions), "VITALS_TIME__MAX_SKEW_DAYS": "36500",
            **ENV}
     settings = load_settings(env=env)
-    validator = EventValidator(settings.app.reporting_currency, settings.revenue.currency_rates)
     partition_of = Partitioner(partitions)
     processor = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=partition_of,
                                   wall_clock=None)
@@ -115,12 +114,7 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
         alerts.extend(orjson.loads(v) for _, v in flushed.alerts)
         batch_.clear()
 
-    for family, raw in events:
-        try:
-            event = validator.validate(family, raw)
-        except InvalidEvent:
-            continue
-        event["h"] = event_hash(event["event_id"])
+    for event in valid_events(events, settings):
         batch_.append(event)
         if len(batch_) >= 2000:
             run()
@@ -167,16 +161,7 @@ def _settle(bootstrap: str, out: Out, timeout: float = 240.0, quiet: float = 3.0
 @pytest.mark.timeout(400)
 def test_replay_of_a_half_year_gives_the_batch_feature_figures(broker, tmp_path):
     events = list(generate(_config()))
-    producer = In(broker.address)
-    for family, event in events:
-        cid = event.get("customer_id") or event.get("context", {}).get("groupId")
-        while True:
-            try:
-                producer.send(f"ft.events.{family}", event, key=cid)
-                break
-            except BufferError:
-                producer.producer.poll(0.2)
-    producer.flush()
+    In(broker.address).send_events("ft", events)
     worker = WorkerProcess(broker.url, tmp_path / "worker.log", **_env()).start()
     out = Out(broker.address, "ft.feature_out")
     alerts_out = Out(broker.address, "ft.alerts")

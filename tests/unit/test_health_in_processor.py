@@ -21,7 +21,7 @@ renormalise over 0.30 + 0.20 + 0.15 + 0.10 = 0.75:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, MutableMapping
+from typing import Any, Callable
 
 import orjson
 import pytest

@@ -472,6 +472,31 @@ def test_encode_decode_state_round_trip() -> None:
     assert back.activity.figures(D, D - 9) == state.activity.figures(D, D - 9)
 
 
+def test_every_field_of_the_state_survives_the_changelog() -> None:
+    """Field by field, so two fields written under one key cannot hide each other."""
+    from models.churn import FEATURES
+
+    state = CustomerState("c-9")
+    state.channel, state.plan, state.segment, state.cac = "ads", "pro", "smb", 120.0
+    state.churn.book.add(D, {FEATURES[0]: 1.5}, 0.25, 3)
+    state.churn.mrr.append([D, 99.0])
+    state.churn.last = {"probability": 0.25, "risk": "medium", "model_ready": False,
+                        "drivers": [], "model_version": 3}
+    state.feature_use.record("reports", at(D), "u1")
+    state.paid.on_mrr(at(D), 99.0)
+    back = decode_state(encode_state(state))
+
+    def plain(x: object) -> object:
+        for name in ("to_dict", "to_list", "to_state"):
+            if hasattr(x, name):
+                return getattr(x, name)()
+        return x
+
+    for slot in CustomerState.__slots__:
+        assert plain(getattr(back, slot)) == plain(getattr(state, slot)), slot
+    assert back.channel == "ads" and back.churn.book.days == [D]
+
+
 # ---- rebalance ---------------------------------------------------------------------------------
 
 
