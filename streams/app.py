@@ -27,7 +27,7 @@ from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
-from streams.topics import Partitioner
+from streams.topics import MODEL_MESSAGE_BYTES, Partitioner
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         web_host=s.app.web_host,
         web_port=s.app.web_port,
         web_in_thread=False,
-        producer_max_request_size=8 << 20,
+        producer_max_request_size=MODEL_MESSAGE_BYTES,  # the largest: a churn model snapshot
         producer_max_batch_size=producer_batch_bytes(s, broker_url),
         consumer_max_fetch_size=16 << 20,
         table_cleanup_interval=3600.0,

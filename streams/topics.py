@@ -41,6 +41,9 @@ class Partitioner:
         return p
 
 
+MODEL_MESSAGE_BYTES = 8 << 20   # = the producer's max request size (streams/app.py)
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     t = settings.topics
     compact = {"cleanup.policy": "compact"}
@@ -50,7 +53,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(t.feature_internal, settings.app.partitions, 1))
     # One partition each: one learner for the whole service, one model every worker reads.
     specs.append(NewTopic(t.churn_examples, 1, 1))
-    specs.append(NewTopic(t.churn_model, 1, 1, topic_configs=compact))
+    # A forest model snapshot is several MB (Kafka's default message limit is 1 MB).
+    specs.append(NewTopic(t.churn_model, 1, 1, topic_configs={
+        **compact, "max.message.bytes": str(MODEL_MESSAGE_BYTES)}))
     specs.append(NewTopic(t.feature_catalog, 1, 1, topic_configs=compact))
     for name in (t.customer, t.feature_out, t.business, t.alerts):
         specs.append(NewTopic(name, settings.app.partitions, 1, topic_configs=compact))
