@@ -481,13 +481,13 @@ class FeatureBook:
         self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
         self.after_release: tuple[int, int, int] | None = None     # (day, users, active)
 
-    def update(self, partition: int, part: FeatureContribution,
-               configured: float | None = None) -> bool:
+    def update(self, partition: int, part: FeatureContribution) -> bool:
         """Take a partition's contribution; False when it is older than the one held.
 
-        The window counts of the day that ``adoption_30d_after_release`` needs (release from
-        ``configured``, else first seen) are never pruned: partitions do not close days in
-        step, and one may be far ahead when the last one reports that day.
+        Until ``adoption_30d_after_release`` is known, no window counts are pruned: partitions
+        do not close days in step, one may be far ahead when the last one reports the day it
+        needs, and a first-seen release can still move earlier. That history is two integers
+        per partition and day; it is cut to HISTORY_DAYS once the figure is known.
         """
         if part.feature != self.feature:
             raise ValueError(f"contribution for {part.feature!r} sent to {self.feature!r}")
@@ -497,10 +497,9 @@ class FeatureBook:
         self.parts[partition] = part
         days = self.history.setdefault(partition, {})
         days[part.day] = (part.feature_users, part.active_users)
-        released = self.released_at(configured)
-        keep = None if released is None else after_release_day(released)
-        for d in [d for d in days if d <= part.day - HISTORY_DAYS and d != keep]:
-            del days[d]
+        if self.after_release is not None:   # known for good: keep a short history only
+            for d in [d for d in days if d <= part.day - HISTORY_DAYS]:
+                del days[d]
         return True
 
     def merged(self) -> FeatureContribution | None:

@@ -65,8 +65,7 @@ class FeatureAggregator:
         if state is None:
             state = self.store.get(feature) or FeatureState(FeatureBook(feature))
             self.live[feature] = state
-        if state.book.update(int(message["p"]), FeatureContribution.from_state(message["c"]),
-                             self.released.get(feature)):
+        if state.book.update(int(message["p"]), FeatureContribution.from_state(message["c"])):
             self.dirty.add(feature)
 
     def record(self, state: FeatureState) -> dict[str, Any] | None:

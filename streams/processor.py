@@ -30,6 +30,7 @@ from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
 log = logging.getLogger(__name__)
 WINDOWED = frozenset({"usage", "feature"})
+FEATURE_BACKFILL_DAYS = 30   # at most this many skipped days get feature contributions
 
 
 
@@ -259,6 +260,7 @@ class CustomerProcessor:
         This is what makes health decay without events, stores the day's score for trend_7d,
         and lets alerts such as ttv_exceeded fire in event time, also on a replay.
         """
+        previous = clock.closed_day
         day = clock.close_day()
         self.days_closed += 1
         as_of = float(day * DAY_SECONDS)
@@ -276,7 +278,11 @@ class CustomerProcessor:
                 self._release_movements(state, "unknown")
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
-        self._features_day(partition, day - 1)
+        # Every day closed, also the ones a jump of the watermark skipped (a quiet day): the
+        # feature stage needs each partition's counts of the day 30 days after a release.
+        first = day - 1 if previous is None else max(previous, day - FEATURE_BACKFILL_DAYS)
+        for closed in range(first, day):
+            self._features_day(partition, closed)
 
     def _features_day(self, partition: int, closed: int) -> None:
         """Send this partition's contribution of closed day D to every known feature.

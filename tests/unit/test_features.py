@@ -439,10 +439,13 @@ def replace_day(part: FeatureContribution, day: int) -> FeatureContribution:
     return FeatureContribution.from_state({**part.to_state(), "d": day})
 
 
-def test_book_history_is_bounded() -> None:
+def test_book_history_is_bounded_once_the_after_release_figure_is_known() -> None:
+    released = D * DAY_SECONDS
     book = FeatureBook(F)
     for day in range(D, D + 200):
         book.update(0, book_part(day, 1, 2))
+        known = book.after_release_counts(released, partitions=1)   # as each flush asks
+        assert (known is not None) == (day >= after_release_day(released))
     assert len(book.history[0]) == 40
 
 
@@ -520,14 +523,17 @@ def test_set_base_equals_adding_every_customer() -> None:
     assert (full.with_total, full.without_total, full.without_kept) == (1, 3, 1)
 
 
-def test_book_keeps_the_after_release_day_of_a_partition_far_ahead() -> None:
+def test_book_keeps_every_day_until_the_after_release_figure_is_known() -> None:
     """Partition 0 closes 100 days before partition 1 reports day(R) + 29."""
-    released = D * DAY_SECONDS                                   # configured, at midnight
+    released = D * DAY_SECONDS                                   # at midnight
     book = FeatureBook(F)
     target = after_release_day(released)
     for day in range(D, D + 130):
-        book.update(0, book_part(day, 3 if day == target else 1, 10), released)
-    assert len(book.history[0]) == 41                            # 40 days + the target day
+        book.update(0, book_part(day, 3 if day == target else 1, 10))
+        assert book.after_release_counts(released, partitions=2) is None
+    assert len(book.history[0]) == 130
     for day in range(D, target + 1):
-        book.update(1, book_part(day, 5 if day == target else 1, 20), released)
+        book.update(1, book_part(day, 5 if day == target else 1, 20))
     assert book.after_release_counts(released, partitions=2) == (8, 30)
+    book.update(0, book_part(D + 130, 1, 10))
+    assert len(book.history[0]) == 40                            # pruned once known

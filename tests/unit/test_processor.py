@@ -585,3 +585,16 @@ def test_future_is_judged_against_the_wall_clock_too() -> None:
     dead = proc.apply(0, [usage("c-1", at(D + 102), "u1")])          # 2 days past now: rejected
     assert [orjson.loads(v)["error"] for _, v in dead] == ["future_ts"]
     assert proc.apply(0, [usage("c-1", at(D), "u1"), usage("c-1", at(D + 10), "u1")]) == []
+
+
+def test_every_closed_day_gets_its_feature_contribution_also_after_a_jump() -> None:
+    settings = load_settings(env={"VITALS_TIME__MAX_SKEW_DAYS": "10"})   # allow the jump
+    proc = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=lambda cid: 0,
+                             wall_clock=None)
+    assert proc.apply(0, [feature("c-1", at(D, 10), "u1"), feature("c-1", at(D + 1, 10), "u1"),
+                          usage("c-1", at(D + 4, 10), "u1")]) == []
+    out = proc.flush()
+    days = sorted(orjson.loads(v)["c"]["d"] for f, v in out.features if f == "reports")
+    assert days == [D, D + 1, D + 2, D + 3]     # D+2 and D+3 had no event: still closed
+    last = max((orjson.loads(v)["c"] for _, v in out.features), key=lambda c: c["d"])
+    assert (last["fu"], last["au"]) == (1, 1)   # u1 used reports within D+3's window
