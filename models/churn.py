@@ -51,13 +51,18 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "active_days_prev_7d",
     "active_days_trend",
     "active_days_30d",
+    "active_user_days_7d",
+    "usage_7d_vs_28d",
+    "usage_vs_baseline",
     "feature_breadth",
+    "tickets_7d",
     "tickets_30d",
     "weighted_tickets_30d",
     "open_urgent_tickets",
     "failed_payments_90d",
     "days_since_activity",
     "health_score",
+    "health_trend_7d",
     *(f"health_{c}" for c in HEALTH_COMPONENTS),
 )
 # The model's features, in the fixed order a stored snapshot uses. Changing this list (or the
@@ -67,7 +72,7 @@ FEATURES: tuple[str, ...] = (
     *(f"segment={s}" for s in SEGMENTS),
     *(f"stage={s}" for s in STAGES),
 )
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 _INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
 
 # What a missing health figure stands for. No payments yet and no tickets are not bad news
@@ -98,70 +103,99 @@ def _num(raw: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     return x if math.isfinite(x) else default
 
 
-def _count(raw: Mapping[str, Any], key: str) -> float:
-    """A count: never negative."""
-    return max(0.0, _num(raw, key))
-
-
 def snapshot_vector(raw: Mapping[str, Any]) -> dict[str, float]:
     """The model's feature dict (exactly the keys of ``FEATURES``) from raw day-close figures.
 
     Raw keys (each may be missing or None): tenure_days, segment, mrr, mrr_change_30d (MRR now
     minus MRR 30 days ago), dau, wau, mau, stickiness, active_days_7d, active_days_prev_7d,
-    active_days_30d, feature_breadth, tickets_30d, weighted_tickets_30d, open_urgent_tickets,
-    failed_payments_90d, days_since_activity, stage, health_score and the health components
-    (usage_frequency, feature_adoption, support, payment, engagement; 0-100).
+    active_days_30d, active_user_days_7d and active_user_days_28d (sums of daily active users
+    over the last 7 / 28 full days), history_days (how many of those 28 days the customer
+    existed), usage_baseline (the customer's long-run mean of daily active users, before the
+    last 7 days), feature_breadth, tickets_7d, tickets_30d, weighted_tickets_30d,
+    open_urgent_tickets, failed_payments_90d, days_since_activity, stage, health_score,
+    health_trend_7d and the health components (usage_frequency, feature_adoption, support,
+    payment, engagement; 0-100).
 
     Derived on purpose: log1p of tenure and MRR (heavy tails; a year more tenure matters less
     than the first month), ``mrr_change_ratio`` = change ÷ max(MRR 30 days ago, 1) clipped to
     [-1, 5] (relative contraction, not dollars), ``active_days_trend`` = last 7 days minus the
-    7 before (the decline before cancelling), ``days_since_activity`` capped at 90 (None =
-    never active: the tenure, capped), and one-hot segment and stage (unknown values go to
-    ``segment=unknown`` / ``stage=none``). Names are human-readable because they are shown
-    as ``drivers``.
+    7 before (the decline before cancelling), ``usage_7d_vs_28d`` = daily active users of the
+    last 7 days ÷ those of the last 28 and ``usage_vs_baseline`` = the same ÷ the customer's
+    long-run mean (a decline measured against the customer's own normal, whatever its size;
+    1 = as usual, 0 = nobody left, capped at 3; 1 without a history to compare with),
+    ``days_since_activity`` capped at 90 (None = never active: the tenure, capped), and
+    one-hot segment and stage (unknown values go to ``segment=unknown`` / ``stage=none``).
+    Names are human-readable because they are shown as ``drivers``.
     """
-    tenure = _count(raw, "tenure_days")
-    mrr = _count(raw, "mrr")
-    change = _num(raw, "mrr_change_30d")
+    num = _num
+    tenure = max(0.0, num(raw, "tenure_days"))
+    mrr = max(0.0, num(raw, "mrr"))
+    change = num(raw, "mrr_change_30d")
     lo, hi = MRR_CHANGE_RATIO_BOUNDS
     ratio = min(hi, max(lo, change / max(mrr - change, 1.0)))
-    active_7d = _count(raw, "active_days_7d")
-    active_prev_7d = _count(raw, "active_days_prev_7d")
+    active_7d = max(0.0, num(raw, "active_days_7d"))
+    active_prev_7d = max(0.0, num(raw, "active_days_prev_7d"))
     idle = raw.get("days_since_activity")
-    idle_days = tenure if idle is None else _count(raw, "days_since_activity")
+    idle_days = tenure if idle is None else max(0.0, num(raw, "days_since_activity"))
+    user_days_7d = max(0.0, num(raw, "active_user_days_7d"))
+    per_day_7d = user_days_7d / 7.0
+    user_days_28d = max(0.0, num(raw, "active_user_days_28d"))
+    history = min(28.0, max(7.0, num(raw, "history_days", 28.0)))
+    baseline = max(0.0, num(raw, "usage_baseline"))
 
     out: dict[str, float] = {
         "log_tenure_days": math.log1p(tenure),
         "log_mrr": math.log1p(mrr),
         "mrr_change_ratio": ratio,
-        "dau": _count(raw, "dau"),
-        "wau": _count(raw, "wau"),
-        "mau": _count(raw, "mau"),
-        "stickiness": _count(raw, "stickiness"),
+        "dau": max(0.0, num(raw, "dau")),
+        "wau": max(0.0, num(raw, "wau")),
+        "mau": max(0.0, num(raw, "mau")),
+        "stickiness": max(0.0, num(raw, "stickiness")),
         "active_days_7d": active_7d,
         "active_days_prev_7d": active_prev_7d,
         "active_days_trend": active_7d - active_prev_7d,
-        "active_days_30d": _count(raw, "active_days_30d"),
-        "feature_breadth": _count(raw, "feature_breadth"),
-        "tickets_30d": _count(raw, "tickets_30d"),
-        "weighted_tickets_30d": _count(raw, "weighted_tickets_30d"),
-        "open_urgent_tickets": _count(raw, "open_urgent_tickets"),
-        "failed_payments_90d": _count(raw, "failed_payments_90d"),
+        "active_days_30d": max(0.0, num(raw, "active_days_30d")),
+        "active_user_days_7d": user_days_7d,
+        "usage_7d_vs_28d": _usage_ratio(per_day_7d, user_days_28d / history),
+        "usage_vs_baseline": _usage_ratio(per_day_7d, baseline),
+        "feature_breadth": max(0.0, num(raw, "feature_breadth")),
+        "tickets_7d": max(0.0, num(raw, "tickets_7d")),
+        "tickets_30d": max(0.0, num(raw, "tickets_30d")),
+        "weighted_tickets_30d": max(0.0, num(raw, "weighted_tickets_30d")),
+        "open_urgent_tickets": max(0.0, num(raw, "open_urgent_tickets")),
+        "failed_payments_90d": max(0.0, num(raw, "failed_payments_90d")),
         "days_since_activity": min(MAX_DAYS_SINCE_ACTIVITY, idle_days),
-        "health_score": _num(raw, "health_score", HEALTH_DEFAULTS["health_score"]),
+        "health_score": num(raw, "health_score", HEALTH_DEFAULTS["health_score"]),
+        "health_trend_7d": num(raw, "health_trend_7d"),
     }
-    for comp in HEALTH_COMPONENTS:
-        name = f"health_{comp}"
-        out[name] = _num(raw, comp, HEALTH_DEFAULTS[name])
+    for comp, name in _HEALTH_NAMES:
+        out[name] = num(raw, comp, HEALTH_DEFAULTS[name])
     segment = raw.get("segment")
-    segment = segment if segment in SEGMENTS else "unknown"
-    for s in SEGMENTS:
-        out[f"segment={s}"] = 1.0 if s == segment else 0.0
+    if segment not in _SEGMENT_SET:
+        segment = "unknown"
+    for s, name in _SEGMENT_NAMES:
+        out[name] = 1.0 if s == segment else 0.0
     stage = raw.get("stage")
-    stage = stage if stage in STAGES else "none"
-    for s in STAGES:
-        out[f"stage={s}"] = 1.0 if s == stage else 0.0
+    if stage not in _STAGE_SET:
+        stage = "none"
+    for s, name in _STAGE_NAMES:
+        out[name] = 1.0 if s == stage else 0.0
     return out
+
+
+USAGE_RATIO_CAP = 3.0
+_HEALTH_NAMES = tuple((c, f"health_{c}") for c in HEALTH_COMPONENTS)
+_SEGMENT_SET = frozenset(SEGMENTS)
+_SEGMENT_NAMES = tuple((s, f"segment={s}") for s in SEGMENTS)
+_STAGE_SET = frozenset(STAGES)
+_STAGE_NAMES = tuple((s, f"stage={s}") for s in STAGES)
+
+
+def _usage_ratio(recent: float, normal: float) -> float:
+    """recent ÷ normal usage, capped; 1 (as usual) when there is no normal to compare with."""
+    if normal <= 0.0:
+        return 1.0
+    return min(USAGE_RATIO_CAP, recent / normal)
 
 
 def _compact(x: float) -> float | int:
