@@ -154,12 +154,11 @@ class ChurnScorer:
         if self.current is None:
             return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
                     "model_version": 0}
-        model = self.current.model
-        p = float(model.predict(vector))
+        p, drivers = self.current.model.predict_explained(vector, 3)
         bands = self.settings.bands
         return {"probability": round(p, 4),
                 "risk": risk_band(p, bands["high"], bands["medium"]),
-                "model_ready": self.ready, "drivers": model.drivers(vector, 3),
+                "model_ready": self.ready, "drivers": drivers,
                 "model_version": self.current.version}
 
     def model_record(self) -> dict[str, Any] | None:
