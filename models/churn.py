@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from river import base, compose, forest, linear_model, optim, preprocessing
@@ -247,6 +247,9 @@ class Example:
     label: int
     probability: float | None
     model_version: int
+    # The ``encode``d vector when the example comes from a LabelBook (which stores snapshots
+    # encoded): saves encoding it again for the examples topic. Not part of equality.
+    encoded: list[float | int] | None = field(default=None, compare=False, repr=False)
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
@@ -384,7 +387,7 @@ class LabelBook:
     def _pop(self, d0: int, label: int) -> Example:
         values, prob, version = self._pending.pop(d0)
         return Example(day=d0, vector=decode(values), label=label, probability=prob,
-                       model_version=version)
+                       model_version=version, encoded=values)
 
     def _finalise(self, day: int) -> None:
         if self._final_through is None or day > self._final_through:
@@ -505,9 +508,9 @@ def _split_features(estimator: Any) -> set[str] | None:
 def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
     """``drivers`` from the contributions: the top k positive ones (rounded to 4), largest
     first, ties by name."""
-    ranked = sorted((cn for cn in ((round(c, 4), n) for n, c in contrib.items()) if cn[0] > 0),
-                    key=lambda cn: (-cn[0], cn[1]))
-    return [{"feature": n, "contribution": c} for c, n in ranked[: max(0, k)]]
+    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5
+                    for r in (round(c, 4),) if r > 0)
+    return [{"feature": n, "contribution": -r} for r, n in ranked[: max(0, k)]]
 
 
 class ChurnModel:
@@ -556,8 +559,16 @@ class ChurnModel:
         the logistic model (the standardised values are computed once for both)."""
         if self.kind != "logistic":
             return self.predict(vector), self.drivers(vector, k)
-        z = self._standardised(vector)
-        lr = self.estimator["LogisticRegression"]
+        steps = self.estimator.steps
+        scaler, clip, lr = steps["StandardScaler"], steps["Clip"], steps["LogisticRegression"]
+        # StandardScaler.transform_one and Clip.transform_one in one loop, same arithmetic.
+        means, variances, hi = scaler.means, scaler.vars, clip.limit
+        lo = -hi
+        z: dict[str, float] = {}
+        for name, xi in vector.items():
+            v = variances[name]
+            zi = (xi - means[name]) / v**0.5 if v else 0.0
+            z[name] = hi if zi > hi else lo if zi < lo else zi
         p = float(lr.predict_proba_one(z).get(True, 0.0))
         p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
         weights = lr._weights

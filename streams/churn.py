@@ -112,7 +112,8 @@ def remember_mrr(history: list[list[float]], day: int, mrr: float) -> None:
 
 def example_value(cid: str, example: Example) -> dict[str, Any]:
     """A labelled snapshot on the examples topic (vector as a list in FEATURES order)."""
-    return {"c": cid, "d": example.day, "x": encode(example.vector), "y": example.label,
+    x = example.encoded if example.encoded is not None else encode(example.vector)
+    return {"c": cid, "d": example.day, "x": x, "y": example.label,
             "p": example.probability, "v": example.model_version}
 
 
