@@ -516,7 +516,8 @@ def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
 class ChurnModel:
     """The one churn model of the service: a River estimator plus a learnt count and a version.
 
-    ``kind`` "logistic" = ``StandardScaler | LogisticRegression`` (default, explainable exactly),
+    ``kind`` "logistic" = ``StandardScaler | Clip | LogisticRegression`` (default, explainable
+    exactly; Clip bounds the standardised values to ±3, see ``_logistic_pipeline``),
     "forest" = River's adaptive random forest (``forest.ARFClassifier``, 10 trees of depth
     <= 6, seeded). Its snapshots are MBs, not KBs: the model topic needs a matching
     ``max.message.bytes``.
@@ -605,7 +606,7 @@ class ChurnModel:
     def contributions(self, vector: Mapping[str, float]) -> dict[str, float]:
         """Every feature's contribution towards churn (positive = pushes towards churn).
 
-        logistic: wᵢ · zᵢ, the weight times the standardised value, i.e. the feature's share
+        logistic: wᵢ · zᵢ, the weight times the standardised (clipped) value, i.e. the feature's share
         of the log-odds relative to an average customer (the intercept is left out).
         forest: p(x) − p(x with feature i set to its mean over the learnt snapshots), i.e. how
         much more likely churn is because this feature is not average. One prediction per
