@@ -606,8 +606,9 @@ class ChurnModel:
     def contributions(self, vector: Mapping[str, float]) -> dict[str, float]:
         """Every feature's contribution towards churn (positive = pushes towards churn).
 
-        logistic: wᵢ · zᵢ, the weight times the standardised (clipped) value, i.e. the feature's share
-        of the log-odds relative to an average customer (the intercept is left out).
+        logistic: wᵢ · zᵢ, the weight times the standardised (clipped) value, i.e. the
+        feature's share of the log-odds relative to an average customer (the intercept is
+        left out).
         forest: p(x) − p(x with feature i set to its mean over the learnt snapshots), i.e. how
         much more likely churn is because this feature is not average. One prediction per
         feature that differs from its mean and that some tree splits on (the others
