@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from river import compose, forest, linear_model, optim, preprocessing
+from river import base, compose, forest, linear_model, optim, preprocessing
 
 # --------------------------------------------------------------------------------------------
 # Feature vector
@@ -51,13 +51,18 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "active_days_prev_7d",
     "active_days_trend",
     "active_days_30d",
+    "active_user_days_7d",
+    "usage_7d_vs_28d",
+    "usage_vs_baseline",
     "feature_breadth",
+    "tickets_7d",
     "tickets_30d",
     "weighted_tickets_30d",
     "open_urgent_tickets",
     "failed_payments_90d",
     "days_since_activity",
     "health_score",
+    "health_trend_7d",
     *(f"health_{c}" for c in HEALTH_COMPONENTS),
 )
 # The model's features, in the fixed order a stored snapshot uses. Changing this list (or the
@@ -67,7 +72,7 @@ FEATURES: tuple[str, ...] = (
     *(f"segment={s}" for s in SEGMENTS),
     *(f"stage={s}" for s in STAGES),
 )
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 _INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
 
 # What a missing health figure stands for. No payments yet and no tickets are not bad news
@@ -98,78 +103,102 @@ def _num(raw: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     return x if math.isfinite(x) else default
 
 
-def _count(raw: Mapping[str, Any], key: str) -> float:
-    """A count: never negative."""
-    return max(0.0, _num(raw, key))
-
-
 def snapshot_vector(raw: Mapping[str, Any]) -> dict[str, float]:
     """The model's feature dict (exactly the keys of ``FEATURES``) from raw day-close figures.
 
     Raw keys (each may be missing or None): tenure_days, segment, mrr, mrr_change_30d (MRR now
     minus MRR 30 days ago), dau, wau, mau, stickiness, active_days_7d, active_days_prev_7d,
-    active_days_30d, feature_breadth, tickets_30d, weighted_tickets_30d, open_urgent_tickets,
-    failed_payments_90d, days_since_activity, stage, health_score and the health components
-    (usage_frequency, feature_adoption, support, payment, engagement; 0-100).
+    active_days_30d, active_user_days_7d and active_user_days_28d (sums of daily active users
+    over the last 7 / 28 full days), history_days (how many of those 28 days the customer
+    existed), usage_baseline (the customer's long-run mean of daily active users, before the
+    last 7 days), feature_breadth, tickets_7d, tickets_30d, weighted_tickets_30d,
+    open_urgent_tickets, failed_payments_90d, days_since_activity, stage, health_score,
+    health_trend_7d and the health components (usage_frequency, feature_adoption, support,
+    payment, engagement; 0-100).
 
     Derived on purpose: log1p of tenure and MRR (heavy tails; a year more tenure matters less
     than the first month), ``mrr_change_ratio`` = change ÷ max(MRR 30 days ago, 1) clipped to
     [-1, 5] (relative contraction, not dollars), ``active_days_trend`` = last 7 days minus the
-    7 before (the decline before cancelling), ``days_since_activity`` capped at 90 (None =
-    never active: the tenure, capped), and one-hot segment and stage (unknown values go to
-    ``segment=unknown`` / ``stage=none``). Names are human-readable because they are shown
-    as ``drivers``.
+    7 before (the decline before cancelling), ``usage_7d_vs_28d`` = daily active users of the
+    last 7 days ÷ those of the last 28 and ``usage_vs_baseline`` = the same ÷ the customer's
+    long-run mean (a decline measured against the customer's own normal, whatever its size;
+    1 = as usual, 0 = nobody left, capped at 3; 1 without a history to compare with),
+    ``days_since_activity`` capped at 90 (None = never active: the tenure, capped), and
+    one-hot segment and stage (unknown values go to ``segment=unknown`` / ``stage=none``).
+    Names are human-readable because they are shown as ``drivers``.
     """
-    tenure = _count(raw, "tenure_days")
-    mrr = _count(raw, "mrr")
-    change = _num(raw, "mrr_change_30d")
+    num = _num
+    tenure = max(0.0, num(raw, "tenure_days"))
+    mrr = max(0.0, num(raw, "mrr"))
+    change = num(raw, "mrr_change_30d")
     lo, hi = MRR_CHANGE_RATIO_BOUNDS
     ratio = min(hi, max(lo, change / max(mrr - change, 1.0)))
-    active_7d = _count(raw, "active_days_7d")
-    active_prev_7d = _count(raw, "active_days_prev_7d")
+    active_7d = max(0.0, num(raw, "active_days_7d"))
+    active_prev_7d = max(0.0, num(raw, "active_days_prev_7d"))
     idle = raw.get("days_since_activity")
-    idle_days = tenure if idle is None else _count(raw, "days_since_activity")
+    idle_days = tenure if idle is None else max(0.0, num(raw, "days_since_activity"))
+    user_days_7d = max(0.0, num(raw, "active_user_days_7d"))
+    per_day_7d = user_days_7d / 7.0
+    user_days_28d = max(0.0, num(raw, "active_user_days_28d"))
+    history = min(28.0, max(7.0, num(raw, "history_days", 28.0)))
+    baseline = max(0.0, num(raw, "usage_baseline"))
 
     out: dict[str, float] = {
         "log_tenure_days": math.log1p(tenure),
         "log_mrr": math.log1p(mrr),
         "mrr_change_ratio": ratio,
-        "dau": _count(raw, "dau"),
-        "wau": _count(raw, "wau"),
-        "mau": _count(raw, "mau"),
-        "stickiness": _count(raw, "stickiness"),
+        "dau": max(0.0, num(raw, "dau")),
+        "wau": max(0.0, num(raw, "wau")),
+        "mau": max(0.0, num(raw, "mau")),
+        "stickiness": max(0.0, num(raw, "stickiness")),
         "active_days_7d": active_7d,
         "active_days_prev_7d": active_prev_7d,
         "active_days_trend": active_7d - active_prev_7d,
-        "active_days_30d": _count(raw, "active_days_30d"),
-        "feature_breadth": _count(raw, "feature_breadth"),
-        "tickets_30d": _count(raw, "tickets_30d"),
-        "weighted_tickets_30d": _count(raw, "weighted_tickets_30d"),
-        "open_urgent_tickets": _count(raw, "open_urgent_tickets"),
-        "failed_payments_90d": _count(raw, "failed_payments_90d"),
+        "active_days_30d": max(0.0, num(raw, "active_days_30d")),
+        "active_user_days_7d": user_days_7d,
+        "usage_7d_vs_28d": _usage_ratio(per_day_7d, user_days_28d / history),
+        "usage_vs_baseline": _usage_ratio(per_day_7d, baseline),
+        "feature_breadth": max(0.0, num(raw, "feature_breadth")),
+        "tickets_7d": max(0.0, num(raw, "tickets_7d")),
+        "tickets_30d": max(0.0, num(raw, "tickets_30d")),
+        "weighted_tickets_30d": max(0.0, num(raw, "weighted_tickets_30d")),
+        "open_urgent_tickets": max(0.0, num(raw, "open_urgent_tickets")),
+        "failed_payments_90d": max(0.0, num(raw, "failed_payments_90d")),
         "days_since_activity": min(MAX_DAYS_SINCE_ACTIVITY, idle_days),
-        "health_score": _num(raw, "health_score", HEALTH_DEFAULTS["health_score"]),
+        "health_score": num(raw, "health_score", HEALTH_DEFAULTS["health_score"]),
+        "health_trend_7d": num(raw, "health_trend_7d"),
     }
-    for comp in HEALTH_COMPONENTS:
-        name = f"health_{comp}"
-        out[name] = _num(raw, comp, HEALTH_DEFAULTS[name])
+    for comp, name in _HEALTH_NAMES:
+        out[name] = num(raw, comp, HEALTH_DEFAULTS[name])
     segment = raw.get("segment")
-    segment = segment if segment in SEGMENTS else "unknown"
-    for s in SEGMENTS:
-        out[f"segment={s}"] = 1.0 if s == segment else 0.0
+    if segment not in _SEGMENT_SET:
+        segment = "unknown"
+    for s, name in _SEGMENT_NAMES:
+        out[name] = 1.0 if s == segment else 0.0
     stage = raw.get("stage")
-    stage = stage if stage in STAGES else "none"
-    for s in STAGES:
-        out[f"stage={s}"] = 1.0 if s == stage else 0.0
+    if stage not in _STAGE_SET:
+        stage = "none"
+    for s, name in _STAGE_NAMES:
+        out[name] = 1.0 if s == stage else 0.0
     return out
 
 
-def _compact(x: float) -> float | int:
-    # Whole numbers (counts, one-hots) as ints and the rest to 4 decimals: "0" instead of
-    # "0.0" and "3.4012" instead of "3.4011973816621555" in every stored snapshot.
-    if x.is_integer() and abs(x) < 2**53:
-        return int(x)
-    return round(x, 4)
+USAGE_RATIO_CAP = 3.0
+_HEALTH_NAMES = tuple((c, f"health_{c}") for c in HEALTH_COMPONENTS)
+_SEGMENT_SET = frozenset(SEGMENTS)
+_SEGMENT_NAMES = tuple((s, f"segment={s}") for s in SEGMENTS)
+_STAGE_SET = frozenset(STAGES)
+_STAGE_NAMES = tuple((s, f"stage={s}") for s in STAGES)
+
+
+def _usage_ratio(recent: float, normal: float) -> float:
+    """recent ÷ normal usage, capped; 1 (as usual) when there is no normal to compare with."""
+    if normal <= 0.0:
+        return 1.0
+    return min(USAGE_RATIO_CAP, recent / normal)
+
+
+_EXACT = float(2**53)
 
 
 def encode(vector: Mapping[str, float]) -> list[float | int]:
@@ -177,9 +206,16 @@ def encode(vector: Mapping[str, float]) -> list[float | int]:
 
     Whole numbers become ints and other values are rounded to 4 decimals: a snapshot is
     stored for about 35 days for every paying customer, so its size matters more than the
-    5th decimal of a feature.
+    5th decimal of a feature. ("0" instead of "0.0" and "3.4012" instead of
+    "3.4011973816621555" in every stored snapshot.)
     """
-    return [_compact(float(vector.get(name, 0.0))) for name in FEATURES]
+    get = vector.get
+    out: list[float | int] = []
+    append = out.append
+    for name in FEATURES:
+        x = float(get(name, 0.0))
+        append(int(x) if x.is_integer() and -_EXACT < x < _EXACT else round(x, 4))
+    return out
 
 
 def decode(values: Sequence[float]) -> dict[str, float]:
@@ -211,6 +247,9 @@ class Example:
     label: int
     probability: float | None
     model_version: int
+    # The ``encode``d vector when the example comes from a LabelBook (which stores snapshots
+    # encoded): saves encoding it again for the examples topic. Not part of equality.
+    encoded: list[float | int] | None = field(default=None, compare=False, repr=False)
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
@@ -348,7 +387,7 @@ class LabelBook:
     def _pop(self, d0: int, label: int) -> Example:
         values, prob, version = self._pending.pop(d0)
         return Example(day=d0, vector=decode(values), label=label, probability=prob,
-                       model_version=version)
+                       model_version=version, encoded=values)
 
     def _finalise(self, day: int) -> None:
         if self._final_through is None or day > self._final_through:
@@ -401,15 +440,38 @@ MODEL_KINDS: tuple[str, ...] = ("logistic", "forest")
 _DUMP_FORMAT = "customer-vitals/churn-model/1"
 
 
+Z_CLIP = 3.0  # standardised values beyond ±3 are rare outliers: at most 3 standard deviations
+
+
+class Clip(base.Transformer):
+    """Clip every (standardised) value to [-limit, limit].
+
+    Heavy-tailed counts (a ticket burst, 60 idle days, the one open urgent ticket in
+    thousands of snapshots) standardise to 20-150: a single such snapshot would otherwise
+    move the weights more than hundreds of ordinary ones.
+    """
+
+    def __init__(self, limit: float = Z_CLIP) -> None:
+        self.limit = limit
+
+    def transform_one(self, x: dict) -> dict:
+        hi = self.limit
+        lo = -hi
+        return {k: hi if v > hi else lo if v < lo else v for k, v in x.items()}
+
+
 def _logistic_pipeline() -> compose.Pipeline:
-    # Plain SGD at 0.01 on standardised features, no regularisation to speak of: on the
-    # synthetic churn data of the tests (12 % positives) it reaches its best AUC within a few
-    # hundred labels, and larger rates only make it noisier. Classes are NOT reweighted:
-    # reweighting positives buys nothing in AUC and inflates every probability, while the
-    # risk bands and log loss need calibrated ones.
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression(
-        optimizer=optim.SGD(0.01), l2=0.0, intercept_lr=0.01
-    )
+    # Standardised, clipped features and AdaGrad at 0.02 (per-feature steps that shrink as
+    # a feature's gradients add up), no regularisation, intercept by plain SGD at 0.01.
+    # Measured on the simulated year (tests/bench/bench_churn.py): labels arrive in bursts
+    # (the 30 positive snapshots of a churner all at once), and plain SGD at 0.01 follows
+    # each burst too far (progressive AUC ~0.60); smaller constant rates learn too slowly at
+    # first, AdaGrad does both. Classes are NOT reweighted: reweighting positives buys
+    # nothing in AUC and inflates every probability, while the risk bands and log loss need
+    # calibrated ones.
+    return (preprocessing.StandardScaler() | Clip(Z_CLIP)
+            | linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.02), l2=0.0,
+                                              intercept_lr=0.01))
 
 
 def _forest(seed: int) -> forest.ARFClassifier:
@@ -443,10 +505,19 @@ def _split_features(estimator: Any) -> set[str] | None:
         return None
 
 
+def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
+    """``drivers`` from the contributions: the top k positive ones (rounded to 4), largest
+    first, ties by name."""
+    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5
+                    for r in (round(c, 4),) if r > 0)
+    return [{"feature": n, "contribution": -r} for r, n in ranked[: max(0, k)]]
+
+
 class ChurnModel:
     """The one churn model of the service: a River estimator plus a learnt count and a version.
 
-    ``kind`` "logistic" = ``StandardScaler | LogisticRegression`` (default, explainable exactly),
+    ``kind`` "logistic" = ``StandardScaler | Clip | LogisticRegression`` (default, explainable
+    exactly; Clip bounds the standardised values to ±3, see ``_logistic_pipeline``),
     "forest" = River's adaptive random forest (``forest.ARFClassifier``, 10 trees of depth
     <= 6, seeded). Its snapshots are MBs, not KBs: the model topic needs a matching
     ``max.message.bytes``.
@@ -483,6 +554,35 @@ class ChurnModel:
         p = float(proba.get(True, 0.0))
         return 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
 
+    def predict_explained(self, vector: Mapping[str, float], k: int = 3
+                          ) -> tuple[float, list[dict[str, Any]]]:
+        """``(predict(vector), drivers(vector, k))`` at the cost of about one prediction for
+        the logistic model (the standardised values are computed once for both)."""
+        if self.kind != "logistic":
+            return self.predict(vector), self.drivers(vector, k)
+        steps = self.estimator.steps
+        scaler, clip, lr = steps["StandardScaler"], steps["Clip"], steps["LogisticRegression"]
+        # StandardScaler.transform_one and Clip.transform_one in one loop, same arithmetic.
+        means, variances, hi = scaler.means, scaler.vars, clip.limit
+        lo = -hi
+        z: dict[str, float] = {}
+        for name, xi in vector.items():
+            v = variances[name]
+            zi = (xi - means[name]) / v**0.5 if v else 0.0
+            z[name] = hi if zi > hi else lo if zi < lo else zi
+        p = float(lr.predict_proba_one(z).get(True, 0.0))
+        p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
+        weights = lr._weights
+        contrib = {name: weights.get(name, 0.0) * value for name, value in z.items()}
+        return p, _top(contrib, k)
+
+    def _standardised(self, vector: Mapping[str, float]) -> dict[str, float]:
+        """What the logistic regression sees: the vector standardised (and clipped)."""
+        x = dict(vector)
+        for step in list(self.estimator.steps.values())[:-1]:
+            x = step.transform_one(x)
+        return x
+
     def learn(self, vector: Mapping[str, float], label: int) -> None:
         """Learn one labelled snapshot (the learner calls this once per ``Example``)."""
         x = dict(vector)
@@ -506,8 +606,9 @@ class ChurnModel:
     def contributions(self, vector: Mapping[str, float]) -> dict[str, float]:
         """Every feature's contribution towards churn (positive = pushes towards churn).
 
-        logistic: wᵢ · zᵢ, the weight times the standardised value, i.e. the feature's share
-        of the log-odds relative to an average customer (the intercept is left out).
+        logistic: wᵢ · zᵢ, the weight times the standardised (clipped) value, i.e. the
+        feature's share of the log-odds relative to an average customer (the intercept is
+        left out).
         forest: p(x) − p(x with feature i set to its mean over the learnt snapshots), i.e. how
         much more likely churn is because this feature is not average. One prediction per
         feature that differs from its mean and that some tree splits on (the others
@@ -515,9 +616,8 @@ class ChurnModel:
         """
         x = dict(vector)
         if self.kind == "logistic":
-            scaler = self.estimator["StandardScaler"]
             weights = self.estimator["LogisticRegression"].weights
-            z = scaler.transform_one(x)
+            z = self._standardised(x)
             return {name: float(weights.get(name, 0.0)) * float(z.get(name, 0.0)) for name in x}
         means = self.means()
         if not means:
@@ -539,10 +639,7 @@ class ChurnModel:
         Only features that push towards churn are listed (a customer with nothing pushing
         has no drivers); ties go by name so that records are stable.
         """
-        contrib = self.contributions(vector)
-        ranked = sorted(((c, n) for n, c in contrib.items() if round(c, 4) > 0),
-                        key=lambda cn: (-cn[0], cn[1]))
-        return [{"feature": n, "contribution": round(c, 4)} for c, n in ranked[: max(0, k)]]
+        return _top(self.contributions(vector), k)
 
     # ---- snapshots -----------------------------------------------------------------------
 

@@ -30,36 +30,62 @@ if TYPE_CHECKING:
 MRR_HISTORY_DAYS = 31
 
 
+BASELINE_DAYS = 60     # mean life (days) of the long-run usage baseline
+BASELINE_LAG = 8       # the baseline takes in day D-8 at the close as of D: never the last 7
+
+
 def raw_figures(state: CustomerState, record: Mapping[str, Any], day: int) -> dict[str, Any]:
-    """The raw per-customer inputs of a snapshot (METRICS.md "Churn prediction")."""
+    """The raw per-customer inputs of a snapshot (METRICS.md "Churn prediction").
+
+    ``day`` is the as-of day d0 (the day close's midnight): day d0 itself has barely begun,
+    so the activity windows are the full days before it (d0-7 … d0-1 for the last 7 days).
+    """
     as_of = day * DAY_SECONDS
     first = state.signup_ts if state.signup_ts is not None else state.first_ts
     activity = record.get("activity") or {}
     health = record.get("health") or {}
     components = health.get("components") or {}
-    masks = state.activity.masks
-    last_7 = sum(1 for d, m in masks.items() if m and day - 6 <= d <= day)
-    prev_7 = sum(1 for d, m in masks.items() if m and day - 13 <= d <= day - 7)
-    last_active = state.activity.last_active_day()
-    tickets, weighted = state.support.tickets_30d(day)
+    last_7 = prev_7 = users_7 = users_28 = 0
+    last_active = None
+    for d, m in state.activity.masks.items():
+        if not m:
+            continue
+        if last_active is None or d > last_active:
+            last_active = d
+        age = day - d
+        if age < 1 or age > 28:
+            continue
+        n = m.bit_count()
+        users_28 += n
+        if age <= 7:
+            last_7 += 1
+            users_7 += n
+        elif age <= 14:
+            prev_7 += 1
+    support = state.support
+    tickets, weighted = support.tickets_30d(day)
+    tickets_7 = sum(sum(per.values()) for d, per in support.tickets.items() if d >= day - 7)
+    tenure = 0.0 if first is None else max(0.0, (as_of - first) / DAY_SECONDS)
     mrr = state.revenue.mrr
+    yesterday = state.activity.masks.get(day - 1, 0)
     return {
-        "tenure_days": 0.0 if first is None else max(0.0, (as_of - first) / DAY_SECONDS),
+        "tenure_days": tenure,
         "segment": state.segment or "unknown",
         "mrr": mrr,
         "mrr_change_30d": mrr - mrr_days_ago(state.churn.mrr, day, 30),
-        "dau": activity.get("dau"), "wau": activity.get("wau"), "mau": activity.get("mau"),
+        "dau": yesterday.bit_count(), "wau": activity.get("wau"), "mau": activity.get("mau"),
         "stickiness": activity.get("stickiness"),
         "active_days_7d": last_7, "active_days_prev_7d": prev_7,
         "active_days_30d": activity.get("active_days_30d"),
+        "active_user_days_7d": users_7, "active_user_days_28d": users_28,
+        "history_days": tenure, "usage_baseline": state.churn.baseline_mean(),
         "feature_breadth": sum(1 for d in state.features.values() if d >= day - 29),
-        "tickets_30d": tickets, "weighted_tickets_30d": weighted,
-        "open_urgent_tickets": state.support.open_tickets("urgent"),
-        "failed_payments_90d": state.support.payments_90d(day)[1],
-        "days_since_activity": (day - last_active) if last_active is not None
-        else (0.0 if first is None else (as_of - first) / DAY_SECONDS),
+        "tickets_7d": tickets_7, "tickets_30d": tickets, "weighted_tickets_30d": weighted,
+        "open_urgent_tickets": support.open_tickets("urgent"),
+        "failed_payments_90d": support.payments_90d(day)[1],
+        "days_since_activity": (day - last_active) if last_active is not None else tenure,
         "stage": (record.get("onboarding") or {}).get("stage"),
-        "health_score": health.get("score"),
+        "health_score": health.get("score"), "health_trend_7d": health.get("trend_7d"),
         **{c: components.get(c) for c in ("usage_frequency", "feature_adoption", "support",
                                              "payment", "engagement")},
     }
@@ -86,7 +112,8 @@ def remember_mrr(history: list[list[float]], day: int, mrr: float) -> None:
 
 def example_value(cid: str, example: Example) -> dict[str, Any]:
     """A labelled snapshot on the examples topic (vector as a list in FEATURES order)."""
-    return {"c": cid, "d": example.day, "x": encode(example.vector), "y": example.label,
+    x = example.encoded if example.encoded is not None else encode(example.vector)
+    return {"c": cid, "d": example.day, "x": x, "y": example.label,
             "p": example.probability, "v": example.model_version}
 
 
@@ -128,12 +155,11 @@ class ChurnScorer:
         if self.current is None:
             return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
                     "model_version": 0}
-        model = self.current.model
-        p = float(model.predict(vector))
+        p, drivers = self.current.model.predict_explained(vector, 3)
         bands = self.settings.bands
         return {"probability": round(p, 4),
                 "risk": risk_band(p, bands["high"], bands["medium"]),
-                "model_ready": self.ready, "drivers": model.drivers(vector, 3),
+                "model_ready": self.ready, "drivers": drivers,
                 "model_version": self.current.version}
 
     def model_record(self) -> dict[str, Any] | None:
@@ -143,19 +169,50 @@ class ChurnScorer:
 
 @dataclass
 class ChurnTrack:
-    """Churn part of a customer's record: pending snapshots, recent MRR, the last score."""
+    """Churn part of a customer's record: pending snapshots, recent MRR, the last score, and
+    the long-run usage baseline ``usage`` = [mean daily active users, days taken in, last
+    day taken in] (an exponential mean, ``BASELINE_DAYS`` mean life, of days up to D-8)."""
     book: LabelBook = field(default_factory=LabelBook)
     mrr: list[list[float]] = field(default_factory=list)
     last: dict[str, Any] | None = None
+    usage: list[float] = field(default_factory=list)
+
+    def remember_usage(self, state: CustomerState, day: int) -> None:
+        """At the day close as of ``day``: take day - BASELINE_LAG into the baseline, once.
+
+        Days before the customer's first activity are not taken in (a young customer's
+        baseline is the mean of the days it had).
+        """
+        target = day - BASELINE_LAG
+        if self.usage and self.usage[2] >= target:
+            return
+        masks = state.activity.masks
+        active = masks.get(target, 0).bit_count()
+        if not self.usage:
+            if not active:
+                return
+            self.usage = [float(active), 1.0, float(target)]
+            return
+        mean, n, _ = self.usage
+        n += 1.0
+        mean += (active - mean) / min(n, BASELINE_DAYS)
+        self.usage = [round(mean, 4), n, float(target)]
+
+    def baseline_mean(self) -> float | None:
+        return self.usage[0] if self.usage else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"b": self.book.to_state(), "m": self.mrr, "s": self.last}
+        out = {"b": self.book.to_state(), "m": self.mrr, "s": self.last}
+        if self.usage:
+            out["u"] = self.usage
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ChurnTrack":
         book = data.get("b")
         return cls(LabelBook() if book is None else LabelBook.from_state(book),
-                   [list(x) for x in data.get("m", ())], data.get("s"))
+                   [list(x) for x in data.get("m", ())], data.get("s"),
+                   [float(v) for v in data.get("u", ())])
 
 
 class ChurnLearner:

@@ -335,6 +335,7 @@ class CustomerProcessor:
         track = state.churn
         mrr = state.revenue.mrr
         remember_mrr(track.mrr, day, mrr)
+        track.remember_usage(state, day)
         book = track.book
         book.horizon = self.settings.churn.horizon_days    # configuration, not state
         book.settle_days = self.settings.churn.settle_days

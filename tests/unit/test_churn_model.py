@@ -41,6 +41,8 @@ FULL_RAW = {
     "active_days_7d": 2, "active_days_prev_7d": 6, "active_days_30d": 17,
     "feature_breadth": 4, "tickets_30d": 2, "weighted_tickets_30d": 3.0,
     "open_urgent_tickets": 1, "failed_payments_90d": 1, "days_since_activity": 3,
+    "active_user_days_7d": 7, "active_user_days_28d": 56, "history_days": 120,
+    "usage_baseline": 2.5, "tickets_7d": 1, "health_trend_7d": -4.5,
     "stage": "eureka", "health_score": 61.5, "usage_frequency": 85.0,
     "feature_adoption": 40.0, "support": 62.5, "payment": 75.0, "engagement": 55.0,
 }
@@ -74,6 +76,10 @@ def test_snapshot_vector_derived_features() -> None:
     assert vec["log_tenure_days"] == pytest.approx(math.log1p(120))
     assert vec["mrr_change_ratio"] == pytest.approx(-50.0 / 249.0)  # MRR 30 days ago: 249
     assert vec["days_since_activity"] == 3.0
+    assert vec["usage_7d_vs_28d"] == pytest.approx(0.5)  # 1 a day vs 2 a day over 28 days
+    assert vec["usage_vs_baseline"] == pytest.approx(0.4)  # 1 a day vs 2.5 usually
+    assert vec["active_user_days_7d"] == 7.0 and vec["tickets_7d"] == 1.0
+    assert vec["health_trend_7d"] == -4.5
     assert vec["health_payment"] == 75.0 and vec["health_score"] == 61.5
     assert vec["segment=smb"] == 1.0
     assert sum(vec[f"segment={s}"] for s in SEGMENTS) == 1.0
@@ -93,6 +99,24 @@ def test_snapshot_vector_defaults_and_clipping() -> None:
     assert snapshot_vector({"mrr": 0.0, "mrr_change_30d": -500.0})["mrr_change_ratio"] == -1.0
     assert snapshot_vector({"tenure_days": 10})["days_since_activity"] == 10.0
     assert snapshot_vector({"tickets_30d": -3})["tickets_30d"] == 0.0  # counts never negative
+
+
+def test_usage_ratios() -> None:
+    # No history to compare with: as usual (1), not "all usage lost".
+    vec = snapshot_vector({})
+    assert vec["usage_7d_vs_28d"] == 1.0 and vec["usage_vs_baseline"] == 1.0
+    assert vec["health_trend_7d"] == 0.0
+    # Nobody active in the last 7 days of a customer that used to be: 0.
+    vec = snapshot_vector({"active_user_days_7d": 0, "active_user_days_28d": 40,
+                           "usage_baseline": 3.0})
+    assert vec["usage_7d_vs_28d"] == 0.0 and vec["usage_vs_baseline"] == 0.0
+    # A young customer is compared with the days it had (at least a week), and ratios cap.
+    young = {"active_user_days_7d": 14, "active_user_days_28d": 20, "history_days": 10}
+    assert snapshot_vector(young)["usage_7d_vs_28d"] == pytest.approx(2.0 / 2.0)
+    assert snapshot_vector({**young, "history_days": 3})["usage_7d_vs_28d"] == pytest.approx(
+        2.0 / (20 / 7))
+    assert snapshot_vector({"active_user_days_7d": 70, "usage_baseline": 1.0})[
+        "usage_vs_baseline"] == churn.USAGE_RATIO_CAP
 
 
 def test_categories_match_the_rest_of_the_project() -> None:
@@ -417,7 +441,27 @@ def test_logistic_contributions_are_weight_times_standardised_value() -> None:
     z = scaler.transform_one(x)
     contrib = model.contributions(x)
     for name in FEATURES:
-        assert contrib[name] == pytest.approx(weights.get(name, 0.0) * z.get(name, 0.0))
+        clipped = max(-churn.Z_CLIP, min(churn.Z_CLIP, z.get(name, 0.0)))
+        assert contrib[name] == pytest.approx(weights.get(name, 0.0) * clipped)
+
+
+def test_outliers_are_clipped_after_standardising() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(500, 1))
+    x = {**payment_driven(1, 9)[0][0], "tickets_30d": 1e6}
+    weight = model.estimator["LogisticRegression"].weights["tickets_30d"]
+    assert model.contributions(x)["tickets_30d"] == pytest.approx(weight * churn.Z_CLIP)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "forest"])
+def test_predict_explained_is_predict_and_drivers(kind: str) -> None:
+    model = fit(ChurnModel.create(kind, seed=3), payment_driven(1500, 1))
+    for x, _ in payment_driven(50, 8):
+        p, drivers = model.predict_explained(x, 3)
+        assert p == model.predict(x)
+        assert drivers == model.drivers(x, 3)
+    untrained = ChurnModel.create(kind)
+    x = payment_driven(1, 9)[0][0]
+    assert untrained.predict_explained(x) == (untrained.predict(x), [])
 
 
 @pytest.mark.parametrize("kind,n", [("logistic", 3000), ("forest", 3000)])
