@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration bench promtool clean
+.PHONY: install demo test unit integration bench bench-churn promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_worker.py
+
+# The churn model against the health score and an offline yardstick (about 20 minutes).
+bench-churn: $(STAMP)
+	$(BIN)/python tests/bench/bench_churn.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -67,7 +67,7 @@ def _distinct_examples(records: list[tuple[str | None, Any]]) -> tuple[set[tuple
 
 @pytest.mark.timeout(500)
 def test_two_workers_one_learner_one_model(broker, tmp_path):
-    In(broker.address).send_events(APP, generate(SimConfig(seed=17, customers=150, days=200)))
+    In(broker.address).send_events(APP, generate(SimConfig(seed=17, customers=120, days=160)))
 
     first = WorkerProcess(broker.url, tmp_path / "a.log", **_env()).start()
     second = WorkerProcess(broker.url, tmp_path / "b.log", **_env()).start()
