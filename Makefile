@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 # The churn model against the health score and an offline yardstick (about 20 minutes).
 bench-churn: $(STAMP)
-	$(BIN)/python tests/bench/bench_churn.py
+	$(BIN)/python -m tests.bench.bench_churn
 
 clean:
 	rm -rf $(VENV) build *.egg-info

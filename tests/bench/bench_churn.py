@@ -12,7 +12,7 @@ prints in one run:
 
 Targets (issue 6): online AUC above the health score's, within 0.03 of the offline yardstick;
 accuracy above 80 %.
-Usage: python tests/bench/bench_churn.py [--customers 2000] [--days 365] [--seed 11]
+Usage: python -m tests.bench.bench_churn [--customers 2000] [--days 365] [--seed 11]
        [--model logistic|forest]
 """
 from __future__ import annotations

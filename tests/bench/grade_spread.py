@@ -2,7 +2,7 @@
 
 Runs the simulator's events through the customer stage in-process (no broker: the stage logic
 is the same, and a year of events takes seconds) and prints grades by segment at the end.
-Usage: python tests/bench/grade_spread.py [--customers N] [--days D] [--seed S]
+Usage: python -m tests.bench.grade_spread [--customers N] [--days D] [--seed S]
 """
 from __future__ import annotations
 
