@@ -330,25 +330,42 @@ class CustomerRevenue:
 # --------------------------------------------------------------------------------------------
 
 DEFAULT_BOOK_IDS = 4096
+# Money in a book is summed as integers of 1e-6 of the reporting currency. Float addition is
+# not associative, so float sums would depend on the order movements arrive in, and that order
+# depends on how customer partitions are spread over workers and interleaved: one worker and two
+# workers would publish 30640.199999999997 and 30640.2 for the same month. Each movement is
+# rounded once to a micro-unit (far below a cent), after which every sum is exact and the same
+# in any order.
+MONEY_SCALE = 1_000_000
 
 
-def _cohort(mrr: float, start: float) -> tuple[float, float, float, int]:
-    """(expansion, contraction, churn, churned logo) of one starting-cohort customer.
+def to_units(amount: float) -> int:
+    """An amount in micro-units of the reporting currency (rounded once, half to even)."""
+    return round(float(amount) * MONEY_SCALE)
+
+
+def from_units(units: int) -> float:
+    """The float nearest to ``units`` micro-units (the same float for the same units)."""
+    return units / MONEY_SCALE
+
+
+def _cohort(mrr: int, start: int) -> tuple[int, int, int, int]:
+    """(expansion, contraction, churn, churned logo) of one starting-cohort customer, in units.
 
     Net of the month so far: a starter now at 0 lost exactly its start, one below its start
     contracted by the difference, one above expanded. Customers not paying at the month's start
     are outside the cohort and contribute nothing (new and reactivated MRR never count).
     """
     if start <= 0:
-        return 0.0, 0.0, 0.0, 0
+        return 0, 0, 0, 0
     if mrr <= 0:
-        return 0.0, 0.0, start, 1
+        return 0, 0, start, 1
     if mrr < start:
-        return 0.0, start - mrr, 0.0, 0
-    return mrr - start, 0.0, 0.0, 0
+        return 0, start - mrr, 0, 0
+    return mrr - start, 0, 0, 0
 
 
-def _ratio(num: float, den: float) -> float | None:
+def _ratio(num: int, den: int) -> float | None:
     return None if den <= 0 else num / den
 
 
@@ -368,11 +385,13 @@ class MonthBook:
     ``next_month``), so feeding the same movement twice changes nothing. ``mrr_end`` is kept from
     the customers' MRR deltas (new_mrr - old_mrr) and the bridge from the movement amounts:
     ``identity_holds`` checks the two agree.
+
+    Money is held in integer micro-units (``MONEY_SCALE``), so the figures do not depend on
+    the order the movements arrive in; the float attributes are views of those integers.
     """
 
-    __slots__ = ("month", "mrr_start", "mrr_end", "customers_start", "customers_end",
-                 "customers_churned", "movements", "nrr_expansion", "nrr_contraction",
-                 "nrr_churn", "max_ids", "_ids")
+    __slots__ = ("month", "start_units", "end_units", "customers_start", "customers_end",
+                 "customers_churned", "movement_units", "cohort_units", "max_ids", "_ids")
 
     def __init__(self, month: str, mrr_start: float = 0.0, customers_start: int = 0,
                  max_ids: int = DEFAULT_BOOK_IDS) -> None:
@@ -380,18 +399,23 @@ class MonthBook:
         if max_ids < 1:
             raise ValueError("max_ids must be >= 1")
         self.month = month
-        self.mrr_start = float(mrr_start)
-        self.mrr_end = float(mrr_start)
+        self.start_units = to_units(mrr_start)
+        self.end_units = self.start_units
         self.customers_start = int(customers_start)
         self.customers_end = int(customers_start)
         self.customers_churned = 0
-        self.movements: dict[str, float] = {k: 0.0 for k in MOVEMENT_KINDS}
-        # Starting-cohort parts of the movements (what NRR/GRR/expansion_rate use).
-        self.nrr_expansion = 0.0
-        self.nrr_contraction = 0.0
-        self.nrr_churn = 0.0
+        self.movement_units: dict[str, int] = {k: 0 for k in MOVEMENT_KINDS}
+        # Starting-cohort parts of the movements (what NRR/GRR/expansion_rate use):
+        # [expansion, contraction, churn].
+        self.cohort_units = [0, 0, 0]
         self.max_ids = int(max_ids)
         self._ids: dict[str, None] = {}      # insertion-ordered set, oldest first
+
+    def opening_like(self, month: str) -> "MonthBook":
+        """An empty book of ``month`` that opens with this book's opening balance."""
+        book = MonthBook(month, 0.0, self.customers_start, self.max_ids)
+        book.start_units = book.end_units = self.start_units
+        return book
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -415,14 +439,14 @@ class MonthBook:
             raise ValueError(f"unknown movement kind {mv.kind!r}")
         if not self._mark(mv.event_id):
             return False
-        self.movements[mv.kind] += mv.amount
-        self.mrr_end += mv.new_mrr - mv.old_mrr
-        self.customers_end += (mv.new_mrr > 0) - (mv.old_mrr > 0)
-        before = _cohort(mv.old_mrr, mv.month_start_mrr)
-        after = _cohort(mv.new_mrr, mv.month_start_mrr)
-        self.nrr_expansion += after[0] - before[0]
-        self.nrr_contraction += after[1] - before[1]
-        self.nrr_churn += after[2] - before[2]
+        old, new, start = to_units(mv.old_mrr), to_units(mv.new_mrr), to_units(mv.month_start_mrr)
+        self.movement_units[mv.kind] += to_units(mv.amount)
+        self.end_units += new - old
+        self.customers_end += (new > 0) - (old > 0)
+        before = _cohort(old, start)
+        after = _cohort(new, start)
+        for i in range(3):
+            self.cohort_units[i] += after[i] - before[i]
         self.customers_churned += after[3] - before[3]
         return True
 
@@ -436,58 +460,85 @@ class MonthBook:
             raise ValueError(f"carry of a {mv.month} movement into {self.month}: not earlier")
         if not self._mark(mv.event_id):
             return False
-        delta = mv.new_mrr - mv.old_mrr
+        delta = to_units(mv.new_mrr) - to_units(mv.old_mrr)
         count = (mv.new_mrr > 0) - (mv.old_mrr > 0)
-        self.mrr_start += delta
-        self.mrr_end += delta
+        self.start_units += delta
+        self.end_units += delta
         self.customers_start += count
         self.customers_end += count
         return True
 
     def next_month(self) -> "MonthBook":
         """The following month's book: it opens with this month's closing MRR and customers."""
-        book = MonthBook(next_month(self.month), self.mrr_end, self.customers_end, self.max_ids)
+        book = MonthBook(next_month(self.month), 0.0, self.customers_end, self.max_ids)
+        book.start_units = book.end_units = self.end_units
         book._ids = dict(self._ids)          # a resend of this month's movement is no carry
         return book
 
     # -- figures ---------------------------------------------------------------------------
 
     @property
+    def mrr_start(self) -> float:
+        return from_units(self.start_units)
+
+    @property
+    def mrr_end(self) -> float:
+        return from_units(self.end_units)
+
+    @property
+    def movements(self) -> dict[str, float]:
+        return {k: from_units(v) for k, v in self.movement_units.items()}
+
+    @property
+    def nrr_expansion(self) -> float:
+        return from_units(self.cohort_units[0])
+
+    @property
+    def nrr_contraction(self) -> float:
+        return from_units(self.cohort_units[1])
+
+    @property
+    def nrr_churn(self) -> float:
+        return from_units(self.cohort_units[2])
+
+    @property
     def new(self) -> float:
-        return self.movements[NEW]
+        return from_units(self.movement_units[NEW])
 
     @property
     def reactivation(self) -> float:
-        return self.movements[REACTIVATION]
+        return from_units(self.movement_units[REACTIVATION])
 
     @property
     def expansion(self) -> float:
-        return self.movements[EXPANSION]
+        return from_units(self.movement_units[EXPANSION])
 
     @property
     def contraction(self) -> float:
-        return self.movements[CONTRACTION]
+        return from_units(self.movement_units[CONTRACTION])
 
     @property
     def churn(self) -> float:
-        return self.movements[CHURN]
+        return from_units(self.movement_units[CHURN])
 
     def bridge_end(self) -> float:
         """mrr_start + new + reactivation + expansion - contraction - churn."""
-        return self.mrr_start + sum(MOVEMENT_SIGN[k] * v for k, v in self.movements.items())
+        return from_units(self.start_units + sum(MOVEMENT_SIGN[k] * v
+                                                 for k, v in self.movement_units.items()))
 
     def nrr(self) -> float | None:
         """(mrr_start + expansion - contraction - churn) / mrr_start over the starting cohort."""
-        return _ratio(self.mrr_start + self.nrr_expansion - self.nrr_contraction
-                      - self.nrr_churn, self.mrr_start)
+        exp, con, chu = self.cohort_units
+        return _ratio(self.start_units + exp - con - chu, self.start_units)
 
     def grr(self) -> float | None:
         """(mrr_start - contraction - churn) / mrr_start over the starting cohort."""
-        return _ratio(self.mrr_start - self.nrr_contraction - self.nrr_churn, self.mrr_start)
+        _, con, chu = self.cohort_units
+        return _ratio(self.start_units - con - chu, self.start_units)
 
     def expansion_rate(self) -> float | None:
         """Starting-cohort expansion / mrr_start."""
-        return _ratio(self.nrr_expansion, self.mrr_start)
+        return _ratio(self.cohort_units[0], self.start_units)
 
     def logo_retention(self) -> float | None:
         """1 - customers_churned / customers_start; None without starting customers."""
@@ -497,7 +548,9 @@ class MonthBook:
 
     def arpa(self) -> float | None:
         """mrr_end / customers_end; None without paying customers."""
-        return _ratio(self.mrr_end, self.customers_end) if self.customers_end > 0 else None
+        if self.customers_end <= 0:
+            return None
+        return _ratio(self.end_units, self.customers_end * MONEY_SCALE)
 
     def churn_sample(self) -> tuple[int, int]:
         """(customers_churned, customers_start): one entry of ``monthly_churn_rate``'s history."""
@@ -523,24 +576,25 @@ class MonthBook:
     # -- persistence -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"month": self.month, "s": self.mrr_start, "e": self.mrr_end,
-                "cs": self.customers_start, "ce": self.customers_end,
-                "cc": self.customers_churned, "mv": [self.movements[k] for k in MOVEMENT_KINDS],
-                "nrr": [self.nrr_expansion, self.nrr_contraction, self.nrr_churn],
-                "max": self.max_ids, "ids": list(self._ids)}
+        """Money as integer micro-units, marked by ``"u"`` (records without it hold floats)."""
+        return {"month": self.month, "u": MONEY_SCALE, "s": self.start_units,
+                "e": self.end_units, "cs": self.customers_start, "ce": self.customers_end,
+                "cc": self.customers_churned,
+                "mv": [self.movement_units[k] for k in MOVEMENT_KINDS],
+                "nrr": list(self.cohort_units), "max": self.max_ids, "ids": list(self._ids)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MonthBook":
-        book = cls(str(data["month"]), float(data.get("s", 0.0)), int(data.get("cs", 0)),
+        units = (lambda v: int(v)) if data.get("u") == MONEY_SCALE else to_units
+        book = cls(str(data["month"]), 0.0, int(data.get("cs", 0)),
                    int(data.get("max", DEFAULT_BOOK_IDS)))
-        book.mrr_end = float(data.get("e", book.mrr_start))
+        book.start_units = units(data.get("s", 0))
+        book.end_units = units(data.get("e", data.get("s", 0)))
         book.customers_end = int(data.get("ce", book.customers_start))
         book.customers_churned = int(data.get("cc", 0))
         for kind, value in zip(MOVEMENT_KINDS, data.get("mv", ())):
-            book.movements[kind] = float(value)
-        exp, con, chu = (list(data.get("nrr", ())) + [0.0, 0.0, 0.0])[:3]
-        book.nrr_expansion, book.nrr_contraction, book.nrr_churn = (
-            float(exp), float(con), float(chu))
+            book.movement_units[kind] = units(value)
+        book.cohort_units = [units(v) for v in (list(data.get("nrr", ())) + [0, 0, 0])[:3]]
         book._ids = dict.fromkeys(str(i) for i in data.get("ids", ()))
         while len(book._ids) > book.max_ids:
             del book._ids[next(iter(book._ids))]

@@ -195,27 +195,33 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                 deadletter_out.send_soon(key=key, value=value)
             service.pending.append(event)
 
-    async def send(out: Flush) -> None:
-        # Labelled snapshots first, delivered: the records written next no longer hold them.
-        sent = [await churn_in.send(key="examples", value=value, partition=0)
-                for value in out.examples]
-        if sent:
-            await asyncio.gather(*sent)
+    async def send(out: Flush) -> list[Any]:
+        """Hand a flush to the producer; returns the futures of its sends.
+
+        Labelled churn snapshots go first and are awaited: the records written next no longer
+        hold them, so a crash in between must find them delivered (the learner skips resends).
+        """
+        await _delivered([await churn_in.send(key="examples", value=value, partition=0)
+                          for value in out.examples])
+        sent = []
         for partition, key, state in out.changelog:
-            customers.send_changelog(partition, key, state)
+            sent.append(customers.send_changelog(partition, key, state))
         for partition, clock in out.clocks:
             clocks.data[str(partition)] = clock
-            clocks.send_changelog(partition, str(partition), clock)
+            sent.append(clocks.send_changelog(partition, str(partition), clock))
         for key, value in out.records:
-            customer_out.send_soon(key=key, value=value)
+            sent.append(customer_out.send_soon(key=key, value=value))
         for key, value in out.alerts:
-            alerts_out.send_soon(key=key, value=value)
+            sent.append(alerts_out.send_soon(key=key, value=value))
         for scope, value in out.business:
-            business_in.send_soon(key=scope, value=value, partition=partition_of(scope))
+            sent.append(business_in.send_soon(key=scope, value=value,
+                                              partition=partition_of(scope)))
         for feature, value in out.features:
-            feature_in.send_soon(key=feature, value=value, partition=partition_of(feature))
+            sent.append(feature_in.send_soon(key=feature, value=value,
+                                             partition=partition_of(feature)))
         for feature, value in out.catalog:
-            catalog_out.send_soon(key=feature, value=value, partition=0)
+            sent.append(catalog_out.send_soon(key=feature, value=value, partition=0))
+        return sent
 
     @app.agent(business_in, name="aggregate_business")
     async def aggregate_business(stream: faust.StreamT) -> None:
@@ -228,19 +234,24 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def flush_customers() -> None:
         if s.time.mode == "live":
             processor.advance_wall_clock(time.time())
-        await send(processor.flush())
+        sent = await send(processor.flush())
         pending, service.pending = service.pending, []
+        sent += send_stage(aggregator.flush(), scopes, business_out)
+        pending += service.business_pending
+        service.business_pending = []
+        sent += send_stage(features.flush(), feature_table, feature_out)
+        pending += service.feature_pending
+        service.feature_pending = []
+        sent += flush_learner()
+        pending += service.learner_pending
+        service.learner_pending = []
+        # Acknowledge only what the broker has: Faust commits acknowledged offsets after a
+        # producer.flush() that gives up after 0.1 s without progress, so a commit can
+        # overtake changelog records still in its buffer, and a new owner of the partition
+        # would then recover a state without them while their input counts as done.
+        await _delivered(sent)
         for event in pending:
             event.ack()
-        send_stage(aggregator.flush(), scopes, business_out)
-        pending, service.business_pending = service.business_pending, []
-        for event in pending:
-            event.ack()
-        send_stage(features.flush(), feature_table, feature_out)
-        pending, service.feature_pending = service.feature_pending, []
-        for event in pending:
-            event.ack()
-        flush_learner()
         service.flushes += 1
 
     @app.agent(feature_in, name="aggregate_features")
@@ -250,14 +261,13 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             features.apply(event.message.key.decode(), orjson.loads(event.message.value))
             service.feature_pending.append(event)
 
-    def send_stage(out: StageFlush, table: faust.Table, records: faust.TopicT) -> None:
-        """A keyed stage's flush: its changelog, its records, its alerts."""
-        for key, state in out.changelog:
-            table.send_changelog(partition_of(key), key, state)
-        for key, value in out.records:
-            records.send_soon(key=key, value=value)
-        for key, value in out.alerts:
-            alerts_out.send_soon(key=key, value=value)
+    def send_stage(out: StageFlush, table: faust.Table, records: faust.TopicT) -> list[Any]:
+        """A keyed stage's flush: its changelog, its records, its alerts (their futures)."""
+        sent = [table.send_changelog(partition_of(key), key, state)
+                for key, state in out.changelog]
+        sent += [records.send_soon(key=key, value=value) for key, value in out.records]
+        sent += [alerts_out.send_soon(key=key, value=value) for key, value in out.alerts]
+        return sent
 
     def learner_gauges() -> list[Any]:
         """The learner's figures, from the one worker that owns it (so sum() is right)."""
@@ -281,32 +291,35 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             service.learner.apply(orjson.loads(event.message.value))
             service.learner_pending.append(event)
 
-    def save_learner() -> None:
+    def save_learner() -> list[Any]:
         learner = service.learner
-        if learner is not None and learner.changed:
-            blob = learner.to_bytes()
-            learner_table.data["learner"] = blob
-            learner_table.send_changelog(0, "learner", blob)
+        if learner is None or not learner.changed:
+            return []
+        blob = learner.to_bytes()
+        learner_table.data["learner"] = blob
+        return [learner_table.send_changelog(0, "learner", blob)]
 
-    def flush_learner() -> None:
+    def flush_learner() -> list[Any]:
+        """The learner's state, and a new model version when one is due (their futures)."""
         learner = service.learner
         if learner is None:
-            return
+            return []
         model = learner.publish()
-        save_learner()  # before the version it names goes out
+        sent = save_learner()  # before the version it names goes out
         if model is not None:
-            model_out.send_soon(key="model", value=model, partition=0)
-        pending, service.learner_pending = service.learner_pending, []
-        for event in pending:
-            event.ack()
+            sent.append(model_out.send_soon(key="model", value=model, partition=0))
+        return sent
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        # Sent by Faust's recovery just before it resumes the streams and seeks them.
+        _seek_uncommitted_to_beginning(app.consumer, {
+            s.topics.repartition, s.topics.business_internal, s.topics.feature_internal,
+            s.topics.churn_examples})
         mine = {tp.partition for tp in app.assignor.assigned_actives()
                 if tp.topic == s.topics.repartition}
         owned = set(processor.members)
-        await send(processor.revoke(owned - mine))
-        await app.producer.flush()
+        await _delivered(await send(processor.revoke(owned - mine)))
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
 
@@ -323,16 +336,16 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                          if partition_of(f) in lost})
         service.feature_pending = [e for e in service.feature_pending
                                    if e.message.tp not in revoked]
-        await send(processor.revoke({tp.partition for tp in revoked
-                                     if tp.topic == s.topics.repartition}))
+        # Deliver what revoke() writes before the rebalance goes on, or the recovery that
+        # follows it may restore an older record over it.
+        sent = await send(processor.revoke({tp.partition for tp in revoked
+                                            if tp.topic == s.topics.repartition}))
         if any(tp.topic == s.topics.churn_examples for tp in revoked):
-            save_learner()
+            sent += save_learner()
             service.learner = None
         service.learner_pending = [e for e in service.learner_pending
                                    if e.message.tp not in revoked]
-        # Faust flushed its producer before this signal: deliver what revoke() just wrote, or
-        # the recovery that follows the rebalance may restore an older record over it.
-        await app.producer.flush()
+        await _delivered(sent)
         service.pending = [e for e in service.pending
                            if e.message.tp not in revoked]
 
@@ -349,6 +362,44 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     from streams.exporters.web import register_views
     register_views(service, customers)
     return service
+
+
+async def _delivered(sent: list[Any]) -> None:
+    """Wait until the broker has acknowledged every send (Faust's FutureMessage)."""
+    if sent:
+        await asyncio.gather(*sent)
+
+
+def _seek_uncommitted_to_beginning(consumer: Any, topics: set[str]) -> None:
+    """Make Faust's seek after a rebalance start a never-committed partition at its beginning.
+
+    After recovery Faust seeks every stream partition to its committed offset, but aiokafka's
+    `seek_to_committed` leaves a partition without one (or at 0) where the consumer stands.
+    Records fetched around the rebalance and dropped (Faust discards what it fetches while a
+    rebalance suspends the flow) can already have moved that position, so the new owner of a
+    partition nobody had committed yet skipped its first records. In the two-worker test that
+    lost a scope's first month of movements, or thousands of events, in about one run in four.
+    A first owner under load can go long without a commit (Faust's commit timer overlaps).
+    Replaying from the beginning changes no state: customer and business records recognise
+    what they already hold. Usage and feature events older than the dedup horizon are
+    dead-lettered as `too_late` again, though (see README, "Scaling out").
+    """
+    if getattr(consumer, "_vitals_seek_patched", False):
+        return
+    perform_seek = consumer.perform_seek
+
+    async def seek_then_rewind_uncommitted() -> None:
+        await perform_seek()
+        committed = await consumer.seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+        if fresh:
+            for tp, offset in (await consumer.earliest_offsets(*fresh)).items():
+                await consumer.seek(tp, offset)
+            log.info("no committed offset yet, reading from the beginning: %s",
+                     sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
+
+    consumer.perform_seek = seek_then_rewind_uncommitted
+    consumer._vitals_seek_patched = True
 
 
 def producer_batch_bytes(settings: Settings, broker_url: str) -> int:

@@ -185,7 +185,7 @@ class BusinessAggregator:
             first = state.books[min(state.books)]
             month = mv.month
             while month < first.month:
-                state.books[month] = MonthBook(month, first.mrr_start, first.customers_start)
+                state.books[month] = first.opening_like(month)
                 self._touch(state, month)
                 month = next_month(month)
         self._months(state, mv.month)

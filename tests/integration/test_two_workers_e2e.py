@@ -2,6 +2,10 @@
 
 Both groups read the same input topics; the two-worker group rebalances while it works (its
 second worker joins after the first has started), which exercises partition hand-over too.
+The revenue fields must be equal, not close: money is summed in integer micro-units, so the
+order in which movements reach the business stage does not matter. The customer aggregates
+(avg health, at-risk, ...) are the partitions' latest summaries when a record was emitted and
+are not compared.
 """
 from __future__ import annotations
 
@@ -45,9 +49,6 @@ def _settle(bootstrap: str, run: str, out: Out, timeout: float = 150.0) -> None:
     raise AssertionError(f"{run} did not settle")
 
 
-@pytest.mark.skip(reason="issue 4 open: on a fast replay the two workers' ingest drifts apart "
-                         "in event time (alignment is per worker) and Tansu rebalances under "
-                         "load take minutes; see the issue note")
 @pytest.mark.timeout(400)
 def test_two_workers_give_the_same_business_records_as_one(broker, tmp_path):
     producer = In(broker.address)
@@ -69,8 +70,9 @@ def test_two_workers_give_the_same_business_records_as_one(broker, tmp_path):
         assert len(a) >= 20, sorted(a)  # 5 scopes x 4 months
         only = sorted(set(a) ^ set(b))
         assert not only, [(k, r) for k, r in out_one.records + out_two.records if k in only][:6]
-        diffs = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-        assert not diffs, diffs
+        diffs = {k: {f: (a[k][f], b[k][f]) for f in REVENUE_FIELDS if a[k][f] != b[k][f]}
+                 for k in a if a[k] != b[k]}
+        assert not diffs, diffs  # key -> field -> (one worker, two workers)
         # Both workers of the second group did work.
         assert first.metric("vitals_events_total") > 0 and second.metric("vitals_events_total") > 0
     finally:

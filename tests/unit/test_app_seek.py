@@ -1,0 +1,85 @@
+"""streams.app: after a rebalance, never-committed internal partitions are read from the start.
+
+No broker: a stand-in for Faust's consumer records the seeks.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import namedtuple
+from typing import Any
+
+from streams.app import _delivered, _seek_uncommitted_to_beginning
+
+TP = namedtuple("TP", "topic partition")
+INTERNAL = {"vitals.internal.events", "vitals.internal.business"}
+
+
+class FakeConsumer:
+    def __init__(self, committed: dict[TP, int | None], earliest: int = 0) -> None:
+        self.committed = committed
+        self.earliest = earliest
+        self.calls: list[Any] = []
+
+    async def perform_seek(self) -> None:
+        self.calls.append("perform_seek")
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest for tp in tps}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.calls.append((tp, offset))
+
+
+def test_uncommitted_internal_partitions_are_rewound_after_faust_seeks() -> None:
+    committed = {
+        TP("vitals.internal.events", 0): None,       # never committed: rewind
+        TP("vitals.internal.events", 1): 40,         # committed: Faust's seek is right
+        TP("vitals.internal.business", 2): 0,        # committed at 0: aiokafka does not seek
+        TP("vitals-customers-changelog", 0): None,   # recovery's business, not ours
+    }
+    consumer = FakeConsumer(committed, earliest=3)
+    _seek_uncommitted_to_beginning(consumer, INTERNAL)
+    asyncio.run(consumer.perform_seek())
+    assert consumer.calls[0] == "perform_seek"       # Faust's own seek first
+    assert sorted(consumer.calls[1:]) == [(TP("vitals.internal.business", 2), 3),
+                                          (TP("vitals.internal.events", 0), 3)]
+
+
+def test_the_seek_is_wrapped_once() -> None:
+    consumer = FakeConsumer({TP("vitals.internal.events", 0): None})
+    _seek_uncommitted_to_beginning(consumer, INTERNAL)
+    _seek_uncommitted_to_beginning(consumer, INTERNAL)   # every rebalance calls it again
+    asyncio.run(consumer.perform_seek())
+    assert consumer.calls == ["perform_seek", (TP("vitals.internal.events", 0), 0)]
+
+
+def test_delivered_waits_for_every_send_and_raises_a_failed_one() -> None:
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        sent = [loop.create_future(), loop.create_future()]
+        done: list[str] = []
+
+        async def wait() -> None:
+            await _delivered(sent)
+            done.append("delivered")
+
+        task = asyncio.ensure_future(wait())
+        await asyncio.sleep(0)
+        sent[0].set_result(None)
+        await asyncio.sleep(0)
+        assert not done                    # one send still in flight: no acknowledgement yet
+        sent[1].set_result(None)
+        await task
+        failed = loop.create_future()
+        failed.set_exception(RuntimeError("broker refused"))
+        try:
+            await _delivered([failed])
+        except RuntimeError:
+            done.append("raised")
+        await _delivered([])               # nothing sent: nothing to wait for
+        return done
+
+    assert asyncio.run(scenario()) == ["delivered", "raised"]
