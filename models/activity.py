@@ -45,6 +45,15 @@ class ActivityFigures:
                 "stickiness": round(self.stickiness, 6)}
 
 
+def intern(users: list[str], index: dict[str, int], user_id: str) -> int:
+    """The bit of user_id in day masks: its position in `users`, added on first sight."""
+    i = index.get(user_id)
+    if i is None:
+        i = index[user_id] = len(users)
+        users.append(user_id)
+    return i
+
+
 class ActivityWindow:
     """Users active per day for a sliding window of event-time days."""
 
@@ -57,12 +66,7 @@ class ActivityWindow:
 
     def record(self, day: int, user_id: str) -> bool:
         """Mark user active on day; True when that changed anything."""
-        index = self._index.get(user_id)
-        if index is None:
-            index = len(self.users)
-            self.users.append(user_id)
-            self._index[user_id] = index
-        bit = 1 << index
+        bit = 1 << intern(self.users, self._index, user_id)
         mask = self.masks.get(day, 0)
         if mask & bit:
             return False

@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-from models.activity import DAY_SECONDS, day_of, window_days
+from models.activity import DAY_SECONDS, day_of, intern, window_days
 
 WINDOW_DAYS = 30
 RETENTION_WINDOW_DAYS = 90      # features.retention_window_days
@@ -205,12 +205,7 @@ class CustomerFeatures:
         if first is None or ts < first:
             self.first[feature] = ts
             changed = True
-        index = self._index.get(user_id)
-        if index is None:
-            index = len(self.users)
-            self.users.append(user_id)
-            self._index[user_id] = index
-        bit = 1 << index
+        bit = 1 << intern(self.users, self._index, user_id)
         days = self.masks.setdefault(feature, {})
         day = day_of(ts)
         mask = days.get(day, 0)

@@ -126,26 +126,23 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     customers = _table(app, "customers", s.app.partitions, "vitals_state")
     clocks = _table(app, "clocks", s.app.partitions, "json")
-    internal = app.topic(s.topics.repartition, partitions=s.app.partitions,
-                         key_serializer="raw", value_serializer="raw")
-    customer_out = app.topic(s.topics.customer, key_serializer="utf8", value_serializer="raw")
-    deadletter_out = app.topic(s.topics.deadletter, key_serializer="raw", value_serializer="raw")
-    alerts_out = app.topic(s.topics.alerts, key_serializer="utf8", value_serializer="raw")
+    def topic(name: str, partitions: int | None = None, key: str = "utf8") -> faust.TopicT:
+        return app.topic(name, partitions=partitions, key_serializer=key, value_serializer="raw")
+
+    internal = topic(s.topics.repartition, s.app.partitions, key="raw")
+    customer_out = topic(s.topics.customer)
+    deadletter_out = topic(s.topics.deadletter, key="raw")
+    alerts_out = topic(s.topics.alerts)
     scopes = _table(app, "scopes", s.app.partitions, "vitals_scope")
-    business_in = app.topic(s.topics.business_internal, partitions=s.app.partitions,
-                            key_serializer="utf8", value_serializer="raw")
-    business_out = app.topic(s.topics.business, key_serializer="utf8", value_serializer="raw")
-    churn_in = app.topic(s.topics.churn_examples, partitions=1, key_serializer="utf8",
-                         value_serializer="raw")
-    model_out = app.topic(s.topics.churn_model, partitions=1, key_serializer="utf8",
-                          value_serializer="raw")
+    business_in = topic(s.topics.business_internal, s.app.partitions)
+    business_out = topic(s.topics.business)
+    churn_in = topic(s.topics.churn_examples, 1)
+    model_out = topic(s.topics.churn_model, 1)
     learner_table = _table(app, "churn_learner", 1, "raw")
     feature_table = _table(app, "features", s.app.partitions, "vitals_feature")
-    feature_in = app.topic(s.topics.feature_internal, partitions=s.app.partitions,
-                           key_serializer="utf8", value_serializer="raw")
-    feature_out = app.topic(s.topics.feature_out, key_serializer="utf8", value_serializer="raw")
-    catalog_out = app.topic(s.topics.feature_catalog, partitions=1, key_serializer="utf8",
-                            value_serializer="raw")
+    feature_in = topic(s.topics.feature_internal, s.app.partitions)
+    feature_out = topic(s.topics.feature_out)
+    catalog_out = topic(s.topics.feature_catalog, 1)
 
     processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)

@@ -25,7 +25,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Mapping
 
-from tests.integration.batch_revenue import _parse, timelines
+from tests.integration.batch_revenue import distinct_valid, timelines
 
 DAY = 86400.0
 
@@ -41,20 +41,12 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
     released = dict(released or {})
     eligible = dict(eligible or {})
     T = (closed_day + 1) * DAY
-    seen: set[tuple[str, str]] = set()
     active_days: dict[tuple[str, str], set[int]] = defaultdict(set)      # user -> days
     daily: dict[str, dict[int, set[tuple[str, str]]]] = defaultdict(lambda: defaultdict(set))
     first_use: dict[str, dict[str, float]] = defaultdict(dict)            # f -> customer -> ts
     first_seen: dict[str, float] = {}
     signup: dict[str, float] = {}
-    for family, raw in events:
-        e = _parse(family, raw, "USD", {"USD": 1.0})
-        if e is None:
-            continue
-        key = (e["customer_id"], e["event_id"])
-        if key in seen:
-            continue
-        seen.add(key)
+    for _, family, e in distinct_valid(events):
         ts, cid = e["ts"], e["customer_id"]
         if family == "signup":
             signup[cid] = min(ts, signup.get(cid, ts))

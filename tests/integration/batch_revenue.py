@@ -267,15 +267,12 @@ class Timeline:
         return self.mrrs[-1] if self.mrrs else 0.0
 
 
-def timelines(events: Iterable[tuple[str, Any]], reporting_currency: str = "USD",
-              rates: Mapping[str, float] | None = None
-              ) -> tuple[dict[str, Timeline], dict[str, str], float | None]:
-    """Per customer MRR timeline, per customer segment, and the last valid event time."""
+def distinct_valid(events: Iterable[tuple[str, Any]], reporting_currency: str = "USD",
+                   rates: Mapping[str, float] | None = None
+                   ) -> Iterable[tuple[int, str, dict[str, Any]]]:
+    """(input position, family, parsed event) of the valid events, first of each event_id."""
     rates = dict(rates or {})
     seen: set[tuple[str, str]] = set()
-    subs: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
-    signups: dict[str, tuple[float, int, str]] = {}
-    last_ts: float | None = None
     for n, (family, event) in enumerate(events):
         e = _parse(family, event, reporting_currency, rates)
         if e is None:
@@ -284,6 +281,17 @@ def timelines(events: Iterable[tuple[str, Any]], reporting_currency: str = "USD"
         if key in seen:
             continue
         seen.add(key)
+        yield n, family, e
+
+
+def timelines(events: Iterable[tuple[str, Any]], reporting_currency: str = "USD",
+              rates: Mapping[str, float] | None = None
+              ) -> tuple[dict[str, Timeline], dict[str, str], float | None]:
+    """Per customer MRR timeline, per customer segment, and the last valid event time."""
+    subs: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
+    signups: dict[str, tuple[float, int, str]] = {}
+    last_ts: float | None = None
+    for n, family, e in distinct_valid(events, reporting_currency, rates):
         cid, ts = e["customer_id"], e["ts"]
         last_ts = ts if last_ts is None else max(last_ts, ts)
         if family == "signup":
