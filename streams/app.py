@@ -390,8 +390,10 @@ def _seek_uncommitted_to_beginning(consumer: Any, topics: set[str]) -> None:
         committed = await consumer.seek_to_committed()
         fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
         if fresh:
-            for tp, offset in (await consumer.earliest_offsets(*fresh)).items():
-                await consumer.seek(tp, offset)
+            # seek_wait, not seek: Faust's `seek` calls aiokafka's from this thread while the
+            # consumer thread's fetcher walks its records, and the two `del` the same entry.
+            # That crashed a worker (KeyError in `fetched_records`) in 1 of 29 two-worker runs.
+            await consumer.seek_wait(dict(await consumer.earliest_offsets(*fresh)))
             log.info("no committed offset yet, reading from the beginning: %s",
                      sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
 

@@ -1,6 +1,7 @@
 """streams.app: after a rebalance, never-committed internal partitions are read from the start.
 
-No broker: a stand-in for Faust's consumer records the seeks.
+No broker: a stand-in for Faust's consumer records the seeks. They must go through
+`seek_wait`, which Faust runs in the consumer's own thread.
 """
 from __future__ import annotations
 
@@ -29,8 +30,12 @@ class FakeConsumer:
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest for tp in tps}
 
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        self.calls.extend(sorted(offsets.items()))
+
     async def seek(self, tp: TP, offset: int) -> None:
-        self.calls.append((tp, offset))
+        # Faust runs this one in the caller's thread, racing the consumer thread's fetcher.
+        raise AssertionError("seek from the app's thread: use seek_wait")
 
 
 def test_uncommitted_internal_partitions_are_rewound_after_faust_seeks() -> None:
