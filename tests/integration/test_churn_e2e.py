@@ -96,7 +96,9 @@ def test_two_workers_one_learner_one_model(broker, tmp_path):
     assert len(distinct) > 1000, len(distinct)
     assert learned == len(distinct), (learned, len(distinct), total)
     assert sum(1 for _, chunk in examples.records for e in chunk if e["y"] == 1) > 20
-    assert 0.0 < auc <= 1.0   # exported by the learner (quality: tests/bench/bench_churn.py)
+    # AUC needs scored churners and non-churners, which this short history may not give the
+    # first model versions: when exported, it is a probability (quality: bench_churn.py).
+    assert 0.0 <= auc <= 1.0
     latest = max(all_scope, key=lambda r: r["period"])
     model = latest["churn_model"]
     assert model is not None and 0 < model["labelled"] <= learned, model
