@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from models.activity import DAY_SECONDS
 from models.churn import (ChurnModel, Example, LabelBook, ProgressiveMetrics, decode, encode,
-                          risk_band, snapshot_vector)
+                          churn_record, snapshot_vector)
 from streams.settings import ChurnSettings
 
 if TYPE_CHECKING:
@@ -157,9 +157,8 @@ class ChurnScorer:
                     "model_version": 0}
         p, drivers = self.current.model.predict_explained(vector, 3)
         bands = self.settings.bands
-        return {"probability": round(p, 4),
-                "risk": risk_band(p, bands["high"], bands["medium"]),
-                "model_ready": self.ready, "drivers": drivers,
+        # churn_record bands the rounded probability: a record never says "0.5, medium".
+        return {**churn_record(p, self.ready, drivers, bands["high"], bands["medium"]),
                 "model_version": self.current.version}
 
     def model_record(self) -> dict[str, Any] | None:
