@@ -456,6 +456,9 @@ def merge_all(parts: Iterable[FeatureContribution]) -> FeatureContribution | Non
 # Window counts kept per partition for adoption_30d_after_release: enough days for the
 # partitions' day closes to catch up with each other and with late release times.
 HISTORY_DAYS = 40
+# Days of eligible active users a customer partition keeps (and sends once per feature) so
+# that a feature it learns of late still gets its after-release counts (FeatureBook.update).
+BASE_HISTORY_DAYS = 120
 
 
 class FeatureBook:
@@ -476,13 +479,20 @@ class FeatureBook:
         self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
         self.after_release: tuple[int, int, int] | None = None     # (day, users, active)
 
-    def update(self, partition: int, part: FeatureContribution) -> bool:
+    def update(self, partition: int, part: FeatureContribution,
+               base: Iterable[Iterable[int]] | None = None) -> bool:
         """Take a partition's contribution; False when it is older than the one held.
 
         Until ``adoption_30d_after_release`` is known, no window counts are pruned: partitions
         do not close days in step, one may be far ahead when the last one reports the day it
         needs, and a first-seen release can still move earlier. That history is two integers
         per partition and day; it is cut to HISTORY_DAYS once the figure is known.
+
+        ``base``: the partition's eligible active users per closed day, sent with its first
+        contribution for f. Days before the partition's first contribution are days it did
+        not know f yet; it had no user of f then (its own first use of f would have told
+        it), so they count as (0 users, active users). A partition can thus run a month
+        ahead of the worker that saw f first and still count in the after-release figure.
         """
         if part.feature != self.feature:
             raise ValueError(f"contribution for {part.feature!r} sent to {self.feature!r}")
@@ -495,6 +505,11 @@ class FeatureBook:
         if self.after_release is not None:   # known for good: keep a short history only
             for d in [d for d in days if d <= part.day - HISTORY_DAYS]:
                 del days[d]
+        elif base:
+            earliest = min(days)
+            for day, active in base:
+                if day < earliest:
+                    days[int(day)] = (0, int(active))
         return True
 
     def merged(self) -> FeatureContribution | None:

@@ -65,7 +65,8 @@ class FeatureAggregator:
         if state is None:
             state = self.store.get(feature) or FeatureState(FeatureBook(feature))
             self.live[feature] = state
-        if state.book.update(int(message["p"]), FeatureContribution.from_state(message["c"])):
+        if state.book.update(int(message["p"]), FeatureContribution.from_state(message["c"]),
+                             message.get("b")):
             self.dirty.add(feature)
 
     def record(self, state: FeatureState) -> dict[str, Any] | None:

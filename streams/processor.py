@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, MutableMapping
 import orjson
 
 from models.activity import DAY_SECONDS, day_of
-from models.features import FeatureContribution
+from models.features import BASE_HISTORY_DAYS, FeatureContribution
 from streams import events as ev
 from streams.deadletter import deadletter_value
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement
@@ -24,7 +24,7 @@ from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
 from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, watermark_gauges
-from streams.settings import Settings
+from streams.settings import Settings, eligibility_group
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
@@ -90,6 +90,9 @@ class CustomerProcessor:
         self.examples_out: list[dict[str, Any]] = []
         self.features_out: list[tuple[str, bytes]] = []
         self.catalog_out: dict[str, float] = {}
+        self.eligibility_groups = {eligibility_group(rule): rule for rule in
+                                   [None, *settings.features.eligible.values()]}
+        self.base_sent: set[tuple[int, str]] = set()   # (partition, feature) sent with "b"
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -288,11 +291,11 @@ class CustomerProcessor:
         """Send this partition's contribution of closed day D to every known feature.
 
         Every feature gets one, even with no user here: its eligible active users and its
-        retention "without" group count in the denominators (models/features.py).
+        retention "without" group count in the denominators (models/features.py). The day's
+        eligible active users are also kept with the clock, and sent once with a feature this
+        worker has not sent before, so the feature stage can count this partition in a
+        feature's after-release figure even when it learnt of the feature too late.
         """
-        released = {**self.catalog, **self.evaluator.released}  # configured releases win
-        if not released:
-            return
         fs = self.settings.features
         as_of = (closed + 1) * DAY_SECONDS
         anchor = as_of - fs.retention_window_days * DAY_SECONDS
@@ -304,24 +307,39 @@ class CustomerProcessor:
                 closed, None if first is None else day_of(first), self.window).mau
             paying = state.paid.paying_at(anchor)
             customers.append((state, mau, paying, paying and state.paid.paying_at(as_of)))
-        for feature, release in released.items():
-            rule = fs.eligible.get(feature)
-            part = FeatureContribution(feature, closed)
+        clock = self._clock(partition)
+        base: dict[str, tuple[int, int, int, int]] = {}
+        for group, rule in self.eligibility_groups.items():
             active_users = active_customers = paying_n = kept_n = 0
             for state, mau, paying, kept in customers:
-                if rule is not None and not rule.admits(state.segment, state.plan):
-                    continue
-                active_users += mau
-                active_customers += mau > 0
-                paying_n += paying
-                kept_n += kept
-                if feature in state.feature_use.first:
+                if rule is None or rule.admits(state.segment, state.plan):
+                    active_users += mau
+                    active_customers += mau > 0
+                    paying_n += paying
+                    kept_n += kept
+            base[group] = (active_users, active_customers, paying_n, kept_n)
+            days = clock.base.setdefault(group, {})
+            days[closed] = active_users
+            for old in [d for d in days if d <= closed - BASE_HISTORY_DAYS]:
+                del days[old]
+        self.dirty_clocks.add(partition)
+        released = {**self.catalog, **self.evaluator.released}  # configured releases win
+        for feature, release in released.items():
+            rule = fs.eligible.get(feature)
+            group = eligibility_group(rule)
+            part = FeatureContribution(feature, closed)
+            for state, _, _, _ in customers:
+                if feature in state.feature_use.first and (
+                        rule is None or rule.admits(state.segment, state.plan)):
                     part.add_customer(state.feature_use, mau=0, released_at=release,
                                       signup_ts=state.signup_ts, paid=state.paid,
                                       retention_window_days=fs.retention_window_days)
-            part.set_base(active_users, active_customers, paying_n, kept_n)
-            self.features_out.append((feature, orjson.dumps(
-                {"p": partition, "c": part.to_state()})))
+            part.set_base(*base[group])
+            message: dict[str, Any] = {"p": partition, "c": part.to_state()}
+            if (partition, feature) not in self.base_sent:
+                self.base_sent.add((partition, feature))
+                message["b"] = sorted(clock.base[group].items())
+            self.features_out.append((feature, orjson.dumps(message)))
 
     def learn_catalog(self, entries: Mapping[str, float]) -> None:
         """Features first seen by any worker (the shared catalog topic)."""

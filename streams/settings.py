@@ -142,6 +142,13 @@ class Eligibility:
                 and (not self.plans or plan in self.plans))
 
 
+def eligibility_group(rule: Eligibility | None) -> str:
+    """A name for the customers a rule admits: features with equal rules share their counts."""
+    if rule is None:
+        return "*"
+    return f"segments={','.join(sorted(rule.segments))};plans={','.join(sorted(rule.plans))}"
+
+
 @dataclass(frozen=True)
 class FeatureSettings:
     key: list[str]

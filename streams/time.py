@@ -42,13 +42,17 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day", "features")
+    __slots__ = ("watermark", "closed_day", "features", "base")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
-                 features: dict[str, float] | None = None) -> None:
+                 features: dict[str, float] | None = None,
+                 base: dict[str, dict[int, int]] | None = None) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
+        # Eligible active users of each closed day, per eligibility group (models/features.py
+        # FeatureBook.fill): what a feature learnt late needs for its after-release figure.
+        self.base: dict[str, dict[int, int]] = base or {}
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:
@@ -89,8 +93,10 @@ class PartitionClock:
             self.closed_day = day_of(self.watermark)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"wm": self.watermark, "day": self.closed_day, "features": self.features}
+        return {"wm": self.watermark, "day": self.closed_day, "features": self.features,
+                "base": {g: sorted(days.items()) for g, days in self.base.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PartitionClock":
-        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}))
+        base = {g: {int(d): int(n) for d, n in days} for g, days in (data.get("base") or {}).items()}
+        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base)

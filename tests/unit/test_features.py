@@ -214,6 +214,32 @@ def test_book_after_release_needs_every_expected_partition() -> None:
     assert book.after_release_counts(r, partitions=2) == (15, 150)
 
 
+def test_book_counts_a_partition_that_learnt_of_the_feature_late() -> None:
+    # Partition 1 ran ahead: it closed D+29 before it knew f (first seen on partition 0 at D),
+    # so its first contribution is for D+40. Its active users of the earlier days come with it.
+    r = at(D, 0)
+    book = FeatureBook(F)
+    book.update(0, book_part(D + 29, 10, 100))
+    base = [[day, 40 + day - D] for day in range(D + 20, D + 40)]
+    book.update(1, book_part(D + 40, 3, 80), base)
+    # D+29: partition 1 had no user of f (it would have known f), 69 active users
+    assert book.after_release_counts(r, partitions=2) == (10, 169)
+
+
+def test_book_base_never_replaces_counts_the_partition_sent() -> None:
+    r = at(D, 0)
+    book = FeatureBook(F)
+    book.update(1, book_part(D + 29, 5, 50))
+    book.update(1, book_part(D + 30, 6, 51), [[D + 28, 1], [D + 29, 2], [D + 30, 3]])
+    assert book.history[1] == {D + 28: (0, 1), D + 29: (5, 50), D + 30: (6, 51)}
+    assert book.after_release_counts(r, partitions=2) is None      # partition 0 still missing
+    book.update(0, book_part(D + 29, 1, 10))
+    assert book.after_release_counts(r, partitions=2) == (6, 60)
+    # once the figure is known, a late base fills nothing more
+    book.update(1, book_part(D + 31, 6, 51), [[D + 1, 7]])
+    assert D + 1 not in book.history[1]
+
+
 def test_book_after_release_with_a_release_not_at_midnight() -> None:
     r = at(D, 13)
     book = FeatureBook(F)

@@ -8,6 +8,7 @@ from typing import Any, MutableMapping
 import orjson
 import pytest
 
+from models.features import FeatureBook, FeatureContribution
 from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
 from streams.processor import CustomerProcessor, Flush
@@ -142,6 +143,8 @@ def test_batch_then_flush_gives_exact_figures() -> None:
     assert counted(metrics, "usage", "late") == 0
     clock = dict(out.clocks[0][1])
     assert out.clocks[0][0] == 0 and clock.pop("features").keys() == {"reports"}
+    # Active users of every closed day (D-9 .. D-1), for features learnt late.
+    assert [d for d, _ in clock.pop("base")["*"]] == list(range(D - 9, D))
     assert clock == {"wm": at(D, 15), "day": D}
     state = proc.store["c-1"]
     assert state.events == 8
@@ -320,7 +323,9 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     #   Σ DAU = 1 + 2 + 0 = 3 → (3/3)/2 = 0.5
     assert activity(recs, "c-2") == (0, 2, 2, 2, 0.5)
     assert proc.days_closed == 1
-    assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1, "features": {}})]
+    # active users of day D kept with the clock: u1 of c-1, v1 and v2 of c-2
+    assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1, "features": {},
+                               "base": {"*": [(D, 3)]}})]
 
 
 def test_day_close_only_for_members_of_the_partition() -> None:
@@ -598,3 +603,26 @@ def test_every_closed_day_gets_its_feature_contribution_also_after_a_jump() -> N
     assert days == [D, D + 1, D + 2, D + 3]     # D+2 and D+3 had no event: still closed
     last = max((orjson.loads(v)["c"] for _, v in out.features), key=lambda c: c["d"])
     assert (last["fu"], last["au"]) == (1, 1)   # u1 used reports within D+3's window
+
+
+def test_a_feature_learnt_late_gets_the_active_users_of_earlier_days_once() -> None:
+    # The partition closes D .. D+34 knowing no feature; then another worker's catalog says
+    # "exports" was first seen at D. Its after-release day D+29 is long closed here.
+    proc, _ = make()
+    proc.apply(0, sorted([usage("c-1", at(day, 10), "u1") for day in range(D, D + 35)]
+                         + [usage("c-2", at(D + 3, 11), "v1")], key=lambda e: e["ts"]))
+    assert proc.flush().features == []                  # no feature known yet
+    proc.learn_catalog({"exports": at(D, 0)})
+    proc.apply(0, [usage("c-1", at(D + 35, 10), "u1"), usage("c-1", at(D + 36, 10), "u1")])
+    sent = [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
+    assert [m["c"]["d"] for m in sent] == [D + 34, D + 35]
+    base = dict(sent[0]["b"])                           # only with the first one
+    assert "b" not in sent[1]
+    # c-1's u1 every day; c-2's v1 on D+3 only, inside the 30-day window up to D+32
+    assert base[D + 29] == 2 and base[D + 32] == 2 and base[D + 33] == 1
+    assert min(base) == D and max(base) == D + 34
+    book = FeatureBook("exports")
+    book.update(1, FeatureContribution("exports", D + 29, active_users=10, feature_users=4))
+    for m in sent:
+        book.update(m["p"], FeatureContribution.from_state(m["c"]), m.get("b"))
+    assert book.after_release_counts(at(D, 0), partitions=2) == (4, 12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from streams.time import (
@@ -129,9 +130,12 @@ def test_close_day_needs_a_watermark() -> None:
 
 def test_clock_round_trip() -> None:
     clock = PartitionClock(W, D)
-    assert clock.to_dict() == {"wm": W, "day": D, "features": {}}
+    assert clock.to_dict() == {"wm": W, "day": D, "features": {}, "base": {}}
     back = PartitionClock.from_dict(clock.to_dict())
     assert (back.watermark, back.closed_day) == (W, D)
+    clock.base = {"*": {D - 1: 7, D: 9}}
+    back = PartitionClock.from_dict(orjson.loads(orjson.dumps(clock.to_dict())))
+    assert back.base == {"*": {D - 1: 7, D: 9}}
     empty = PartitionClock.from_dict({})
     assert (empty.watermark, empty.closed_day) == (None, None)
 
