@@ -231,8 +231,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def flush_customers() -> None:
         if s.time.mode == "live":
             processor.advance_wall_clock(time.time())
-        sent = await send(processor.flush())
+        # Take the events together with the flush that holds their state: `send` awaits, and
+        # the agent applies more events meanwhile, whose state only the next flush writes.
+        # Acknowledging those here lost them on a crash before that flush.
+        out = processor.flush()
         pending, service.pending = service.pending, []
+        sent = await send(out)
         sent += send_stage(aggregator.flush(), scopes, business_out)
         pending += service.business_pending
         service.business_pending = []
