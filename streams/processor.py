@@ -230,9 +230,7 @@ class CustomerProcessor:
             {"t": "mv", "scope": scope, "cid": cid, "mv": mv})))
 
     def _see_feature(self, feature: str, ts: float, partition: int) -> None:
-        first = self.catalog.get(feature)
-        if first is None or ts < first:
-            self.catalog[feature] = ts
+        if self._learn_feature(feature, ts):
             self.catalog_out[feature] = ts
             clock = self.clocks[partition]
             clock.features[feature] = min(ts, clock.features.get(feature, ts))
@@ -344,9 +342,15 @@ class CustomerProcessor:
     def learn_catalog(self, entries: Mapping[str, float]) -> None:
         """Features first seen by any worker (the shared catalog topic)."""
         for feature, ts in entries.items():
-            first = self.catalog.get(feature)
-            if first is None or ts < first:
-                self.catalog[feature] = ts
+            self._learn_feature(feature, ts)
+
+    def _learn_feature(self, feature: str, ts: float) -> bool:
+        """Keep the earliest time a feature was seen; True when ts is earlier than known."""
+        first = self.catalog.get(feature)
+        if first is not None and first <= ts:
+            return False
+        self.catalog[feature] = ts
+        return True
 
     def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
         """Day close for churn: settle old snapshots, snapshot and score a paying customer."""
