@@ -203,6 +203,11 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         sent = []
         for partition, key, state in out.changelog:
             sent.append(customers.send_changelog(partition, key, state))
+        if out.clocks:
+            # A partition's clock holds the watermark its events were judged by. Restored ahead
+            # of its customers' records (a crash between the two writes), it made the replay of
+            # their events `too_late`: lost. So the customers are delivered first.
+            await _delivered(sent)
         for partition, clock in out.clocks:
             clocks.data[str(partition)] = clock
             sent.append(clocks.send_changelog(partition, str(partition), clock))
