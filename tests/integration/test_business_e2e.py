@@ -8,6 +8,8 @@ broker with a worker of its own.
 """
 from __future__ import annotations
 
+import functools
+
 import time
 from typing import Any, Iterable, Mapping
 
@@ -179,11 +181,17 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 1,
     return _by_scope_and_period(dict(history).items()), history
 
 
+@functools.cache
+def _year() -> tuple[list[tuple[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    """The in-process tests' simulated year and its batch figures (read-only; ~20 s to make)."""
+    events = list(generate(SimConfig(seed=5, customers=200, days=365)))
+    return events, batch.compute(events)
+
+
 @pytest.mark.timeout(300)
 def test_identity_holds_for_every_scope_and_month_of_a_simulated_year():
-    events = list(generate(SimConfig(seed=5, customers=200, days=365)))
+    events, expected = _year()
     actual, history = _stream_in_process(events)
-    expected = batch.compute(events)
 
     # A year, every scope: all + the four segments, 12 months each, and a bridge that moves.
     assert {s for s, _ in expected} == {"all", "segment:enterprise", "segment:mid_market",
@@ -201,9 +209,8 @@ def test_identity_holds_for_every_scope_and_month_of_a_simulated_year():
 def test_business_records_do_not_depend_on_which_customer_partition_is_read_first():
     """Deterministic form of what the replay below runs into: 4 customer partitions, partition
     0's first 120 days applied before the other partitions start."""
-    events = list(generate(SimConfig(seed=5, customers=200, days=365)))
+    events, expected = _year()
     actual, history = _stream_in_process(events, partitions=4, head_start_days=120)
-    expected = batch.compute(events)
     _assert_identity(actual)
     _assert_batch_and_final(expected, actual, history)
 
