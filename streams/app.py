@@ -92,6 +92,24 @@ class Service:
     learner: ChurnLearner | None = None       # on the worker owning the churn examples topic
     learner_pending: list[EventT] = field(default_factory=list)
     flushes: int = 0
+    # Partitions of the stage topics this worker owns, kept by the rebalance handlers. Events of
+    # other partitions still arrive from buffers after a revocation; applied, they would be
+    # acknowledged with a state that the next recovery overwrites (see `owned_event`).
+    owned: set[Any] = field(default_factory=set)
+    strays: int = 0
+
+    def owned_event(self, event: EventT) -> bool:
+        """False for an event of a partition this worker no longer owns: skipped, not acked.
+
+        Its new owner (or this worker, after the seek that follows the rebalance) reads it
+        again from the last commit.
+        """
+        if event.message.tp in self.owned:
+            return True
+        self.strays += 1
+        if self.strays in (1, 10, 100) or self.strays % 1000 == 0:
+            log.info("skipped %d events of partitions not owned (rebalance)", self.strays)
+        return False
 
     def ready(self) -> bool:
         return self.ingest.ready and not self.app.rebalancing and bool(
@@ -187,6 +205,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         # Offsets are acknowledged by the flush timer, after the state they produced has been
         # handed to the changelog: a crash before that replays them (and dedup drops them).
         async for event in stream.noack().events():
+            if not service.owned_event(event):
+                continue
             batch = orjson.loads(event.message.value)
             for key, value in processor.apply(event.message.partition, batch):
                 deadletter_out.send_soon(key=key, value=value)
@@ -229,6 +249,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def aggregate_business(stream: faust.StreamT) -> None:
         # Same contract as the customer agent: acknowledged by the flush timer only.
         async for event in stream.noack().events():
+            if not service.owned_event(event):
+                continue
             aggregator.apply([orjson.loads(event.message.value)])
             service.business_pending.append(event)
 
@@ -264,6 +286,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def aggregate_features(stream: faust.StreamT) -> None:
         # Same contract as the customer agent: acknowledged by the flush timer only.
         async for event in stream.noack().events():
+            if not service.owned_event(event):
+                continue
             features.apply(event.message.key.decode(), orjson.loads(event.message.value))
             service.feature_pending.append(event)
 
@@ -292,6 +316,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     async def learn_churn(stream: faust.StreamT) -> None:
         # One partition: one learner for the service. Acknowledged once its state is written.
         async for event in stream.noack().events():
+            if not service.owned_event(event):
+                continue
             if service.learner is None:
                 service.learner = ChurnLearner(s.churn, learner_table.data.get("learner"))
             service.learner.apply(orjson.loads(event.message.value))
@@ -319,11 +345,11 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         # Sent by Faust's recovery just before it resumes the streams and seeks them.
-        _seek_uncommitted_to_beginning(app.consumer, {
+        await _rewind_uncommitted(app.consumer, {
             s.topics.repartition, s.topics.business_internal, s.topics.feature_internal,
             s.topics.churn_examples})
-        mine = {tp.partition for tp in app.assignor.assigned_actives()
-                if tp.topic == s.topics.repartition}
+        service.owned = set(app.assignor.assigned_actives())
+        mine = {tp.partition for tp in service.owned if tp.topic == s.topics.repartition}
         owned = set(processor.members)
         await _delivered(await send(processor.revoke(owned - mine)))
         processor.assign(mine)
@@ -331,6 +357,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        service.owned -= set(revoked)
         gone = {tp.partition for tp in revoked if tp.topic == s.topics.business_internal}
         aggregator.revoke({scope for scope in list(scopes.data.keys())
                            if partition_of(scope) in gone} | {
@@ -376,8 +403,8 @@ async def _delivered(sent: list[Any]) -> None:
         await asyncio.gather(*sent)
 
 
-def _seek_uncommitted_to_beginning(consumer: Any, topics: set[str]) -> None:
-    """Make Faust's seek after a rebalance start a never-committed partition at its beginning.
+async def _rewind_uncommitted(consumer: Any, topics: set[str]) -> None:
+    """Start every never-committed partition of `topics` at its beginning, before it resumes.
 
     After recovery Faust seeks every stream partition to its committed offset, but aiokafka's
     `seek_to_committed` leaves a partition without one (or at 0) where the consumer stands.
@@ -386,28 +413,26 @@ def _seek_uncommitted_to_beginning(consumer: Any, topics: set[str]) -> None:
     partition nobody had committed yet skipped its first records. In the two-worker test that
     lost a scope's first month of movements, or thousands of events, in about one run in four.
     A first owner under load can go long without a commit (Faust's commit timer overlaps).
+
+    This runs from `on_rebalance_complete`, while the stream partitions are still paused.
+    A first version wrapped Faust's `perform_seek` instead, which Faust awaits only *after*
+    resuming them: the agent then read from the wrong position meanwhile, and Faust drops any
+    record below the last offset it delivered, so the rewind silently skipped what it was for
+    (one partition's week of events in the SIGKILL test under load, about 1 run in 4).
+
     Replaying from the beginning changes no state: customer and business records recognise
     what they already hold. Usage and feature events older than the dedup horizon are
     dead-lettered as `too_late` again, though (see README, "Scaling out").
     """
-    if getattr(consumer, "_vitals_seek_patched", False):
-        return
-    perform_seek = consumer.perform_seek
-
-    async def seek_then_rewind_uncommitted() -> None:
-        await perform_seek()
-        committed = await consumer.seek_to_committed()
-        fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
-        if fresh:
-            # seek_wait, not seek: Faust's `seek` calls aiokafka's from this thread while the
-            # consumer thread's fetcher walks its records, and the two `del` the same entry.
-            # That crashed a worker (KeyError in `fetched_records`) in 1 of 29 two-worker runs.
-            await consumer.seek_wait(dict(await consumer.earliest_offsets(*fresh)))
-            log.info("no committed offset yet, reading from the beginning: %s",
-                     sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
-
-    consumer.perform_seek = seek_then_rewind_uncommitted
-    consumer._vitals_seek_patched = True
+    committed = await consumer.seek_to_committed()
+    fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+    if fresh:
+        # seek_wait, not seek: Faust's `seek` calls aiokafka's from this thread while the
+        # consumer thread's fetcher walks its records, and the two `del` the same entry.
+        # That crashed a worker (KeyError in `fetched_records`) in 1 of 29 two-worker runs.
+        await consumer.seek_wait(dict(await consumer.earliest_offsets(*fresh)))
+        log.info("no committed offset yet, reading from the beginning: %s",
+                 sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
 
 
 def producer_batch_bytes(settings: Settings, broker_url: str) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from faust.types import TP
+
 from streams.app import build_app
 from streams.events import EventValidator, event_hash
 from streams.settings import load_settings
@@ -31,11 +33,18 @@ async def test_customer_agent_applies_batches_and_dedups():
     service = build_app(load_settings(env={}), "kafka://127.0.0.1:9")  # never connected
     service.processor.wall_clock = None
     agent = service.app.agents["apply_customer_events"]
+    topic = service.settings.topics.repartition
+    service.owned = {TP(topic, 0)}   # as the rebalance handler leaves it
     async with agent.test_context() as test_agent:
         await test_agent.put(value=_batch(
             ("signup", {"event_id": "s1", "customer_id": "c-1", "ts": T0, "segment": "smb"}),
             _usage("c-1", "u1", T0 + 10, "e1"), _usage("c-1", "u2", T0 + 20, "e2")))
         await test_agent.put(value=_batch(_usage("c-1", "u1", T0 + 10, "e1")))  # a resend
+        # After a revocation, an event still in the stream's buffer is neither applied nor
+        # acknowledged: its partition's next owner reads it again.
+        service.owned = set()
+        await test_agent.put(value=_batch(_usage("c-2", "v1", T0 + 30, "x1")))
+    assert "c-2" not in service.processor.live and service.strays == 1
     state = service.processor.live["c-1"]
     assert state.segment == "smb" and state.events == 3
     assert state.onboarding.aha == T0 + 10  # report_created is a value action

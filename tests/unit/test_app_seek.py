@@ -1,4 +1,5 @@
-"""streams.app: after a rebalance, never-committed internal partitions are read from the start.
+"""streams.app: after a rebalance, never-committed internal partitions are read from the start
+(before Faust resumes them: see `_rewind_uncommitted`).
 
 No broker: a stand-in for Faust's consumer records the seeks. They must go through
 `seek_wait`, which Faust runs in the consumer's own thread.
@@ -9,7 +10,7 @@ import asyncio
 from collections import namedtuple
 from typing import Any
 
-from streams.app import _delivered, _seek_uncommitted_to_beginning
+from streams.app import _delivered, _rewind_uncommitted
 
 TP = namedtuple("TP", "topic partition")
 INTERNAL = {"vitals.internal.events", "vitals.internal.business"}
@@ -20,9 +21,6 @@ class FakeConsumer:
         self.committed = committed
         self.earliest = earliest
         self.calls: list[Any] = []
-
-    async def perform_seek(self) -> None:
-        self.calls.append("perform_seek")
 
     async def seek_to_committed(self) -> dict[TP, int | None]:
         return dict(self.committed)
@@ -38,7 +36,7 @@ class FakeConsumer:
         raise AssertionError("seek from the app's thread: use seek_wait")
 
 
-def test_uncommitted_internal_partitions_are_rewound_after_faust_seeks() -> None:
+def test_uncommitted_internal_partitions_are_rewound() -> None:
     committed = {
         TP("vitals.internal.events", 0): None,       # never committed: rewind
         TP("vitals.internal.events", 1): 40,         # committed: Faust's seek is right
@@ -46,19 +44,15 @@ def test_uncommitted_internal_partitions_are_rewound_after_faust_seeks() -> None
         TP("vitals-customers-changelog", 0): None,   # recovery's business, not ours
     }
     consumer = FakeConsumer(committed, earliest=3)
-    _seek_uncommitted_to_beginning(consumer, INTERNAL)
-    asyncio.run(consumer.perform_seek())
-    assert consumer.calls[0] == "perform_seek"       # Faust's own seek first
-    assert sorted(consumer.calls[1:]) == [(TP("vitals.internal.business", 2), 3),
-                                          (TP("vitals.internal.events", 0), 3)]
+    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    assert sorted(consumer.calls) == [(TP("vitals.internal.business", 2), 3),
+                                      (TP("vitals.internal.events", 0), 3)]
 
 
-def test_the_seek_is_wrapped_once() -> None:
-    consumer = FakeConsumer({TP("vitals.internal.events", 0): None})
-    _seek_uncommitted_to_beginning(consumer, INTERNAL)
-    _seek_uncommitted_to_beginning(consumer, INTERNAL)   # every rebalance calls it again
-    asyncio.run(consumer.perform_seek())
-    assert consumer.calls == ["perform_seek", (TP("vitals.internal.events", 0), 0)]
+def test_nothing_to_rewind_when_every_partition_was_committed() -> None:
+    consumer = FakeConsumer({TP("vitals.internal.events", 0): 7})
+    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    assert consumer.calls == []
 
 
 def test_delivered_waits_for_every_send_and_raises_a_failed_one() -> None:
