@@ -11,8 +11,9 @@ Unix epoch (UTC). Four pieces, each owned by a different part of the service:
   as an ``Example``; the service sends those to the single-partition topic of labelled
   snapshots.
 * ``ChurnModel`` is the one model of the service. The learner (the only consumer of that
-  topic) calls ``learn``; ``publish`` gives versioned bytes for the compacted model topic from
-  which every worker ``loads`` and scores. Learning therefore never depends on how customer
+  topic) calls ``learn``; ``dumps`` gives the bytes the learner publishes, under a version
+  number of its own, to the compacted model topic from which every worker ``loads`` and
+  scores. Learning therefore never depends on how customer
   partitions are spread over workers.
 * ``ProgressiveMetrics`` scores, when its label arrives, the prediction that was made at the
   snapshot (delayed progressive validation), in constant memory.
@@ -514,7 +515,7 @@ def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
 
 
 class ChurnModel:
-    """The one churn model of the service: a River estimator plus a learnt count and a version.
+    """The one churn model of the service: a River estimator plus a learnt count.
 
     ``kind`` "logistic" = ``StandardScaler | Clip | LogisticRegression`` (default, explainable
     exactly; Clip bounds the standardised values to ±3, see ``_logistic_pipeline``),
@@ -523,9 +524,9 @@ class ChurnModel:
     ``max.message.bytes``.
     Labels are 0/1, predictions the probability of churn within the horizon.
 
-    Until a first version is published (or while ``learned == 0``) a prediction means
-    nothing (0.5 or 0): the service should then store None as the snapshot's probability, so
-    that progressive validation leaves it out (``ProgressiveMetrics``).
+    While ``learned == 0`` a prediction means nothing (0.5 or 0): the service should then
+    store None as the snapshot's probability, so that progressive validation leaves it out
+    (``ProgressiveMetrics``).
     """
 
     def __init__(self, kind: str, seed: int, estimator: Any) -> None:
@@ -533,7 +534,6 @@ class ChurnModel:
         self.seed = seed
         self.estimator = estimator
         self.learned = 0
-        self.version = 0
         # Running feature means (of learnt vectors): the forest's driver baseline.
         self._sums: dict[str, float] = {}
 
@@ -643,20 +643,14 @@ class ChurnModel:
 
     # ---- snapshots -----------------------------------------------------------------------
 
-    def publish(self) -> bytes:
-        """Next version, as bytes for the compacted model topic."""
-        self.version += 1
-        return self.dumps()
-
     def dumps(self) -> bytes:
-        """Pickle of the whole model (estimator, counts, version, feature means).
+        """Pickle of the whole model (estimator, counts, feature means).
 
         Pickle because River estimators are Python objects with no other lossless form; it is
         only ever read back from the service's own compacted topic, never from outside.
         """
         state = {"format": _DUMP_FORMAT, "kind": self.kind, "seed": self.seed,
-                 "estimator": self.estimator, "learned": self.learned,
-                 "version": self.version, "sums": self._sums}
+                 "estimator": self.estimator, "learned": self.learned, "sums": self._sums}
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -667,7 +661,6 @@ class ChurnModel:
             raise ValueError("not a churn model snapshot")
         model = cls(state["kind"], state["seed"], state["estimator"])
         model.learned = int(state["learned"])
-        model.version = int(state["version"])
         model._sums = dict(state["sums"])
         return model
 
