@@ -354,6 +354,9 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         await _delivered(await send(processor.revoke(owned - mine)))
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
+        # A model version that arrived while scope `all` had no owner re-emitted nothing: its
+        # (new) owner re-emits the current month with the model it holds.
+        on_model()
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
