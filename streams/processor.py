@@ -92,6 +92,8 @@ class CustomerProcessor:
         self.catalog_out: dict[str, float] = {}
         self.eligibility_groups = {eligibility_group(rule): rule for rule in
                                    [None, *settings.features.eligible.values()]}
+        self.group_of = {f: eligibility_group(rule)
+                         for f, rule in settings.features.eligible.items()}
         self.base_sent: set[tuple[int, str]] = set()   # (partition, feature) sent with "b"
         metrics.add_gauge_source(self.gauges)
 
@@ -324,7 +326,7 @@ class CustomerProcessor:
         released = {**self.catalog, **self.evaluator.released}  # configured releases win
         for feature, release in released.items():
             rule = fs.eligible.get(feature)
-            group = eligibility_group(rule)
+            group = self.group_of.get(feature, eligibility_group(None))
             part = FeatureContribution(feature, closed)
             for state, _, _, _ in customers:
                 if feature in state.feature_use.first and (

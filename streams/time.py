@@ -51,7 +51,7 @@ class PartitionClock:
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
         # Eligible active users of each closed day, per eligibility group (models/features.py
-        # FeatureBook.fill): what a feature learnt late needs for its after-release figure.
+        # FeatureBook.update): what a feature learnt late needs for its after-release figure.
         self.base: dict[str, dict[int, int]] = base or {}
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
