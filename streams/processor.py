@@ -99,8 +99,15 @@ class CustomerProcessor:
 
     # -- events ---------------------------------------------------------------------------
 
-    def apply(self, partition: int, batch: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
-        """Apply one batch of one partition; returns dead-letter (key, value) pairs to send."""
+    def apply(self, partition: int, batch: Iterable[dict[str, Any]], offset: int | None = None
+              ) -> list[tuple[bytes | None, bytes]]:
+        """Apply one batch of one partition; returns dead-letter (key, value) pairs to send.
+
+        `offset` is the batch's position in the internal topic. A customer whose record already
+        holds that position skips the batch's events (a replay after a crash or a hand-over):
+        they are neither counted again nor judged late. The clock still moves with them, as
+        it did the first time.
+        """
         clock = self._clock(partition)
         deadletters: list[tuple[bytes | None, bytes]] = []
         policy = self.policy
@@ -110,19 +117,27 @@ class CustomerProcessor:
         for event in batch:
             family = event["family"]
             ts = event["ts"]
+            cid = event["customer_id"]
+            state = live.get(cid)
+            if state is None:
+                state = self.store.get(cid)
+                if state is not None:
+                    live[cid] = state = self.evaluator.attach(state)
+            if offset is not None and state is not None and state.offset is not None \
+                    and offset <= state.offset:
+                self._advance(partition, clock, ts)
+                continue
             windowed = family in WINDOWED
             where = clock.classify(ts, windowed, policy, now)
             if where is FUTURE or where is TOO_LATE:
                 deadletters.append(self._reject(event, where, clock))
                 continue
-            cid = event["customer_id"]
-            state = live.get(cid)
+            # Days close before the event that enters a new day is applied: a day close sees
+            # the complete days up to it and nothing of the day after.
+            self._advance(partition, clock, ts)
             if state is None:
-                state = self.store.get(cid)
-                if state is None:
-                    state = CustomerState(cid)
-                    self.members[partition].add(cid)
-                live[cid] = self.evaluator.attach(state)
+                state = live[cid] = self.evaluator.attach(CustomerState(cid))
+                self.members[partition].add(cid)
             h = event["h"]
             seen = state.seen
             if seen.seen(h):
@@ -133,17 +148,23 @@ class CustomerProcessor:
             else:
                 seen.add_lifetime(h)
             self._apply_event(state, event, partition)
+            if offset is not None:
+                state.offset = offset
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
             count(family, "late" if where is LATE else "accepted")
-            if clock.watermark is None or ts > clock.watermark:
-                clock.advance(ts)
-                self.dirty_clocks.add(partition)
-                if clock.closed_day is None:
-                    clock.start()
-                elif day_of(ts) > clock.closed_day:
-                    self._close_day(partition, clock)
         return deadletters
+
+    def _advance(self, partition: int, clock: PartitionClock, ts: float) -> None:
+        """Move the partition's watermark to ts, closing the days it leaves behind."""
+        if clock.watermark is not None and ts <= clock.watermark:
+            return
+        clock.advance(ts)
+        self.dirty_clocks.add(partition)
+        if clock.closed_day is None:
+            clock.start()
+        elif day_of(ts) > clock.closed_day:
+            self._close_day(partition, clock)
 
     def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
         ts = event["ts"]
@@ -387,7 +408,10 @@ class CustomerProcessor:
             state = self._load(cid)
             as_of = self.clocks[partition].watermark
             assert as_of is not None
-            out.records.append((cid, orjson.dumps(self._evaluate(cid, state, as_of).record)))
+            # Alerts are judged at day closes only: a mid-day state must not fire or not
+            # depending on when a wall-clock flush happens to look at it.
+            record = self._evaluate(cid, state, as_of, alerts=False).record
+            out.records.append((cid, orjson.dumps(record)))
             self.dirty[cid] = partition  # the evaluation updated score history and alerts
         self.to_emit = {}
         self._write_dirty(self.dirty, out)
@@ -428,8 +452,9 @@ class CustomerProcessor:
             state = self.live[cid] = self.evaluator.attach(self.store[cid])
         return state
 
-    def _evaluate(self, cid: str, state: CustomerState, as_of: float) -> Evaluation:
-        result = self.evaluator.evaluate(state, as_of, self.catalog,
+    def _evaluate(self, cid: str, state: CustomerState, as_of: float, alerts: bool = True
+                  ) -> Evaluation:
+        result = self.evaluator.evaluate(state, as_of, self.catalog, alerts=alerts,
                                          churn_rates=self.churn_rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result

@@ -26,7 +26,7 @@ class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
                  "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
-                 "closed_day", "churn", "feature_use", "paid")
+                 "closed_day", "churn", "feature_use", "paid", "offset")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -55,6 +55,10 @@ class CustomerState:
         self.churn = ChurnTrack()                 # pending churn snapshots, recent MRR, score
         self.feature_use = CustomerFeatures()     # users per feature per day, first uses
         self.paid = PaidHistory()                 # when MRR went above 0 and back (retention)
+        # Offset of the last internal-topic message applied to this record: a replayed message
+        # (after a crash or a hand-over) is recognised by position, written atomically with
+        # its effects, and skipped before any lateness verdict.
+        self.offset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +69,7 @@ class CustomerState:
             "ob": self.onboarding.to_dict(), "sp": self.support.to_dict(), "f": self.features,
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
             "pm": self.pending_mv, "cd": self.closed_day, "cn": self.churn.to_dict(),
-            "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(),
+            "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(), "off": self.offset,
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class CustomerState:
         state.churn = ChurnTrack.from_dict(data.get("cn", {}))
         state.feature_use = CustomerFeatures.from_dict(data.get("fu", {}))
         state.paid = PaidHistory.from_list(data.get("pd", ()))
+        state.offset = data.get("off")
         return state
 
 

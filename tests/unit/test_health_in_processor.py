@@ -328,23 +328,24 @@ def test_ttv_exceeded_by_segment() -> None:
     run = Run(logins_only, proc, {})
     run.days(range(0, 92))
     smb = run.of("s-1", "ttv_exceeded")
-    # s-1 signed up day 0 09:00; day 29's flush (as of 12:00) is 29.125 days: not > 30;
-    #   day 30's day close (00:00) 29.625; day 30's flush (12:00) 30.125 > 30 → fires
-    assert [(k, a["status"]) for k, a in smb] == [(30, "firing"), (35, "resolved")]
+    # Alerts are judged at day closes only. s-1 signed up day 0 09:00; the close as of day 30
+    #   00:00 is 29.625 days: not > 30; the close as of day 31 00:00 (in day 31's batch) is
+    #   30.625 > 30 → fires; mid-day flushes never judge, however late in the day
+    assert [(k, a["status"]) for k, a in smb] == [(31, "firing"), (36, "resolved")]
     fired = smb[0][1]
-    assert fired["as_of"] == iso(30, 12) == fired["started_at"]
-    assert fired["value"] == pytest.approx(30.125) and fired["threshold"] == 30.0
+    assert fired["as_of"] == iso(31, 0) == fired["started_at"]
+    assert fired["value"] == pytest.approx(30.625) and fired["threshold"] == 30.0
     assert fired["subject"] == {"customer_id": "s-1", "segment": "smb"}
     assert fired["severity"] == "warning" and fired["metric"] == "onboarding.days_without_aha"
-    assert fired["summary"] == "s-1 has no aha moment 30 days after signup"
+    assert fired["summary"] == "s-1 has no aha moment 31 days after signup"
     # the aha on day 35 ends the condition: the metric is null → resolved with value null
     resolved = smb[1][1]
-    assert resolved["value"] is None and resolved["as_of"] == iso(35, 15)
+    assert resolved["value"] is None and resolved["as_of"] == iso(36, 0)
     assert run.records[35]["s-1"]["onboarding"]["ttv_days"] == pytest.approx(35.25)
-    # e-1, the same age, is judged on 90 days: fires on day 90 (90.125 > 90), not before
+    # e-1, the same age, is judged on 90 days: fires at the close as of day 91 (90.625 > 90)
     ent = run.of("e-1", "ttv_exceeded")
-    assert [(k, a["status"]) for k, a in ent] == [(90, "firing")]
-    assert ent[0][1]["threshold"] == 90.0 and ent[0][1]["value"] == pytest.approx(90.125)
+    assert [(k, a["status"]) for k, a in ent] == [(91, "firing")]
+    assert ent[0][1]["threshold"] == 90.0 and ent[0][1]["value"] == pytest.approx(90.625)
     assert metrics.registry.get_sample_value(
         "vitals_alerts_total", {"rule": "ttv_exceeded", "status": "firing"}) == 2
     assert metrics.registry.get_sample_value(
