@@ -82,6 +82,8 @@ class Service:
     ingest: IngestService
     aggregator: BusinessAggregator | None = None
     pending: list[EventT] = field(default_factory=list)
+    # Dead letters of the customer stage, sent with the flush that writes their customers.
+    deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     business_pending: list[EventT] = field(default_factory=list)
     features: FeatureAggregator | None = None
     feature_pending: list[EventT] = field(default_factory=list)
@@ -97,6 +99,10 @@ class Service:
     # acknowledged with a state that the next recovery overwrites (see `owned_event`).
     owned: set[Any] = field(default_factory=set)
     strays: int = 0
+
+    def take_deadletters(self) -> list[tuple[bytes | None, bytes]]:
+        taken, self.deadletters = self.deadletters, []
+        return taken
 
     def owned_event(self, event: EventT) -> bool:
         """False for an event of a partition this worker no longer owns: skipped, not acked.
@@ -208,21 +214,34 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             if not service.owned_event(event):
                 continue
             batch = orjson.loads(event.message.value)
-            for key, value in processor.apply(event.message.partition, batch):
-                deadletter_out.send_soon(key=key, value=value)
+            service.deadletters += processor.apply(event.message.partition, batch,
+                                                   event.message.offset)
             service.pending.append(event)
 
-    async def send(out: Flush) -> list[Any]:
-        """Hand a flush to the producer; returns the futures of its sends.
+    def send_outputs(out: Flush, deadletters: list[tuple[bytes | None, bytes]]) -> list[Any]:
+        """What the customer stage's state changes caused: sent before that state is written.
 
-        Labelled churn snapshots go first and are awaited: the records written next no longer
-        hold them, so a crash in between must find them delivered (the learner skips resends).
+        A crash after the state write but before these sends would otherwise lose them for
+        good: the replayed events are then recognised as applied and cause nothing again.
+        Sent first, a crash in between only resends them, and every receiver recognises a
+        resend (movements and examples by event id, alerts and records by key).
         """
-        await _delivered([await churn_in.send(key="examples", value=value, partition=0)
-                          for value in out.examples])
-        sent = []
-        for partition, key, state in out.changelog:
-            sent.append(customers.send_changelog(partition, key, state))
+        sent = [churn_in.send_soon(key="examples", value=value, partition=0)
+                for value in out.examples]
+        sent += [deadletter_out.send_soon(key=key, value=value) for key, value in deadletters]
+        sent += [alerts_out.send_soon(key=key, value=value) for key, value in out.alerts]
+        sent += [business_in.send_soon(key=scope, value=value, partition=partition_of(scope))
+                 for scope, value in out.business]
+        sent += [feature_in.send_soon(key=feature, value=value, partition=partition_of(feature))
+                 for feature, value in out.features]
+        sent += [catalog_out.send_soon(key=feature, value=value, partition=0)
+                 for feature, value in out.catalog]
+        return sent
+
+    async def send_state(out: Flush) -> list[Any]:
+        """The customers' records, then their partitions' clocks, then the output records."""
+        sent = [customers.send_changelog(partition, key, state)
+                for partition, key, state in out.changelog]
         if out.clocks:
             # A partition's clock holds the watermark its events were judged by. Restored ahead
             # of its customers' records (a crash between the two writes), it made the replay of
@@ -231,19 +250,15 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         for partition, clock in out.clocks:
             clocks.data[str(partition)] = clock
             sent.append(clocks.send_changelog(partition, str(partition), clock))
-        for key, value in out.records:
-            sent.append(customer_out.send_soon(key=key, value=value))
-        for key, value in out.alerts:
-            sent.append(alerts_out.send_soon(key=key, value=value))
-        for scope, value in out.business:
-            sent.append(business_in.send_soon(key=scope, value=value,
-                                              partition=partition_of(scope)))
-        for feature, value in out.features:
-            sent.append(feature_in.send_soon(key=feature, value=value,
-                                             partition=partition_of(feature)))
-        for feature, value in out.catalog:
-            sent.append(catalog_out.send_soon(key=feature, value=value, partition=0))
+        # The records themselves are re-published for every customer after a recovery.
+        sent += [customer_out.send_soon(key=key, value=value) for key, value in out.records]
         return sent
+
+    async def send(out: Flush, deadletters: list[tuple[bytes | None, bytes]] | None = None
+                   ) -> list[Any]:
+        """A whole flush of the customer stage, outputs delivered before the state."""
+        await _delivered(send_outputs(out, deadletters or []))
+        return await send_state(out)
 
     @app.agent(business_in, name="aggregate_business")
     async def aggregate_business(stream: faust.StreamT) -> None:
@@ -262,14 +277,20 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         # the agent applies more events meanwhile, whose state only the next flush writes.
         # Acknowledging those here lost them on a crash before that flush.
         out = processor.flush()
+        deadletters = service.take_deadletters()
+        business = aggregator.flush()
+        feature_flush = features.flush()
         pending, service.pending = service.pending, []
-        sent = await send(out)
-        sent += send_stage(aggregator.flush(), scopes, business_out)
         pending += service.business_pending
         service.business_pending = []
-        sent += send_stage(features.flush(), feature_table, feature_out)
         pending += service.feature_pending
         service.feature_pending = []
+        # Outputs of every stage first, then the state that no longer holds them (send_outputs).
+        await _delivered(send_outputs(out, deadletters) + stage_outputs(business, business_out)
+                         + stage_outputs(feature_flush, feature_out))
+        sent = await send_state(out)
+        sent += stage_state(business, scopes)
+        sent += stage_state(feature_flush, feature_table)
         sent += flush_learner()
         pending += service.learner_pending
         service.learner_pending = []
@@ -291,13 +312,15 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             features.apply(event.message.key.decode(), orjson.loads(event.message.value))
             service.feature_pending.append(event)
 
-    def send_stage(out: StageFlush, table: faust.Table, records: faust.TopicT) -> list[Any]:
-        """A keyed stage's flush: its changelog, its records, its alerts (their futures)."""
-        sent = [table.send_changelog(partition_of(key), key, state)
-                for key, state in out.changelog]
-        sent += [records.send_soon(key=key, value=value) for key, value in out.records]
+    def stage_outputs(out: StageFlush, records: faust.TopicT) -> list[Any]:
+        """A keyed stage's records and alerts (their futures): sent before its state."""
+        sent = [records.send_soon(key=key, value=value) for key, value in out.records]
         sent += [alerts_out.send_soon(key=key, value=value) for key, value in out.alerts]
         return sent
+
+    def stage_state(out: StageFlush, table: faust.Table) -> list[Any]:
+        return [table.send_changelog(partition_of(key), key, state)
+                for key, state in out.changelog]
 
     def learner_gauges() -> list[Any]:
         """The learner's figures, from the one worker that owns it (so sum() is right)."""
@@ -351,7 +374,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         service.owned = set(app.assignor.assigned_actives())
         mine = {tp.partition for tp in service.owned if tp.topic == s.topics.repartition}
         owned = set(processor.members)
-        await _delivered(await send(processor.revoke(owned - mine)))
+        await _delivered(await send(processor.revoke(owned - mine), service.take_deadletters()))
         processor.assign(mine)
         log.info("customer partitions assigned: %s", sorted(mine))
         # A model version that arrived while scope `all` had no owner re-emitted nothing: its
@@ -374,8 +397,11 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                                    if e.message.tp not in revoked]
         # Deliver what revoke() writes before the rebalance goes on, or the recovery that
         # follows it may restore an older record over it.
+        # Pending dead letters go too: the records revoke() writes hold their positions, so
+        # the next owner skips their events.
         sent = await send(processor.revoke({tp.partition for tp in revoked
-                                            if tp.topic == s.topics.repartition}))
+                                            if tp.topic == s.topics.repartition}),
+                          service.take_deadletters())
         if any(tp.topic == s.topics.churn_examples for tp in revoked):
             sent += save_learner()
             service.learner = None
@@ -427,6 +453,8 @@ async def _rewind_uncommitted(consumer: Any, topics: set[str]) -> None:
     what they already hold. Usage and feature events older than the dedup horizon are
     dead-lettered as `too_late` again, though (see README, "Scaling out").
     """
+    if not consumer.assignment():
+        return  # a worker with no partitions (more workers than partitions) has nothing to seek
     committed = await consumer.seek_to_committed()
     fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
     if fresh:

@@ -114,6 +114,7 @@ class CustomerProcessor:
         count = self.metrics.count
         live = self.live
         now = None if self.wall_clock is None else self.wall_clock()
+        touched: list[CustomerState] = []
         for event in batch:
             family = event["family"]
             ts = event["ts"]
@@ -148,11 +149,13 @@ class CustomerProcessor:
             else:
                 seen.add_lifetime(h)
             self._apply_event(state, event, partition)
-            if offset is not None:
-                state.offset = offset
+            touched.append(state)
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
             count(family, "late" if where is LATE else "accepted")
+        if offset is not None:
+            for state in touched:  # after the batch: its later events must not skip
+                state.offset = offset
         return deadletters
 
     def _advance(self, partition: int, clock: PartitionClock, ts: float) -> None:

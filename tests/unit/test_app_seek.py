@@ -22,7 +22,12 @@ class FakeConsumer:
         self.earliest = earliest
         self.calls: list[Any] = []
 
+    def assignment(self) -> set[TP]:
+        return set(self.committed)
+
     async def seek_to_committed(self) -> dict[TP, int | None]:
+        # aiokafka asserts when nothing is assigned (a worker beyond the partition count).
+        assert self.committed, "No partitions are currently assigned"
         return dict(self.committed)
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
@@ -51,6 +56,12 @@ def test_uncommitted_internal_partitions_are_rewound() -> None:
 
 def test_nothing_to_rewind_when_every_partition_was_committed() -> None:
     consumer = FakeConsumer({TP("vitals.internal.events", 0): 7})
+    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    assert consumer.calls == []
+
+
+def test_a_worker_without_partitions_seeks_nothing() -> None:
+    consumer = FakeConsumer({})
     asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
     assert consumer.calls == []
 

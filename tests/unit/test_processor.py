@@ -626,3 +626,40 @@ def test_a_feature_learnt_late_gets_the_active_users_of_earlier_days_once() -> N
     for m in sent:
         book.update(m["p"], FeatureContribution.from_state(m["c"]), m.get("b"))
     assert book.after_release_counts(at(D, 0), partitions=2) == (4, 12)
+
+
+def test_a_replay_is_skipped_by_position_not_judged_too_late() -> None:
+    """After a crash the internal topic is read again from the last commit. Events the restored
+    records already hold are skipped by position, even those now far behind the watermark."""
+    store: dict[str, CustomerState] = {}
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, metrics = make(store, clock_store)
+    old_batch = [signup("c-1", at(D - 5, 9)), usage("c-1", at(D - 5, 10), "u1")]
+    steps = [at(D - 5 + k, 12) for k in range(6)]  # the watermark walks a day at a time
+    proc.apply(0, old_batch, offset=10)
+    for k, ts in enumerate(steps):
+        proc.apply(0, [usage("c-1", ts, "u2")], offset=11 + k)
+    for partition, clock in proc.flush().clocks:   # as the transport writes them
+        clock_store[str(partition)] = clock
+    restored = {cid: decode_state(encode_state(s)) for cid, s in store.items()}
+    assert restored["c-1"].offset == 16
+    # The clock restored ahead (written after its customers): the old batch is 5 days behind.
+    again, metrics2 = make(restored, dict(clock_store))
+    assert again.apply(0, old_batch, offset=10) == []            # no too_late dead letter
+    assert metrics2.registry.get_sample_value(
+        "vitals_deadletter_total", {"family": "usage", "error": "too_late"}) in (None, 0.0)
+    for outcome in ("accepted", "duplicate", "late"):
+        assert metrics2.registry.get_sample_value(
+            "vitals_events_total", {"family": "usage", "outcome": outcome}) in (None, 0.0)
+    # a batch past the stored position is applied as usual
+    assert again.apply(0, [usage("c-1", at(D, 13), "u3")], offset=17) == []
+    assert counted(metrics2, "usage", "accepted") == 1
+    assert again.live["c-1"].offset == 17
+
+
+def test_offsets_of_one_batch_do_not_skip_its_own_later_events() -> None:
+    proc, metrics = make()
+    proc.apply(0, [signup("c-1", at(D, 9)), usage("c-1", at(D, 10), "u1"),
+                   usage("c-1", at(D, 11), "u2")], offset=0)
+    assert counted(metrics, "usage", "accepted") == 2
+    assert proc.live["c-1"].offset == 0
