@@ -104,3 +104,36 @@ def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
         return lag
     finally:
         consumer.close()
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 60.0
+             ) -> list[tuple[str | None, dict[str, Any]]]:
+    """Every record of a topic, from the beginning to the end it has now, in partition order."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return []
+        ends = {}
+        for p in meta.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[tuple[str | None, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: not read to its end in {timeout} s: {ends}")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.value() is not None:
+                key = msg.key().decode() if msg.key() else None
+                out.append((key, orjson.loads(msg.value())))
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+        return out
+    finally:
+        consumer.close()

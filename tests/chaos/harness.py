@@ -1,0 +1,237 @@
+"""Runs worker groups over the same pre-filled input and compares their outputs field by field.
+
+A *run* is a group of `vitals worker` processes with an app id and output topics of its own,
+reading input topics shared by every run. The reference run is left alone; the others are
+disturbed (SIGKILL at seeded random moments, workers joining and leaving). When every run has
+worked off its input, the outputs are read back from the topics and compared:
+
+- the last record per key of `vitals.customer`, `vitals.business` and `vitals.feature`;
+- the alert transitions per alert id (a resend of the same transition is listed apart);
+- the dead letters, by source position and code.
+
+Churn-model fields follow model versions that reach each worker asynchronously, so they are
+compared apart (`churn_differences`) and do not fail a run; see docs/chaos.md.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import WorkerProcess
+from tests.integration.kafka import In, group_lag, read_all
+
+FAMILIES = ("signup", "usage", "feature", "billing", "support")
+OUTPUTS = ("customer", "business", "feature_out", "alerts", "deadletter")
+# Fields driven by the churn model (its versions reach workers asynchronously).
+CHURN_FIELDS = {"customer": ("churn",), "business": ("churn_model",)}
+CHURN_RULES = ("churn_risk_high",)
+
+
+def input_topic(prefix: str, family: str) -> str:
+    return f"{prefix}.events.{family}"
+
+
+def fill(bootstrap: str, prefix: str, events: list[tuple[str, Any]]) -> int:
+    """Pre-fill the shared input topics; returns the number of records."""
+    In(bootstrap).send_events(prefix, events)
+    return len(events)
+
+
+@dataclass
+class Run:
+    """One worker group over the shared input."""
+    broker_url: str
+    bootstrap: str
+    prefix: str
+    name: str
+    workers: int
+    logdir: Path
+    store: str = "memory://"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: list[WorkerProcess] = field(default_factory=list)
+    kills: int = 0
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.prefix}-{self.name}"
+
+    def topic(self, output: str) -> str:
+        return f"{self.prefix}.{output}.{self.name}"
+
+    def env(self, index: int) -> dict[str, str]:
+        env = {f"VITALS_TOPICS__{f.upper()}": input_topic(self.prefix, f) for f in FAMILIES}
+        env.update({f"VITALS_TOPICS__{o.upper()}": self.topic(o) for o in OUTPUTS})
+        env.update({
+            "VITALS_APP__ID": self.app_id,
+            "VITALS_TOPICS__REPARTITION": self.topic("internal"),
+            "VITALS_TOPICS__BUSINESS_INTERNAL": self.topic("internal-business"),
+            "VITALS_APP__STORE": f'"{self.store}"',
+        })
+        if self.store.startswith("rocksdb"):
+            data = self.logdir / f"{self.name}-data-{index}"
+            env["VITALS_APP__DATA_DIR"] = f'"{data}"'
+        env.update(self.extra_env)
+        return env
+
+    def start(self, count: int | None = None) -> "Run":
+        for _ in range(self.workers if count is None else count):
+            self.add_worker()
+        return self
+
+    def add_worker(self) -> WorkerProcess:
+        index = len(self.procs)
+        worker = WorkerProcess(self.broker_url, self.logdir / f"{self.name}-{index}.log",
+                               **self.env(index))
+        self.procs.append(worker)
+        worker.start(timeout=120)
+        return worker
+
+    def kill_and_restart(self, index: int) -> None:
+        worker = self.procs[index]
+        worker.kill()
+        self.kills += 1
+        worker.start(timeout=120)
+
+    def stop_worker(self, index: int) -> None:
+        self.procs[index].stop()
+
+    def lag(self) -> int:
+        ingest = group_lag(self.bootstrap, f"{self.app_id}-ingest",
+                           [input_topic(self.prefix, f) for f in FAMILIES])
+        stages = group_lag(self.bootstrap, self.app_id,
+                           [self.topic("internal"), self.topic("internal-business")])
+        return ingest + stages
+
+    def wait_caught_up(self, timeout: float = 300.0) -> float:
+        """Until both groups have committed everything; returns the seconds it took."""
+        started = time.monotonic()
+        deadline = started + timeout
+        lag = -1
+        while time.monotonic() < deadline:
+            for worker in self.procs:
+                if worker.proc is not None and worker.proc.poll() not in (None, 0):
+                    raise AssertionError(f"{self.name}: a worker exited "
+                                         f"{worker.proc.returncode}:\n{worker.log_tail()}")
+            lag = self.lag()
+            if lag == 0:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name} did not catch up in {timeout} s (lag {lag})")
+
+    def stop(self) -> None:
+        for worker in self.procs:
+            worker.stop()
+
+    def outputs(self, settle: float = 3.0) -> "Outputs":
+        time.sleep(settle)  # the last flushes
+        return Outputs.read(self.bootstrap, self)
+
+
+@dataclass
+class Outputs:
+    latest: dict[str, dict[str, dict[str, Any]]]
+    transitions: dict[str, list[tuple[str, str]]]
+    resent_transitions: int
+    deadletters: set[tuple[Any, ...]]
+    resent_deadletters: int
+
+    @classmethod
+    def read(cls, bootstrap: str, run: Run) -> "Outputs":
+        latest = {}
+        for output in ("customer", "business", "feature_out"):
+            latest[output] = {k: v for k, v in read_all(bootstrap, run.topic(output))
+                              if k is not None}
+        transitions: dict[str, list[tuple[str, str]]] = {}
+        resent = 0
+        for key, alert in read_all(bootstrap, run.topic("alerts")):
+            seq = transitions.setdefault(alert["alert_id"], [])
+            step = (alert["status"], alert["as_of"])
+            if seq and seq[-1] == step:
+                resent += 1  # the same transition sent again (a crash between send and state)
+                continue
+            seq.append(step)
+        deadletters: set[tuple[Any, ...]] = set()
+        resent_dl = 0
+        for _, dl in read_all(bootstrap, run.topic("deadletter")):
+            ident = (dl["source_topic"], dl["partition"], dl["offset"], dl["error"])
+            if ident in deadletters:
+                resent_dl += 1
+            deadletters.add(ident)
+        return cls(latest, transitions, resent, deadletters, resent_dl)
+
+
+@dataclass
+class Comparison:
+    differences: list[str]
+    churn_differences: int
+    keys: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def _diff_record(where: str, expected: Any, actual: Any, out: list[str], skip: tuple[str, ...]
+                 ) -> int:
+    """Field-by-field differences (nested dicts walked); returns differences in skipped fields."""
+    skipped = 0
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for k in sorted(set(expected) | set(actual)):
+            if k in skip:
+                skipped += expected.get(k) != actual.get(k)
+                continue
+            skipped += _diff_record(f"{where}.{k}", expected.get(k, "<missing>"),
+                                    actual.get(k, "<missing>"), out, ())
+    elif expected != actual:
+        out.append(f"{where}: {expected!r} != {actual!r}")
+    return skipped
+
+
+def compare(reference: Outputs, other: Outputs) -> Comparison:
+    diffs: list[str] = []
+    churn = 0
+    keys = 0
+    for output, records in reference.latest.items():
+        mine = other.latest[output]
+        skip = CHURN_FIELDS.get(output, ())
+        for key in sorted(set(records) | set(mine)):
+            keys += 1
+            if key not in mine or key not in records:
+                diffs.append(f"{output}[{key}]: only in "
+                             f"{'reference' if key in records else 'disturbed run'}")
+                continue
+            churn += _diff_record(f"{output}[{key}]", records[key], mine[key], diffs, skip)
+    for alert_id in sorted(set(reference.transitions) | set(other.transitions)):
+        if alert_id.split(":", 1)[0] in CHURN_RULES:
+            churn += reference.transitions.get(alert_id) != other.transitions.get(alert_id)
+            continue
+        expected = reference.transitions.get(alert_id, [])
+        actual = other.transitions.get(alert_id, [])
+        if expected != actual:
+            diffs.append(f"alerts[{alert_id}]: {expected} != {actual}")
+    for dl in sorted(reference.deadletters - other.deadletters, key=repr):
+        diffs.append(f"deadletter {dl}: only in reference")
+    for dl in sorted(other.deadletters - reference.deadletters, key=repr):
+        diffs.append(f"deadletter {dl}: only in disturbed run")
+    return Comparison(diffs, churn, keys)
+
+
+def kill_moments(seed: int, kills: int, span: float) -> list[float]:
+    """Seeded random moments in (0, span), at least a second apart, in order."""
+    rng = random.Random(seed)
+    while True:
+        moments = sorted(rng.uniform(0.02, 0.95) * span for _ in range(kills))
+        if all(b - a >= 1.0 for a, b in zip(moments, moments[1:])):
+            return moments
+
+
+def report(name: str, comparison: Comparison, limit: int = 40) -> str:
+    lines = [f"{name}: {len(comparison.differences)} differences over {comparison.keys} keys "
+             f"({comparison.churn_differences} churn-model fields apart)"]
+    lines += [f"  {d}" for d in comparison.differences[:limit]]
+    if len(comparison.differences) > limit:
+        lines.append(f"  ... and {len(comparison.differences) - limit} more")
+    return "\n".join(lines)
