@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration bench bench-churn promtool clean
+.PHONY: install demo test unit integration bench bench-churn chaos promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_worker.py
+
+# The determinism and crash matrices against a reference run (see docs/chaos.md; long).
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.matrix --seeds 1,2 --kills 6 --markdown
 
 # The churn model against the health score and an offline yardstick (about 20 minutes).
 bench-churn: $(STAMP)

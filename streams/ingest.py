@@ -26,10 +26,11 @@ from collections import defaultdict, deque
 from typing import Any, Callable, Hashable, Iterable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from streams.assignor import CoPartitionedAssignor
 from streams.deadletter import deadletter_value
 from streams.events import EventValidator, InvalidEvent, NOT_JSON, event_hash
 from streams.exporters.metrics import Metrics
@@ -173,7 +174,8 @@ class IngestService(Service):
         s = self.settings
         session_ms = int(s.app.session_timeout_seconds * 1000)
         self.consumer = AIOKafkaConsumer(
-            *s.topics.input_topics(), bootstrap_servers=self.bootstrap,
+            bootstrap_servers=self.bootstrap,
+            partition_assignment_strategy=(CoPartitionedAssignor,),
             group_id=f"{s.app.id}-ingest", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
@@ -184,6 +186,7 @@ class IngestService(Service):
                                          max_batch_size=1 << 20, max_request_size=8 << 20)
         await self.producer.start()
         await self.consumer.start()
+        self.consumer.subscribe(list(s.topics.input_topics()), listener=_Forget(self))
 
     async def on_stop(self) -> None:
         self.ready = False
@@ -191,6 +194,14 @@ class IngestService(Service):
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Revoked partitions: their buffered events are re-read from the last commit by
+        whoever owns them next (here too, under aiokafka's eager protocol), so nothing of them
+        may stay buffered, nor count as caught up from an old assignment time."""
+        self.aligner.forget(partitions)
+        for tp in partitions:
+            self.assigned_at.pop(tp, None)
 
     @Service.task
     async def _poll_loop(self) -> None:
@@ -266,3 +277,14 @@ class IngestService(Service):
             # and the customer stage drops what it already has.
             log.warning("ingest commit failed (%s); events will be re-read and deduplicated", exc)
         self.polls += 1
+
+
+class _Forget(ConsumerRebalanceListener):
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.service.forget(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        pass

@@ -50,9 +50,14 @@ class Run:
     workers: int
     logdir: Path
     store: str = "memory://"
+    input_prefix: str = ""          # the shared input topics; the run's own prefix if empty
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[WorkerProcess] = field(default_factory=list)
     kills: int = 0
+
+    @property
+    def inputs(self) -> str:
+        return self.input_prefix or self.prefix
 
     @property
     def app_id(self) -> str:
@@ -62,7 +67,7 @@ class Run:
         return f"{self.prefix}.{output}.{self.name}"
 
     def env(self, index: int) -> dict[str, str]:
-        env = {f"VITALS_TOPICS__{f.upper()}": input_topic(self.prefix, f) for f in FAMILIES}
+        env = {f"VITALS_TOPICS__{f.upper()}": input_topic(self.inputs, f) for f in FAMILIES}
         env.update({f"VITALS_TOPICS__{o.upper()}": self.topic(o) for o in OUTPUTS})
         env.update({
             "VITALS_APP__ID": self.app_id,
@@ -100,7 +105,7 @@ class Run:
 
     def lag(self) -> int:
         ingest = group_lag(self.bootstrap, f"{self.app_id}-ingest",
-                           [input_topic(self.prefix, f) for f in FAMILIES])
+                           [input_topic(self.inputs, f) for f in FAMILIES])
         stages = group_lag(self.bootstrap, self.app_id,
                            [self.topic("internal"), self.topic("internal-business")])
         return ingest + stages
