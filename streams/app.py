@@ -20,11 +20,12 @@ from faust.types import EventT
 from streams.business import (BusinessAggregator, ScopeState, StageFlush, decode_scope,
                               encode_scope)
 from streams.churn import ChurnLearner
-from streams.exporters.metrics import Metrics, gauge
+from streams.exporters.metrics import INTERNAL, Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
 from streams.ingest import IngestService
 from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
+from streams.quarantine import quarantine
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.topics import MODEL_MESSAGE_BYTES, Partitioner
@@ -99,6 +100,13 @@ class Service:
     # acknowledged with a state that the next recovery overwrites (see `owned_event`).
     owned: set[Any] = field(default_factory=set)
     strays: int = 0
+
+    def quarantine(self, event: EventT, exc: Exception) -> None:
+        """An internal message that made its stage raise: dead-lettered, acknowledged."""
+        msg = event.message
+        self.metrics.quarantined(INTERNAL)
+        self.deadletters.append((msg.key, quarantine(msg.topic, msg.partition, msg.offset, exc,
+                                                     msg.value)))
 
     def take_deadletters(self) -> list[tuple[bytes | None, bytes]]:
         taken, self.deadletters = self.deadletters, []
@@ -213,9 +221,13 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         async for event in stream.noack().events():
             if not service.owned_event(event):
                 continue
-            batch = orjson.loads(event.message.value)
-            service.deadletters += processor.apply(event.message.partition, batch,
-                                                   event.message.offset)
+            try:
+                batch = orjson.loads(event.message.value)
+            except orjson.JSONDecodeError as exc:  # not written by our ingest
+                service.quarantine(event, exc)
+            else:
+                service.deadletters += processor.apply(event.message.partition, batch,
+                                                       event.message.offset)
             service.pending.append(event)
 
     def send_outputs(out: Flush, deadletters: list[tuple[bytes | None, bytes]]) -> list[Any]:
@@ -266,7 +278,10 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         async for event in stream.noack().events():
             if not service.owned_event(event):
                 continue
-            aggregator.apply([orjson.loads(event.message.value)])
+            try:
+                aggregator.apply([orjson.loads(event.message.value)])
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stage
+                service.quarantine(event, exc)
             service.business_pending.append(event)
 
     @app.timer(s.emit.interval_seconds, name="flush_customers")
@@ -309,7 +324,10 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         async for event in stream.noack().events():
             if not service.owned_event(event):
                 continue
-            features.apply(event.message.key.decode(), orjson.loads(event.message.value))
+            try:
+                features.apply(event.message.key.decode(), orjson.loads(event.message.value))
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stage
+                service.quarantine(event, exc)
             service.feature_pending.append(event)
 
     def stage_outputs(out: StageFlush, records: faust.TopicT) -> list[Any]:
@@ -343,7 +361,10 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                 continue
             if service.learner is None:
                 service.learner = ChurnLearner(s.churn, learner_table.data.get("learner"))
-            service.learner.apply(orjson.loads(event.message.value))
+            try:
+                service.learner.apply(orjson.loads(event.message.value))
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stage
+                service.quarantine(event, exc)
             service.learner_pending.append(event)
 
     def save_learner() -> list[Any]:

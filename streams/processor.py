@@ -19,6 +19,7 @@ from models.activity import DAY_SECONDS, day_of
 from models.features import BASE_HISTORY_DAYS, FeatureContribution
 from streams import events as ev
 from streams.deadletter import deadletter_value
+from streams.quarantine import quarantine
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement
 from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
@@ -148,7 +149,11 @@ class CustomerProcessor:
                 seen.add_windowed(h, day_of(ts))
             else:
                 seen.add_lifetime(h)
-            self._apply_event(state, event, partition)
+            try:
+                self._apply_event(state, event, partition)
+            except Exception as exc:  # noqa: BLE001 - any fault of one record: quarantined
+                deadletters.append(self._quarantine(event, exc))
+                continue
             touched.append(state)
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
@@ -279,6 +284,14 @@ class CustomerProcessor:
         src = event.get("src") or (self.topic_of.get(family, family), None, None)
         key = event.get("key")
         value = deadletter_value(src[0], src[1], src[2], code, detail, event.get("raw"))
+        return (None if key is None else key.encode()), value
+
+    def _quarantine(self, event: dict[str, Any], exc: Exception) -> tuple[bytes | None, bytes]:
+        family = event["family"]
+        self.metrics.quarantined(family)
+        src = event.get("src") or (self.topic_of.get(family, family), None, None)
+        key = event.get("key")
+        value = quarantine(src[0], src[1], src[2], exc, event.get("raw"))
         return (None if key is None else key.encode()), value
 
     def _close_day(self, partition: int, clock: PartitionClock) -> None:

@@ -22,6 +22,8 @@ disable_created_metrics()
 HEALTH_BUCKETS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
 TTV_BUCKETS = (1.0, 3.0, 7.0, 14.0, 30.0, 60.0, 90.0, 180.0, 365.0)
 OUTCOMES = ("accepted", "duplicate", "late", "rejected")
+PROCESSING_ERROR = "processing_error"
+INTERNAL = "internal"   # the `family` of messages between stages
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
@@ -37,7 +39,10 @@ class Metrics:
         # Pre-create the bounded label sets so that rate() sees zeros before the first event.
         self._events = {(f, o): self.events.labels(f, o) for f in FAMILIES for o in OUTCOMES}
         self._deadletters = {(f, e): self.deadletters.labels(f, e)
-                             for f in FAMILIES for e in ERROR_CODES}
+                             for f in FAMILIES for e in (*ERROR_CODES, PROCESSING_ERROR)}
+        # Internal messages between stages that made a stage raise (streams/quarantine.py).
+        self._deadletters[(INTERNAL, PROCESSING_ERROR)] = self.deadletters.labels(
+            INTERNAL, PROCESSING_ERROR)
         self.alerts = Counter("vitals_alerts", "Alert transitions by rule and status",
                               ["rule", "status"], registry=self.registry)
         self.health_score = Histogram(
@@ -55,6 +60,12 @@ class Metrics:
     def deadletter(self, family: str, error: str) -> None:
         self._events[(family, "rejected")].inc()
         self._deadletters[(family, error)].inc()
+
+    def quarantined(self, family: str) -> None:
+        """A record that made a stage raise; input events also count as rejected."""
+        if family in FAMILIES:
+            self._events[(family, "rejected")].inc()
+        self._deadletters[(family if family in FAMILIES else INTERNAL, PROCESSING_ERROR)].inc()
 
     def alert(self, rule: str, status: str) -> None:
         self.alerts.labels(rule, status).inc()

@@ -56,3 +56,23 @@ async def test_customer_agent_applies_batches_and_dedups():
     record = orjson.loads(dict(out.records)["c-1"])
     assert record["activity"]["dau"] == 2 and record["onboarding"]["stage"] == "aha"
     assert [cid for _, cid, _ in out.changelog] == ["c-1"]
+
+
+async def test_a_business_message_that_raises_is_quarantined_and_acknowledged():
+    service = build_app(load_settings(env={}), "kafka://127.0.0.1:9")  # never connected
+    agent = service.app.agents["aggregate_business"]
+    topic = service.settings.topics.business_internal
+    service.owned = {TP(topic, 0)}
+    async with agent.test_context() as test_agent:
+        await test_agent.put(value=orjson.dumps({"t": "mv", "scope": "all", "cid": "c-1",
+                                                 "mv": {"not": "a movement"}}))
+        await test_agent.put(value=orjson.dumps(
+            {"t": "part", "scope": "all", "p": 0, "wm": T0, "sum": {"n": 1}}))
+    assert len(service.business_pending) == 2   # both acknowledged with the next flush
+    [(key, value)] = service.deadletters
+    dl = orjson.loads(value)
+    assert dl["error"] == "processing_error" and dl["source_topic"] == topic
+    assert dl["detail"].startswith("KeyError")
+    assert service.metrics.registry.get_sample_value(
+        "vitals_deadletter_total", {"family": "internal", "error": "processing_error"}) == 1
+    assert "all" in service.aggregator.live      # the next message was applied

@@ -663,3 +663,28 @@ def test_offsets_of_one_batch_do_not_skip_its_own_later_events() -> None:
                    usage("c-1", at(D, 11), "u2")], offset=0)
     assert counted(metrics, "usage", "accepted") == 2
     assert proc.live["c-1"].offset == 0
+
+
+def test_an_event_that_makes_the_stage_raise_is_quarantined_and_the_stage_goes_on(monkeypatch):
+    proc, metrics = make()
+    real = proc._apply_event
+
+    def faulty(state, event, partition):
+        if event["event_id"] == "boom":
+            raise OverflowError("int too large to convert")
+        real(state, event, partition)
+
+    monkeypatch.setattr(proc, "_apply_event", faulty)
+    dls = proc.apply(0, [usage("c-1", at(D, 10), "u1"), usage("c-1", at(D, 11), "u2",
+                                                               event_id="boom"),
+                         usage("c-1", at(D, 12), "u3")], offset=3)
+    assert len(dls) == 1
+    dl = orjson.loads(dls[0][1])
+    assert dl["error"] == "processing_error"
+    assert dl["detail"] == "OverflowError: int too large to convert"
+    assert '"boom"' in dl["raw"]
+    assert counted(metrics, "usage", "accepted") == 2
+    assert counted(metrics, "usage", "rejected") == 1
+    assert deadlettered(metrics, "usage", "processing_error") == 1
+    record = orjson.loads(dict(proc.flush().records)["c-1"])
+    assert record["activity"]["dau"] == 2
