@@ -49,6 +49,15 @@ class Flush:
     catalog: list[tuple[str, bytes]] = field(default_factory=list)    # feature first seen
 
 
+def in_day_as_of(state: CustomerState) -> float:
+    """The event time an in-day record is valid for: the customer's latest event, or its last
+    day close if that is later. Not the partition's watermark at the flush, which depends on
+    when the flush happens: the record of the same events would then differ between runs."""
+    closed = -1.0 if state.closed_day is None else state.closed_day * DAY_SECONDS
+    last = -1.0 if state.last_ts is None else state.last_ts
+    return max(closed, last)
+
+
 class CustomerProcessor:
     def __init__(self, settings: Settings, store: MutableMapping[str, CustomerState],
                  clock_store: MutableMapping[str, dict[str, Any]], metrics: Metrics,
@@ -79,6 +88,7 @@ class CustomerProcessor:
         # Last evaluation of each customer, for the gauges (no customer id ever in a label).
         self.contrib: dict[str, Evaluation] = {}
         self.alerts_out: list[tuple[str, bytes]] = []
+        self.closed_records: list[tuple[str, bytes]] = []   # day-close records, in order
         self.business_out: list[tuple[str, bytes]] = []
         # Per customer partition and scope: a summary of its customers for vitals.business.
         self.summaries: dict[int, dict[str, dict[str, Any]]] = {}
@@ -295,13 +305,25 @@ class CustomerProcessor:
         return (None if key is None else key.encode()), value
 
     def _close_day(self, partition: int, clock: PartitionClock) -> None:
-        """Day close: every customer of the partition is re-evaluated as of the new day's start.
+        """Day closes of every day the watermark left behind (the last FEATURE_BACKFILL_DAYS
+        of a longer jump): each is published, judged by the alert rules and snapshotted."""
+        previous = clock.closed_day
+        day = clock.close_day()
+        first = day if previous is None else max(previous + 1, day - FEATURE_BACKFILL_DAYS + 1)
+        for as_of_day in range(first, day + 1):
+            self._close_customers(partition, as_of_day)
+        # The feature stage needs each partition's counts of every closed day (the day 30 days
+        # after a release may be one that a jump skipped).
+        start = day - 1 if previous is None else max(previous, day - FEATURE_BACKFILL_DAYS)
+        for closed in range(start, day):
+            self._features_day(partition, closed)
+
+    def _close_customers(self, partition: int, day: int) -> None:
+        """Every customer of the partition evaluated as of `day` 00:00, day D-1 being complete.
 
         This is what makes health decay without events, stores the day's score for trend_7d,
         and lets alerts such as ttv_exceeded fire in event time, also on a replay.
         """
-        previous = clock.closed_day
-        day = clock.close_day()
         self.days_closed += 1
         as_of = float(day * DAY_SECONDS)
         for cid in self.members[partition]:
@@ -311,18 +333,14 @@ class CustomerProcessor:
             state.closed_day = day
             state.support.prune(day)
             result = self._evaluate(cid, state, as_of)
+            # Every closed day is published, also during a backfill: the daily series.
+            self.closed_records.append((cid, orjson.dumps(result.record)))
             if result.score is not None:
                 self.metrics.health_score.labels(result.segment).observe(result.score)
             self._churn_day(cid, state, result, day)
             if state.pending_mv and state.pending_mv[0]["ts"] < as_of - self.segment_wait:
                 self._release_movements(state, "unknown")
             self.dirty[cid] = partition
-            self.to_emit[cid] = partition
-        # Every day closed, also the ones a jump of the watermark skipped (a quiet day): the
-        # feature stage needs each partition's counts of the day 30 days after a release.
-        first = day - 1 if previous is None else max(previous, day - FEATURE_BACKFILL_DAYS)
-        for closed in range(first, day):
-            self._features_day(partition, closed)
 
     def _features_day(self, partition: int, closed: int) -> None:
         """Send this partition's contribution of closed day D to every known feature.
@@ -420,13 +438,12 @@ class CustomerProcessor:
 
     def flush(self) -> Flush:
         out = Flush()
+        out.records, self.closed_records = self.closed_records, []
         for cid, partition in self.to_emit.items():
             state = self._load(cid)
-            as_of = self.clocks[partition].watermark
-            assert as_of is not None
             # Alerts are judged at day closes only: a mid-day state must not fire or not
             # depending on when a wall-clock flush happens to look at it.
-            record = self._evaluate(cid, state, as_of, alerts=False).record
+            record = self._evaluate(cid, state, in_day_as_of(state), alerts=False).record
             out.records.append((cid, orjson.dumps(record)))
             self.dirty[cid] = partition  # the evaluation updated score history and alerts
         self.to_emit = {}

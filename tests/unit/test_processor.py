@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, MutableMapping
 
@@ -78,9 +79,12 @@ def make(store: MutableMapping[str, CustomerState] | None = None,
 
 
 def records(out: Flush) -> dict[str, dict[str, Any]]:
-    recs = {cid: orjson.loads(value) for cid, value in out.records}
-    assert len(recs) == len(out.records)  # at most one record per customer per flush
-    return recs
+    """The newest record of each customer in a flush: its day-close records come first, in
+    order, then at most one in-day record (coalesced)."""
+    pairs = [(cid, orjson.loads(value)) for cid, value in out.records]
+    in_day = [cid for cid, r in pairs if not r["as_of"].endswith("T00:00:00Z")]
+    assert len(in_day) == len(set(in_day))
+    return dict(pairs)
 
 
 def counted(metrics: Metrics, family: str, outcome: str) -> float:
@@ -318,7 +322,8 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     assert sorted(cid for _, cid, _ in out.changelog) == ["c-1", "c-2"]
     recs = records(out)
     assert set(recs) == {"c-1", "c-2"}
-    assert recs["c-2"]["as_of"] == "2026-03-02T01:00:00Z"   # the new watermark
+    assert recs["c-2"]["as_of"] == "2026-03-02T00:00:00Z"   # its day-close record
+    assert recs["c-1"]["as_of"] == "2026-03-02T01:00:00Z"   # its latest event, after the close
     # c-2 as of D+1: n = 3; dau 0; wau = mau = {v1, v2} = 2; active days 2
     #   Σ DAU = 1 + 2 + 0 = 3 → (3/3)/2 = 0.5
     assert activity(recs, "c-2") == (0, 2, 2, 2, 0.5)
@@ -360,7 +365,7 @@ def test_quiet_customer_reaches_mau_zero_after_thirty_days() -> None:
         proc.apply(0, [usage("c-1", at(D + k, 0.5), "u1"), usage("c-1", at(D + k, 12), "u1")])
         recs = records(proc.flush())
         assert "c-2" in recs                      # emitted at every day close
-        assert recs["c-2"]["as_of"] == rfc3339(at(D + k, 12))
+        assert recs["c-2"]["as_of"] == rfc3339(at(D + k, 0))
         seen[k] = activity(recs, "c-2")
     # D+1: n = 2 (first day D); Σ DAU = 2 → (2/2)/2 = 0.5
     assert seen[1] == (0, 2, 2, 1, 0.5)
@@ -688,3 +693,18 @@ def test_an_event_that_makes_the_stage_raise_is_quarantined_and_the_stage_goes_o
     assert deadlettered(metrics, "usage", "processing_error") == 1
     record = orjson.loads(dict(proc.flush().records)["c-1"])
     assert record["activity"]["dau"] == 2
+
+
+def test_a_jump_of_the_watermark_publishes_every_day_it_closes() -> None:
+    """A downstream store gets a complete daily series, also across a quiet gap."""
+    proc, _ = make()
+    proc.policy = dataclasses.replace(proc.policy, max_skew=10 * DAY)  # as a replay allows
+    proc.apply(0, [usage("c-1", at(D, 20), "u1"), usage("c-2", at(D, 20), "v1")])
+    proc.flush()
+    proc.apply(0, [usage("c-1", at(D + 4, 9), "u1")])  # days D … D+3 close
+    closes = [(cid, r["as_of"]) for cid, r in ((c, orjson.loads(v))
+                                                for c, v in proc.flush().records)
+              if r["as_of"].endswith("T00:00:00Z")]
+    for cid in ("c-1", "c-2"):
+        assert [a for c, a in closes if c == cid] == [rfc3339(at(D + k, 0)) for k in range(1, 5)]
+    assert proc.days_closed == 4
