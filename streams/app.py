@@ -353,6 +353,28 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     metrics.add_gauge_source(learner_gauges)
 
+    def lag_gauges() -> list[Any]:
+        """Offset lag of both consumer groups over the partitions this worker owns."""
+        series = {(f"{s.app.id}-ingest", topic): float(n) for topic, n in ingest.lag().items()}
+        consumer = app.consumer
+        for tp in service.owned:
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet: no figure rather than a guess
+                continue
+            if high is None:
+                continue
+            # Faust keeps the offset of the last committed record (the next one is committed).
+            committed = consumer._committed_offset.get(tp)  # noqa: SLF001
+            done = 0 if committed is None else committed + 1
+            key = (s.app.id, tp.topic)
+            series[key] = series.get(key, 0.0) + max(0, high - done)
+        return [gauge("vitals_consumer_lag_records",
+                      "Records not yet committed, by consumer group and topic (offset lag)",
+                      ("group", "topic"), series)]
+
+    metrics.add_gauge_source(lag_gauges)
+
     @app.agent(churn_in, name="learn_churn")
     async def learn_churn(stream: faust.StreamT) -> None:
         # One partition: one learner for the service. Acknowledged once its state is written.

@@ -195,6 +195,19 @@ class IngestService(Service):
         if self.producer is not None:
             await self.producer.stop()
 
+    def lag(self) -> dict[str, int]:
+        """Records not yet committed per input topic, over this worker's partitions (offsets,
+        as of the last fetch: the broker's end offset minus what the aligner released)."""
+        if self.consumer is None:
+            return {}
+        done = {**self.aligner.next_offset, **self.aligner.committable()}
+        out: dict[str, int] = defaultdict(int)
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None and tp in done:
+                out[tp.topic] += max(0, high - done[tp])
+        return dict(out)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Revoked partitions: their buffered events are re-read from the last commit by
         whoever owns them next (here too, under aiokafka's eager protocol), so nothing of them
