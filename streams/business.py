@@ -27,6 +27,7 @@ from streams.time import rfc3339
 
 TTV_BIN_DAYS = 0.1  # ttv_median_days is the median of 0.1-day bins (within ±0.05 day)
 OPEN_MONTHS_KEPT = 3
+MONTH_SUMMARIES_KEPT = OPEN_MONTHS_KEPT + 1
 
 
 def empty_summary() -> dict[str, Any]:
@@ -97,17 +98,21 @@ class ScopeState:
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)    # partition -> {wm, sum}
     alerts: AlertBook = field(default_factory=AlertBook)
     final: list[str] = field(default_factory=list)    # open months already published as final
+    # month -> partition -> summary at the month's end (customer aggregates of its records)
+    month_parts: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scope": self.scope, "books": [b.to_dict() for b in self.books.values()],
                 "closed": self.closed, "samples": self.samples, "parts": self.parts,
-                "alerts": self.alerts.to_dict(), "final": self.final}
+                "alerts": self.alerts.to_dict(), "final": self.final,
+                "month_parts": self.month_parts}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScopeState":
         return cls(data["scope"], {b["month"]: MonthBook.from_dict(b) for b in data["books"]},
                    data.get("closed", {}), data.get("samples", {}), data.get("parts", {}),
-                   AlertBook(data.get("alerts")), list(data.get("final", ())))
+                   AlertBook(data.get("alerts")), list(data.get("final", ())),
+                   data.get("month_parts", {}))
 
 
 def encode_scope(state: ScopeState) -> bytes:
@@ -146,8 +151,11 @@ class BusinessAggregator:
     def apply(self, messages: Iterable[dict[str, Any]]) -> None:
         for msg in messages:
             state = self._load(msg["scope"])
-            if msg["t"] == "mv":
+            kind = msg["t"]
+            if kind == "mv":
                 self._movement(state, Movement.from_dict(msg["mv"]))
+            elif kind == "me":
+                self._month_end(state, str(msg["p"]), msg["month"], msg["sum"])
             else:
                 self._part(state, str(msg["p"]), msg["wm"], msg["sum"])
 
@@ -210,6 +218,24 @@ class BusinessAggregator:
                     state.final.append(month)  # becomes final: published once more
                     self._touch(state, month)
 
+    def _month_end(self, state: ScopeState, partition: str, month: str,
+                   summary: dict[str, Any]) -> None:
+        parts = state.month_parts.setdefault(month, {})
+        if parts.get(partition) != summary:
+            parts[partition] = summary
+            if month in state.books or month in state.closed:
+                self._touch(state, month)
+        for old in sorted(state.month_parts)[:-MONTH_SUMMARIES_KEPT]:
+            del state.month_parts[old]
+
+    def summary(self, state: ScopeState, month: str) -> dict[str, Any]:
+        """The customer aggregates of a month's record: as of the month's end once every
+        partition has closed it, else the partitions' latest day closes."""
+        ended = state.month_parts.get(month, {})
+        if len(ended) >= self.partitions:
+            return merge_summaries(ended.values())
+        return merge_summaries(p["sum"] for p in state.parts.values())
+
     def _touch(self, state: ScopeState, month: str) -> None:
         self.dirty.setdefault(state.scope, set()).add(month)
 
@@ -241,7 +267,7 @@ class BusinessAggregator:
         final = as_of is not None and as_of >= month_end(month) + self.lateness
         revenue = (state.books[month].to_record() if month in state.books
                    else dict(state.closed[month]))
-        summary = merge_summaries(p["sum"] for p in state.parts.values())
+        summary = self.summary(state, month)
         r = self.settings.revenue
         c = self.churn_rate(state, month)
         scope_clv = clv(revenue["arpa"], r.gross_margin, c)

@@ -20,7 +20,7 @@ from models.features import BASE_HISTORY_DAYS, FeatureContribution
 from streams import events as ev
 from streams.deadletter import deadletter_value
 from streams.quarantine import quarantine
-from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement
+from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
 from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
 from streams.evaluate import Evaluation, Evaluator
@@ -87,6 +87,8 @@ class CustomerProcessor:
         self.dirty_clocks: set[int] = set()
         # Last evaluation of each customer, for the gauges (no customer id ever in a label).
         self.contrib: dict[str, Evaluation] = {}
+        # Evaluation of each customer at its last day close: its share of the summaries.
+        self.summarised: dict[str, Evaluation] = {}
         self.alerts_out: list[tuple[str, bytes]] = []
         self.closed_records: list[tuple[str, bytes]] = []   # day-close records, in order
         self.business_out: list[tuple[str, bytes]] = []
@@ -341,6 +343,9 @@ class CustomerProcessor:
             if state.pending_mv and state.pending_mv[0]["ts"] < as_of - self.segment_wait:
                 self._release_movements(state, "unknown")
             self.dirty[cid] = partition
+        ended = month_of(as_of - DAY_SECONDS)
+        if month_of(as_of) != ended:
+            self._report_month_end(partition, ended)
 
     def _features_day(self, partition: int, closed: int) -> None:
         """Send this partition's contribution of closed day D to every known feature.
@@ -443,7 +448,7 @@ class CustomerProcessor:
             state = self._load(cid)
             # Alerts are judged at day closes only: a mid-day state must not fire or not
             # depending on when a wall-clock flush happens to look at it.
-            record = self._evaluate(cid, state, in_day_as_of(state), alerts=False).record
+            record = self._evaluate(cid, state, in_day_as_of(state), close=False).record
             out.records.append((cid, orjson.dumps(record)))
             self.dirty[cid] = partition  # the evaluation updated score history and alerts
         self.to_emit = {}
@@ -479,35 +484,52 @@ class CustomerProcessor:
                 {"t": "part", "scope": scope, "p": partition, "wm": wm,
                  "sum": scopes.get(scope, empty_summary())})))
 
+    def _report_month_end(self, partition: int, month: str) -> None:
+        """The partition's summaries as of the end of `month`: the customer aggregates of that
+        month's business records (avg health, at-risk, ...), whenever those are emitted."""
+        scopes = self.summaries.get(partition, {})
+        for scope in {"all", *(f"segment:{seg}" for seg in ev.SEGMENTS)} | set(scopes):
+            self.business_out.append((scope, orjson.dumps(
+                {"t": "me", "scope": scope, "p": partition, "month": month,
+                 "sum": scopes.get(scope, empty_summary())})))
+
     def _load(self, cid: str) -> CustomerState:
         state = self.live.get(cid)
         if state is None:
             state = self.live[cid] = self.evaluator.attach(self.store[cid])
         return state
 
-    def _evaluate(self, cid: str, state: CustomerState, as_of: float, alerts: bool = True
+    def _evaluate(self, cid: str, state: CustomerState, as_of: float, close: bool = True
                   ) -> Evaluation:
-        result = self.evaluator.evaluate(state, as_of, self.catalog, alerts=alerts,
+        """Evaluate a customer; at a day close (`close`) also judge its alert rules and count
+        it in its partition's summaries. Both then depend only on event-time points, never on
+        when a wall-clock flush happened."""
+        result = self.evaluator.evaluate(state, as_of, self.catalog, alerts=close,
                                          churn_rates=self.churn_rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result
         if result.ttv_days is not None and (old is None or old.ttv_days is None):
             # Once per customer reaching aha (again for every customer after a restart).
             self.metrics.ttv.labels(result.segment).observe(result.ttv_days)
+        if close:
+            self._summarise(cid, result)
+        for alert in result.alerts:
+            self.metrics.alert(alert["rule"], alert["status"])
+            self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
+        return result
+
+    def _summarise(self, cid: str, result: Evaluation) -> None:
+        """Replace the customer's share of its partition's summaries (vitals.business)."""
         partition = self.partition_of(cid)
         scopes = self.summaries.setdefault(partition, {})
+        old = self.summarised.get(cid)
+        self.summarised[cid] = result
         if old is not None:
             for scope in ("all", f"segment:{old.segment}"):
                 add_to_summary(scopes.setdefault(scope, empty_summary()), old, -1)
         for scope in ("all", f"segment:{result.segment}"):
             add_to_summary(scopes.setdefault(scope, empty_summary()), result, 1)
         self.dirty_summaries.add(partition)
-        for alert in result.alerts:
-            log.info("alert %s %s as of %s (state %x)", alert["alert_id"], alert["status"],
-                     alert["as_of"], id(state))
-            self.metrics.alert(alert["rule"], alert["status"])
-            self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
-        return result
 
     def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
         for cid, partition in dirty.items():
@@ -570,6 +592,11 @@ class CustomerProcessor:
                 self.members[partition].add(cid)
                 if self.clocks[partition].watermark is not None:
                     self.to_emit[cid] = partition
+                state = self._load(cid)
+                if state.closed_day is not None:  # its share as of its last close, again
+                    self._summarise(cid, self.evaluator.evaluate(
+                        state, state.closed_day * DAY_SECONDS, self.catalog, remember=False,
+                        alerts=False, churn_rates=self.churn_rates))
 
     def revoke(self, partitions: Iterable[int]) -> Flush:
         """Hand over partitions another worker now owns.
@@ -589,6 +616,7 @@ class CustomerProcessor:
             self.dirty_clocks.discard(partition)
             for cid in self.members.pop(partition, ()):
                 self.contrib.pop(cid, None)
+                self.summarised.pop(cid, None)
                 self.live.pop(cid, None)
             self.summaries.pop(partition, None)
             self.dirty_summaries.discard(partition)

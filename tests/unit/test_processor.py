@@ -708,3 +708,21 @@ def test_a_jump_of_the_watermark_publishes_every_day_it_closes() -> None:
     for cid in ("c-1", "c-2"):
         assert [a for c, a in closes if c == cid] == [rfc3339(at(D + k, 0)) for k in range(1, 5)]
     assert proc.days_closed == 4
+
+
+def test_summaries_follow_day_closes_and_each_month_end_is_reported() -> None:
+    """vitals.business aggregates are built from day-close evaluations only (a flush's
+    mid-day view depends on when it runs), and frozen at each month's end."""
+    proc, _ = make()
+    march_31 = D + 30                                        # D = 2026-03-01
+    proc.apply(0, [signup("c-1", at(march_31, 9)), usage("c-1", at(march_31, 10), "u1")])
+    out = proc.flush()
+    parts = [orjson.loads(v) for _, v in out.business if orjson.loads(v)["t"] == "part"]
+    assert parts and all(p["sum"]["n"] == 0 for p in parts)  # no close yet: nobody counted
+    proc.apply(0, [usage("c-1", at(march_31 + 1, 1), "u1")])  # 04-01: March closes
+    msgs = [orjson.loads(v) for _, v in proc.flush().business]
+    ends = {m["scope"]: m for m in msgs if m["t"] == "me"}
+    assert ends["all"]["month"] == "2026-03" and ends["all"]["sum"]["n"] == 1
+    assert ends["segment:smb"]["sum"]["n"] == 1 and ends["segment:solo"]["sum"]["n"] == 0
+    latest = [m for m in msgs if m["t"] == "part" and m["scope"] == "all"]
+    assert latest[-1]["sum"]["n"] == 1
