@@ -27,11 +27,12 @@ from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, watermark_gauges
 from streams.settings import Settings, eligibility_group
 from streams.state import CustomerState, decode_state, encode_state
-from streams.time import FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
+from streams.time import AHEAD, FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
 
 log = logging.getLogger(__name__)
 WINDOWED = frozenset({"usage", "feature"})
 FEATURE_BACKFILL_DAYS = 30   # at most this many skipped days get feature contributions
+MAX_HELD_PER_CUSTOMER = 1000  # events held ahead of the watermark; more are future_ts
 
 
 
@@ -91,6 +92,7 @@ class CustomerProcessor:
         self.summarised: dict[str, Evaluation] = {}
         self.alerts_out: list[tuple[str, bytes]] = []
         self.closed_records: list[tuple[str, bytes]] = []   # day-close records, in order
+        self.released_deadletters: list[tuple[bytes | None, bytes]] = []
         self.business_out: list[tuple[str, bytes]] = []
         # Per customer partition and scope: a summary of its customers for vitals.business.
         self.summaries: dict[int, dict[str, dict[str, Any]]] = {}
@@ -146,12 +148,20 @@ class CustomerProcessor:
             if where is FUTURE or where is TOO_LATE:
                 deadletters.append(self._reject(event, where, clock))
                 continue
+            if state is None:
+                state = live[cid] = self.evaluator.attach(CustomerState(cid))
+            if where is AHEAD:
+                if len(state.held) >= MAX_HELD_PER_CUSTOMER:
+                    deadletters.append(self._reject(event, FUTURE, clock))
+                    continue
+                touched.append(state)   # its record holds the event: a replay skips it
+                self._hold(partition, clock, state, event)
+                continue
+            if state.events == 0:
+                self.members[partition].add(cid)
             # Days close before the event that enters a new day is applied: a day close sees
             # the complete days up to it and nothing of the day after.
             self._advance(partition, clock, ts)
-            if state is None:
-                state = live[cid] = self.evaluator.attach(CustomerState(cid))
-                self.members[partition].add(cid)
             h = event["h"]
             seen = state.seen
             if seen.seen(h):
@@ -173,7 +183,46 @@ class CustomerProcessor:
         if offset is not None:
             for state in touched:  # after the batch: its later events must not skip
                 state.offset = offset
+        if self.released_deadletters:
+            deadletters += self.released_deadletters
+            self.released_deadletters = []
         return deadletters
+
+    def _hold(self, partition: int, clock: PartitionClock, state: CustomerState,
+              event: dict[str, Any]) -> None:
+        """Keep an event far ahead of the watermark with its customer, unapplied.
+
+        One customer's wrong clock must not move the partition's time (every other customer's
+        events would turn late). When AHEAD_QUORUM customers hold events ahead, the partition
+        did jump a quiet gap: the watermark moves to the quorum's time. Held events are
+        applied as soon as the watermark is within the skew of them.
+        """
+        cid = state.customer_id
+        state.held.append(event)
+        clock.ahead[cid] = min(event["ts"], clock.ahead.get(cid, event["ts"]))
+        self.dirty[cid] = partition
+        self.dirty_clocks.add(partition)
+        jump = clock.quorum_time(len(self.members[partition] | clock.ahead.keys()))
+        if jump is not None:
+            self._advance(partition, clock, jump)
+
+    def _release(self, partition: int, clock: PartitionClock) -> None:
+        """Apply the held events the watermark has come within the skew of."""
+        assert clock.watermark is not None
+        limit = clock.watermark + self.policy.max_skew
+        due: list[dict[str, Any]] = []
+        for cid in [c for c, t in clock.ahead.items() if t <= limit]:
+            state = self._load(cid)
+            keep = [e for e in state.held if e["ts"] > limit]
+            due += [e for e in state.held if e["ts"] <= limit]
+            state.held = keep
+            if keep:
+                clock.ahead[cid] = min(e["ts"] for e in keep)
+            else:
+                del clock.ahead[cid]
+            self.dirty[cid] = partition
+        due.sort(key=lambda e: e["ts"])
+        self.released_deadletters += self.apply(partition, due)
 
     def _advance(self, partition: int, clock: PartitionClock, ts: float) -> None:
         """Move the partition's watermark to ts, closing the days it leaves behind."""
@@ -185,6 +234,8 @@ class CustomerProcessor:
             clock.start()
         elif day_of(ts) > clock.closed_day:
             self._close_day(partition, clock)
+        if clock.ahead:
+            self._release(partition, clock)
 
     def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
         ts = event["ts"]
@@ -285,8 +336,14 @@ class CustomerProcessor:
         wm = clock.watermark or 0.0
         if where is FUTURE:
             code = ev.FUTURE_TS
-            detail = (f"ts is {(event['ts'] - wm) / 3600:.1f} h ahead of the watermark, "
-                      f"over the allowed skew of {self.policy.max_skew / 3600:.1f} h")
+            now = None if self.wall_clock is None else self.wall_clock()
+            if now is not None and event["ts"] > now + self.policy.max_skew:
+                detail = (f"ts is {(event['ts'] - now) / 3600:.1f} h ahead of the wall clock, "
+                          f"over the allowed skew of {self.policy.max_skew / 3600:.1f} h")
+            else:
+                detail = (f"ts is {(event['ts'] - wm) / 3600:.1f} h ahead of the watermark and "
+                          f"its customer already holds {MAX_HELD_PER_CUSTOMER} events that far "
+                          "ahead")
         else:
             code = ev.TOO_LATE
             detail = (f"{family} event is {(wm - event['ts']) / 3600:.1f} h behind the watermark, "
@@ -335,8 +392,10 @@ class CustomerProcessor:
             state.closed_day = day
             state.support.prune(day)
             result = self._evaluate(cid, state, as_of)
-            # Every closed day is published, also during a backfill: the daily series.
+            # Every closed day is published, also during a backfill: the daily series. It
+            # holds every event applied so far, so no in-day record is owed any more.
             self.closed_records.append((cid, orjson.dumps(result.record)))
+            self.to_emit.pop(cid, None)
             if result.score is not None:
                 self.metrics.health_score.labels(result.segment).observe(result.score)
             self._churn_day(cid, state, result, day)

@@ -26,7 +26,7 @@ class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
                  "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
-                 "closed_day", "churn", "feature_use", "paid", "offset")
+                 "closed_day", "churn", "feature_use", "paid", "offset", "held")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -59,6 +59,8 @@ class CustomerState:
         # (after a crash or a hand-over) is recognised by position, written atomically with
         # its effects, and skipped before any lateness verdict.
         self.offset: int | None = None
+        # Events too far ahead of the partition's watermark, waiting for it (time.AHEAD).
+        self.held: list[dict[str, Any]] = []
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +72,7 @@ class CustomerState:
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
             "pm": self.pending_mv, "cd": self.closed_day, "cn": self.churn.to_dict(),
             "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(), "off": self.offset,
+            "held": self.held,
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class CustomerState:
         state.feature_use = CustomerFeatures.from_dict(data.get("fu", {}))
         state.paid = PaidHistory.from_list(data.get("pd", ()))
         state.offset = data.get("off")
+        state.held = list(data.get("held", ()))
         return state
 
 

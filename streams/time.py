@@ -15,6 +15,8 @@ from models.activity import DAY_SECONDS, day_of
 OK = "accepted"
 LATE = "late"
 FUTURE = "future"
+AHEAD = "ahead"
+AHEAD_QUORUM = 2   # customers whose events must agree before the watermark jumps ahead
 TOO_LATE = "too_late"
 
 
@@ -42,32 +44,45 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day", "features", "base")
+    __slots__ = ("watermark", "closed_day", "features", "base", "ahead")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
-                 base: dict[str, dict[int, int]] | None = None) -> None:
+                 base: dict[str, dict[int, int]] | None = None,
+                 ahead: dict[str, float] | None = None) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
         # Eligible active users of each closed day, per eligibility group (models/features.py
         # FeatureBook.update): what a feature learnt late needs for its after-release figure.
         self.base: dict[str, dict[int, int]] = base or {}
+        # Customers holding events too far ahead of the watermark: earliest held time of each.
+        self.ahead: dict[str, float] = ahead or {}
+
+    def quorum_time(self, customers: int) -> float | None:
+        """The time the watermark may jump to: AHEAD_QUORUM customers hold events past it
+        (or every customer the partition has, when it has fewer: nobody else to poison)."""
+        need = max(1, min(AHEAD_QUORUM, customers))
+        if len(self.ahead) < need:
+            return None
+        return sorted(self.ahead.values())[-need]   # `need` customers are at or past it
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:
         """Where an event stands against the watermark; windowed families cannot be too old.
 
-        "Too far ahead" is judged against the later of the watermark and the wall clock: a
-        replay may jump a quiet gap of days (its events are still in the past), while a clock
-        error (a year 2099 timestamp) is caught even as the first event of a partition.
+        The wall clock only bounds the future: an event more than the skew ahead of it is a
+        clock error (FUTURE). An event more than the skew ahead of the partition's watermark
+        but in the past is AHEAD: a replay may jump a quiet gap, or one device's clock is
+        wrong, and a single event must not tell which (see CustomerProcessor._hold).
         """
-        wm = self.watermark
-        reference = max(now if now is not None else -math.inf, wm if wm is not None else -math.inf)
-        if reference > -math.inf and ts > reference + policy.max_skew:
+        if now is not None and ts > now + policy.max_skew:
             return FUTURE
+        wm = self.watermark
         if wm is None:
             return OK
+        if ts > wm + policy.max_skew:
+            return AHEAD
         if windowed and ts < wm - policy.dedup_horizon:
             return TOO_LATE
         if ts < wm - policy.lateness:
@@ -93,10 +108,15 @@ class PartitionClock:
             self.closed_day = day_of(self.watermark)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"wm": self.watermark, "day": self.closed_day, "features": self.features,
-                "base": {g: sorted(days.items()) for g, days in self.base.items()}}
+        out: dict[str, Any] = {
+            "wm": self.watermark, "day": self.closed_day, "features": self.features,
+            "base": {g: sorted(days.items()) for g, days in self.base.items()}}
+        if self.ahead:
+            out["ahead"] = self.ahead
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PartitionClock":
         base = {g: {int(d): int(n) for d, n in days} for g, days in (data.get("base") or {}).items()}
-        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base)
+        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
+                   dict(data.get("ahead") or {}))

@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from streams.time import (
+    AHEAD,
     FUTURE,
     LATE,
     OK,
@@ -38,8 +39,8 @@ def test_no_watermark_accepts_anything() -> None:
 @pytest.mark.parametrize("ts, expected", [
     (W, OK),
     (W + 1 * DAY, OK),               # exactly the skew ahead: still accepted
-    (W + 1 * DAY + 1, FUTURE),       # a second beyond the skew
-    (W + 30 * DAY, FUTURE),
+    (W + 1 * DAY + 1, AHEAD),        # a second beyond the skew: held until corroborated
+    (W + 30 * DAY, AHEAD),
     (W - 1, OK),
     (W - 2 * DAY, OK),               # exactly the lateness behind: on time
     (W - 2 * DAY - 1, LATE),         # a second later than the lateness
@@ -68,7 +69,8 @@ def test_classify_zero_lateness() -> None:
 def test_classify_returns_the_module_constants() -> None:
     # the processor compares with `is`
     clock = PartitionClock(W)
-    assert clock.classify(W + 2 * DAY, True, POLICY) is FUTURE
+    assert clock.classify(W + 2 * DAY, True, POLICY) is AHEAD
+    assert clock.classify(W + 2 * DAY, True, POLICY, now=W + 0.5 * DAY) is FUTURE
     assert clock.classify(W - 4 * DAY, True, POLICY) is TOO_LATE
     assert clock.classify(W - 2.5 * DAY, True, POLICY) is LATE
     assert clock.classify(W, True, POLICY) is OK
@@ -154,3 +156,20 @@ def test_clock_round_trip() -> None:
 ])
 def test_rfc3339(ts: float, text: str) -> None:
     assert rfc3339(ts) == text
+
+
+def test_the_wall_clock_only_bounds_the_future() -> None:
+    clock = PartitionClock(W)
+    assert clock.classify(W + 10 * DAY, True, POLICY, now=W + 30 * DAY) is AHEAD
+    assert clock.classify(W + 31 * DAY + 1, True, POLICY, now=W + 30 * DAY) is FUTURE
+    assert PartitionClock().classify(W + 31 * DAY + 1, True, POLICY, now=W + 30 * DAY) is FUTURE
+
+
+def test_a_quorum_of_customers_ahead_moves_time() -> None:
+    clock = PartitionClock(W, ahead={"bad-clock": W + 60 * DAY})
+    assert clock.quorum_time(customers=5) is None          # one customer alone: not yet
+    clock.ahead["c-2"] = W + 10 * DAY
+    assert clock.quorum_time(customers=5) == W + 10 * DAY  # two customers are past it
+    clock.ahead["c-3"] = W + 10 * DAY + 5
+    assert clock.quorum_time(customers=5) == W + 10 * DAY + 5
+    assert PartitionClock(W, ahead={"only": W + 9 * DAY}).quorum_time(customers=1) == W + 9 * DAY
