@@ -27,6 +27,7 @@ from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.quarantine import quarantine
 from streams.settings import Settings
+from streams.stores import PartitionedStore
 from streams.state import CustomerState, decode_state, encode_state
 from streams.topics import MODEL_MESSAGE_BYTES, Partitioner
 
@@ -171,18 +172,21 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     churn_in = topic(s.topics.churn_examples, 1)
     model_out = topic(s.topics.churn_model, 1)
     learner_table = _table(app, "churn_learner", 1, "raw")
+    learner_store = PartitionedStore(learner_table.data, lambda key: 0)
     feature_table = _table(app, "features", s.app.partitions, "vitals_feature")
     feature_in = topic(s.topics.feature_internal, s.app.partitions)
     feature_out = topic(s.topics.feature_out)
     catalog_out = topic(s.topics.feature_catalog, 1)
 
-    processor = CustomerProcessor(s, customers.data, clocks.data, metrics, partition_of)
+    clock_store = PartitionedStore(clocks.data, int)
+    processor = CustomerProcessor(s, PartitionedStore(customers.data, partition_of), clock_store,
+                                  metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
-    aggregator = BusinessAggregator(s, scopes.data)
+    aggregator = BusinessAggregator(s, PartitionedStore(scopes.data, partition_of))
     processor.churn_rates = aggregator.rates
     aggregator.churn_model = processor.scorer.model_record
     metrics.add_gauge_source(aggregator.gauges)
-    features = FeatureAggregator(s, feature_table.data)
+    features = FeatureAggregator(s, PartitionedStore(feature_table.data, partition_of))
     metrics.add_gauge_source(features.gauges)
     service = Service(s, app, metrics, processor, ingest, aggregator, features=features)
 
@@ -260,7 +264,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             # their events `too_late`: lost. So the customers are delivered first.
             await _delivered(sent)
         for partition, clock in out.clocks:
-            clocks.data[str(partition)] = clock
+            clock_store[str(partition)] = clock
             sent.append(clocks.send_changelog(partition, str(partition), clock))
         # The records themselves are re-published for every customer after a recovery.
         sent += [customer_out.send_soon(key=key, value=value) for key, value in out.records]
@@ -394,7 +398,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         if learner is None or not learner.changed:
             return []
         blob = learner.to_bytes()
-        learner_table.data["learner"] = blob
+        learner_store["learner"] = blob
         return [learner_table.send_changelog(0, "learner", blob)]
 
     def flush_learner() -> list[Any]:
