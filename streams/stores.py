@@ -16,11 +16,19 @@ from typing import Any
 from faust.streams import _current_event
 
 
+class _StandIn:
+    """Takes the place of the current event: the store reads only its message's partition."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
 @contextmanager
 def in_partition(partition: int) -> Iterator[None]:
-    """Within it, the store sees a current event of `partition` (a stand-in: only its
-    partition is read)."""
-    stand_in = SimpleNamespace(message=SimpleNamespace(partition=partition))
+    """Within it, the store sees a current event of `partition`."""
+    stand_in = _StandIn(partition)
     token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
     try:
         yield
