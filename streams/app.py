@@ -179,14 +179,16 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     catalog_out = topic(s.topics.feature_catalog, 1)
 
     clock_store = PartitionedStore(clocks.data, int)
-    processor = CustomerProcessor(s, PartitionedStore(customers.data, partition_of), clock_store,
-                                  metrics, partition_of)
+    customer_store = PartitionedStore(customers.data, partition_of)
+    processor = CustomerProcessor(s, customer_store, clock_store, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
-    aggregator = BusinessAggregator(s, PartitionedStore(scopes.data, partition_of))
+    scope_store = PartitionedStore(scopes.data, partition_of)
+    aggregator = BusinessAggregator(s, scope_store)
     processor.churn_rates = aggregator.rates
     aggregator.churn_model = processor.scorer.model_record
     metrics.add_gauge_source(aggregator.gauges)
-    features = FeatureAggregator(s, PartitionedStore(feature_table.data, partition_of))
+    feature_store = PartitionedStore(feature_table.data, partition_of)
+    features = FeatureAggregator(s, feature_store)
     metrics.add_gauge_source(features.gauges)
     service = Service(s, app, metrics, processor, ingest, aggregator, features=features)
 
@@ -256,6 +258,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     async def send_state(out: Flush) -> list[Any]:
         """The customers' records, then their partitions' clocks, then the output records."""
+        customer_store.commit()   # the local copy too: only once the outputs are delivered
         sent = [customers.send_changelog(partition, key, state)
                 for partition, key, state in out.changelog]
         if out.clocks:
@@ -266,6 +269,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         for partition, clock in out.clocks:
             clock_store[str(partition)] = clock
             sent.append(clocks.send_changelog(partition, str(partition), clock))
+        clock_store.commit()
         # The records themselves are re-published for every customer after a recovery.
         sent += [customer_out.send_soon(key=key, value=value) for key, value in out.records]
         return sent
@@ -308,6 +312,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         await _delivered(send_outputs(out, deadletters) + stage_outputs(business, business_out)
                          + stage_outputs(feature_flush, feature_out))
         sent = await send_state(out)
+        scope_store.commit()
+        feature_store.commit()
         sent += stage_state(business, scopes)
         sent += stage_state(feature_flush, feature_table)
         sent += flush_learner()
@@ -399,6 +405,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             return []
         blob = learner.to_bytes()
         learner_store["learner"] = blob
+        learner_store.commit()   # after the examples it learnt from were delivered
         return [learner_table.send_changelog(0, "learner", blob)]
 
     def flush_learner() -> list[Any]:

@@ -40,3 +40,39 @@ def test_in_partition_nests_and_restores() -> None:
             assert current_event().message.partition == 5  # type: ignore[union-attr]
         assert current_event().message.partition == 2  # type: ignore[union-attr]
     assert current_event() is None
+
+
+class Serialising(NeedsAnEvent):
+    """Like Faust's serialising stores: values encoded on write, decoded on read."""
+
+    def _encode_key(self, key: str) -> bytes:
+        return key.encode()
+
+    def _encode_value(self, value: Any) -> bytes:
+        return repr(value).encode()
+
+    def _set(self, key: bytes, value: bytes) -> None:
+        self[key.decode()] = value
+
+
+def test_a_durable_store_is_written_at_commit_as_it_was_when_set() -> None:
+    """A crash must not find on disk a record ahead of the outputs it caused."""
+    data = Serialising()
+    store = PartitionedStore(data, lambda key: 1)
+    assert store.write_behind
+    value = [1]
+    store["k"] = value
+    assert "k" not in data and store["k"] is value and store.get("k") is value
+    assert "k" in store and list(store) == ["k"] and len(store) == 1
+    value.append(2)                    # the live object moves on after the flush
+    store.commit()
+    assert data == {"k": b"[1]"} and data.partition_of_write == {"k": 1}
+    assert store.pending == {}
+
+
+def test_a_memory_store_is_written_at_once() -> None:
+    data = NeedsAnEvent()
+    store = PartitionedStore(data, lambda key: 0)
+    assert not store.write_behind
+    store["k"] = 1
+    assert data == {"k": 1}
