@@ -154,8 +154,10 @@ class Outputs:
         for key, alert in read_all(bootstrap, run.topic("alerts")):
             seq = transitions.setdefault(alert["alert_id"], [])
             step = (alert["status"], alert["as_of"])
-            if seq and seq[-1] == step:
-                resent += 1  # the same transition sent again (a crash between send and state)
+            if step in seq:
+                # The same transition sent again: outputs go out before the state that records
+                # them, so a crash in between resends them; (alert_id, status, as_of) names it.
+                resent += 1
                 continue
             seq.append(step)
         deadletters: set[tuple[Any, ...]] = set()
