@@ -60,9 +60,9 @@ class Health:
         what = "stopped" if exc is None else f"{type(exc).__name__}: {exc}"
         self.reason = f"{source} died: {what}"
         self.failed_at = time.time()
+        # One line: mode has logged the traceback when the service crashed.
         log.critical("worker unhealthy, exiting with status %d in %.0f s: %s",
-                     EXIT_SERVICE_DIED, self.exit_delay, self.reason,
-                     exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+                     EXIT_SERVICE_DIED, self.exit_delay, self.reason)
         self._schedule_exit()
 
     def _schedule_exit(self) -> None:
@@ -121,11 +121,13 @@ class ReportingSupervisor(OneForOneSupervisor):
     health: Health
 
     async def restart_services(self, services: list[ServiceT]) -> None:
+        reported = self.__dict__.setdefault("_reported", set())
         for service in services:
             reason = service.crash_reason
             if isinstance(reason, asyncio.CancelledError) and self.health.live:
                 await self.restart_service(service)
-            else:
+            elif service not in reported:  # the loop finds a dead service again every 5 s
+                reported.add(service)
                 self.health.fail(service_name(service), reason)
 
     async def on_stop(self) -> None:
