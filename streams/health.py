@@ -120,8 +120,12 @@ class ReportingSupervisor(OneForOneSupervisor):
 
     health: Health
 
+    def __init__(self, *services: ServiceT, **kwargs: Any) -> None:
+        self._reported: set[ServiceT] = set()
+        super().__init__(*services, **kwargs)
+
     async def restart_services(self, services: list[ServiceT]) -> None:
-        reported = self.__dict__.setdefault("_reported", set())
+        reported = self._reported
         for service in services:
             reason = service.crash_reason
             if isinstance(reason, asyncio.CancelledError) and self.health.live:
