@@ -34,7 +34,7 @@ class BadRequest(ValueError):
 
 def business_filter(query: Mapping[str, str] | Any) -> tuple[str | None, str | None]:
     """The (scope, period) of a /business query; BadRequest for anything else."""
-    keys = list(query.keys())
+    keys = [k for k, _ in query.items()]  # a MultiDict's items() keeps repeated keys
     unknown = sorted(set(keys) - set(BUSINESS_PARAMS))
     if unknown:
         raise BadRequest("unknown_parameter", parameters=unknown, allowed=list(BUSINESS_PARAMS))

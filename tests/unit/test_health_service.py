@@ -158,6 +158,7 @@ async def test_an_app_crash_is_reported_not_ended_at_once(crash):
     health = Health(exit_delay=0.01, stop=stops.stop, hard_exit=stops.hard_exit)
     sup = health.supervise(app)
     await sup.start()
+    await asyncio.sleep(0.05)  # the supervisor's task is waiting for a wakeup
 
     async def timer() -> None:
         raise OverflowError("flush failed")
