@@ -128,8 +128,9 @@ class ReportingSupervisor(OneForOneSupervisor):
         reported = self._reported
         for service in services:
             reason = service.crash_reason
-            if isinstance(reason, asyncio.CancelledError) and self.health.live:
-                await self.restart_service(service)
+            if isinstance(reason, asyncio.CancelledError):
+                if self.health.live:  # else the worker is on its way out: leave it
+                    await self.restart_service(service)
             elif service not in reported:  # the loop finds a dead service again every 5 s
                 reported.add(service)
                 self.health.fail(service_name(service), reason)
