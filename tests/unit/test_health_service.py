@@ -140,6 +140,7 @@ async def test_a_faust_agent_that_raises_makes_the_worker_unhealthy():
     assert issubclass(app.conf.agent_supervisor, ReportingSupervisor)
     app.flow_control.resume()  # channels are paused until a worker starts
     await apply.start()
+    await asyncio.sleep(0.05)  # the agent's supervisor is waiting for a wakeup
     try:
         await channel.send(value=7)
         await until(lambda: not health.live)
