@@ -144,7 +144,8 @@ async def test_a_faust_agent_that_raises_makes_the_worker_unhealthy():
     try:
         await channel.send(value=7)
         await until(lambda: not health.live)
-        assert health.reason == "agent tests.unit.test_health_service.apply died: ValueError: cannot apply 7"
+        assert health.reason == (
+            "agent tests.unit.test_health_service.apply died: ValueError: cannot apply 7")
         await until(lambda: stops.stops == 1)
     finally:
         await apply.stop()
