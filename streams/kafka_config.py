@@ -213,10 +213,11 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
             mech = k.sasl_mechanism.encode()
             body = await _exchange(reader, writer, _request(
                 _SASL_HANDSHAKE, 1, 2, struct.pack(">h", len(mech)) + mech), 2, timeout,
-                "the listener does not speak SASL")
+                f"the listener does not offer SASL mechanism {k.sasl_mechanism} "
+                f"(kafka.sasl_mechanism) or does not use SASL")
             error, offered = _parse_sasl_handshake(body)
             if error:
-                if offered:
+                if offered and k.sasl_mechanism not in offered:
                     raise _Final(f"does not offer SASL mechanism {k.sasl_mechanism} (offers "
                                  f"{', '.join(offered)}): set kafka.sasl_mechanism")
                 raise _Final(f"refused the SASL handshake "
@@ -229,11 +230,7 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
                             timeout, "the listener wants authentication: it needs SASL "
                                      "(set kafka.security_protocol = SASL_PLAINTEXT or SASL_SSL)")
     finally:
-        writer.close()
-        try:
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError):
-            pass
+        writer.transport.abort()
 
 
 async def probe(bootstrap: str, k: KafkaSettings, timeout: float | None = None) -> None:

@@ -112,7 +112,7 @@ def check_topics(specs: Iterable[NewTopic], existing: dict[str, int],
     configs = configs or {}
     for spec in specs:
         if spec.name not in existing:
-            problems.append(f"{spec.name} missing ({spec.num_partitions} partitions)")
+            problems.append(f"{spec.name} missing (partitions: {spec.num_partitions})")
             continue
         if existing[spec.name] != spec.num_partitions:
             problems.append(f"{spec.name} has {existing[spec.name]} partitions, "
@@ -196,7 +196,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
 async def _cleanup_policies(admin: AIOKafkaAdminClient,
                             names: list[str]) -> dict[str, dict[str, str]]:
     """Topic -> {"cleanup.policy": ...} as the broker reports it; {} where it reports none."""
-    from aiokafka.admin import ConfigResource, ConfigResourceType
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     if not names:
         return {}
@@ -205,7 +205,8 @@ async def _cleanup_policies(admin: AIOKafkaAdminClient,
             [ConfigResource(ConfigResourceType.TOPIC, n, configs={"cleanup.policy": None})
              for n in names])
     except KafkaError as exc:
-        log.warning("cannot read topic configs (%s): cleanup policies not checked", exc)
+        log.warning("the broker did not describe topic configs (%s): cleanup.policy of the "
+                    "existing topics not checked", exc)
         return {}
     out: dict[str, dict[str, str]] = {}
     for response in responses:
