@@ -179,8 +179,14 @@ def _parse_sasl_handshake(body: bytes) -> tuple[int, list[str]]:
 
 
 async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> None:
-    plain_hint = ("not a Kafka listener, or it needs TLS/SASL (kafka.security_protocol)"
-                  if not k.uses_tls else "not a Kafka listener behind that TLS port")
+    if not k.uses_tls:
+        plain_hint = "not a Kafka listener, or it needs TLS/SASL (kafka.security_protocol)"
+    elif not k.ssl_certfile:
+        plain_hint = ("the TLS listener may require a client certificate (kafka.ssl_certfile), "
+                      "or is not Kafka")
+    else:
+        plain_hint = "the TLS listener refused this client certificate, or is not Kafka"
+
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except asyncio.TimeoutError:
