@@ -189,3 +189,58 @@ def test_mechanism_the_broker_does_not_offer_is_named(sasl_broker: str) -> None:
                    VITALS_KAFKA__SASL_USERNAME='"alice"', KAFKA_SASL_PASSWORD="secret"),
         sasl_broker, "mechanism PLAIN")
     assert "kafka.sasl_mechanism" in line
+
+
+# --- topics: creation off, replication factor ----------------------------------------------
+
+def test_missing_topics_with_creation_off_are_listed() -> None:
+    with EmbeddedBroker() as broker:
+        code, lines, _, _ = run_worker(broker.address, VITALS_APP__CREATE_TOPICS="false")
+    assert code == 1 and len(lines) == 1, lines
+    line = lines[0]
+    assert "app.create_topics is false and 21 topic(s)" in line and broker.address in line
+    for name in ("events.signup missing (partitions: 4)", "vitals.customer missing",
+                 "vitals.internal.churn-model missing (partitions: 1)",
+                 "vitals-customers-changelog missing", "vitals-churn_learner-changelog missing"):
+        assert name in line, line
+    assert "vitals topics plan" in line
+
+
+def test_creation_off_passes_when_the_topics_exist_and_names_a_wrong_count() -> None:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.kafka_config import KafkaStartupError
+    from streams.settings import load_settings
+    from streams.topics import ensure_topics, topic_specs
+
+    with EmbeddedBroker() as broker:
+        settings = load_settings("test.toml", env={})
+        asyncio.run(ensure_topics(settings, broker.address))      # created, as by a platform team
+        off = load_settings("test.toml", env={"VITALS_APP__CREATE_TOPICS": "false"})
+        asyncio.run(ensure_topics(off, broker.address))           # all there: passes
+
+        async def make_wrong() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+            await admin.start()
+            await admin.create_topics([NewTopic("other.usage", 2, 1)])
+            await admin.close()
+
+        asyncio.run(make_wrong())
+        renamed = load_settings("test.toml", env={"VITALS_APP__CREATE_TOPICS": "false",
+                                                  "VITALS_TOPICS__USAGE": '"other.usage"'})
+        with pytest.raises(KafkaStartupError) as info:
+            asyncio.run(ensure_topics(renamed, broker.address))
+    assert str(info.value).count("topic(s)") == 1
+    assert "1 topic(s)" in str(info.value)
+    assert "other.usage has 2 partitions, needs 4" in str(info.value)
+    assert len(topic_specs(settings)) == 21
+
+
+def test_replication_factor_3_on_one_broker_is_a_clear_error() -> None:
+    with EmbeddedBroker() as broker:
+        code, lines, _, _ = run_worker(broker.address, VITALS_TOPICS__REPLICATION_FACTOR="3")
+    assert code == 1 and len(lines) == 1, lines
+    assert ("topics.replication_factor = 3 but the cluster at " + broker.address
+            + " has 1 broker(s)") in lines[0], lines[0]
