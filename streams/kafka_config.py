@@ -239,6 +239,41 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
         writer.transport.abort()
 
 
+async def _login(host: str, port: int, k: KafkaSettings, timeout: float) -> None:
+    """One SASL login with aiokafka's own connection: its error, not a later 'unable to
+    bootstrap', says whether the credentials are wrong."""
+    from aiokafka.conn import create_conn
+
+    with quiet_aiokafka():
+        try:
+            conn = await asyncio.wait_for(create_conn(
+                host, port, request_timeout_ms=int(timeout * 1000), **aiokafka_kwargs(k)),
+                timeout)
+        except asyncio.TimeoutError:
+            raise _Final(f"no SASL login within {timeout:.0f} s") from None
+        except KafkaStartupError:
+            raise
+        except Exception as exc:
+            raise _Final(describe_client_error(exc, k)) from None
+    conn.close()
+
+
+class quiet_aiokafka:
+    """Hold back aiokafka's own ERROR lines while a start-up connection is tried: a failure
+    is reported once, as the KafkaStartupError line."""
+
+    def __enter__(self) -> "quiet_aiokafka":
+        import logging
+
+        self.logger = logging.getLogger("aiokafka")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)
+
+
 async def probe(bootstrap: str, k: KafkaSettings, timeout: float | None = None) -> None:
     """Return once any bootstrap broker answers like Kafka with these settings, else raise
     KafkaStartupError within `timeout` (default kafka.connect_timeout_seconds).
@@ -258,6 +293,8 @@ async def probe(bootstrap: str, k: KafkaSettings, timeout: float | None = None) 
             remaining = deadline - time.monotonic()
             try:
                 await _probe_one(host, port, k, max(0.5, remaining))
+                if k.uses_sasl:
+                    await _login(host, port, k, max(0.5, deadline - time.monotonic()))
                 return
             except _Final as exc:
                 causes[name] = str(exc)
@@ -280,7 +317,7 @@ def describe_client_error(exc: BaseException, k: KafkaSettings) -> str:
     text = f"{exc.__class__.__name__}: {exc}".strip().splitlines()[0] if str(exc) else (
         exc.__class__.__name__)
     if k.uses_sasl and (isinstance(exc, KeyError) or "sasl" in text.lower()
-                        or "authentication" in text.lower()):
+                        or "authenticat" in text.lower()):
         return (f"SASL {k.sasl_mechanism} authentication of user {k.sasl_username!r} failed "
                 f"({text}): check kafka.sasl_username and the password")
     return text

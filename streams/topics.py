@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 
 from streams.kafka_config import (KafkaStartupError, aiokafka_kwargs, describe_client_error,
-                                  probe)
+                                  probe, quiet_aiokafka)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
                                 **aiokafka_kwargs(k))
     try:
         try:
-            await asyncio.wait_for(admin.start(), k.connect_timeout_seconds)
+            with quiet_aiokafka():
+                await asyncio.wait_for(admin.start(), k.connect_timeout_seconds)
         except Exception as exc:
             raise KafkaStartupError(f"cannot use Kafka ({k.security_protocol}) at {bootstrap}: "
                                     f"{describe_client_error(exc, k)}") from None

@@ -2,19 +2,17 @@
 
 Tansu 0.6.0 (the bundled broker) cannot serve TLS from its command line: `--cert` and `--key`
 belong to one exclusive argument group, so giving both is refused and either alone leaves TLS
-off. TLS is therefore terminated by a proxy in front of a plaintext Tansu, as a TLS load
-balancer would do; Tansu advertises the proxy's port, so every client (bootstrap and the
-connections that metadata sends it to) speaks TLS, verified against a CA made for the test,
-and presents a client certificate the proxy requires.
+off. TLS is therefore terminated by a proxy in front of a plaintext Tansu
+(tests/integration/proxies.py), as a TLS load balancer would do; Tansu advertises the proxy's
+port, so every client (bootstrap and the connections that metadata sends it to) speaks TLS,
+verified against a CA made for the test, and presents a client certificate the proxy requires.
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -28,91 +26,24 @@ from streams.kafka_config import (KafkaStartupError, aiokafka_kwargs, librdkafka
                                   probe)
 from streams.settings import load_settings
 from tests.integration.conftest import ROOT, WorkerProcess, iso
+from tests.integration.proxies import BrokerProxy, make_certs, server_tls
 
 APP_ID = "vitals-tls"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.pem", "-days", "2", "-subj", "/CN=vitals-test-ca", cwd=d)
-    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
-        (d / f"{name}.ext").write_text(
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-            f"keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-                 "-extfile", f"{name}.ext", cwd=d)
-    return {name: str(d / name) for name in
-            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
-
-
-class TlsProxy:
-    """A TLS listener requiring a client certificate, forwarding to a plaintext broker."""
-
-    def __init__(self, port: int, upstream_port: int, certs: dict[str, str]) -> None:
-        self.port = port
-        self.upstream_port = upstream_port
-        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=certs["ca.pem"])
-        self.ctx.load_cert_chain(certs["server.pem"], certs["server.key"])
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.sessions = 0           # TLS sessions with a verified client certificate
-        self.bytes_from_clients = 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait(10)
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, ssl=self.ctx))
-        ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if writer.get_extra_info("peercert"):
-            self.sessions += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if count:
-                        self.bytes_from_clients += len(data)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
 def tls_broker(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[TlsProxy]:
+               ) -> Iterator[BrokerProxy]:
+    """TLS with a required client certificate, in front of a plaintext embedded broker."""
     proxy_port = free_port()
     log = tmp_path_factory.mktemp("tls-broker") / "tansu.log"
     with EmbeddedBroker(log_path=log, advertised_port=proxy_port) as broker:
-        proxy = TlsProxy(proxy_port, broker.port, certs)
+        proxy = BrokerProxy(proxy_port, broker.port, tls=server_tls(certs))
         yield proxy
         proxy.close()
 
@@ -135,7 +66,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120
 
 
 def test_worker_consumes_produces_and_commits_over_tls(
-        tls_broker: TlsProxy, certs: dict[str, str], tmp_path: Path) -> None:
+        tls_broker: BrokerProxy, certs: dict[str, str], tmp_path: Path) -> None:
     url = f"kafka://127.0.0.1:{tls_broker.port}"
     env = tls_env(certs)
     worker = WorkerProcess(url, tmp_path / "worker.log", VITALS_APP__ID=APP_ID, **env)
@@ -171,8 +102,8 @@ def test_worker_consumes_produces_and_commits_over_tls(
     assert code == 0, worker.log_tail()
     # Every client went through the TLS proxy with a verified client certificate: ingest
     # consumer and producer, followers, admin, Faust's consumer and producer, replay.
-    assert tls_broker.sessions >= 6
-    assert tls_broker.bytes_from_clients > 0
+    assert tls_broker.tls_sessions >= 6
+    assert tls_broker.tls_sessions == tls_broker.sessions
 
 
 async def _read_customers(port: int, settings, wanted: set[str],
@@ -222,7 +153,7 @@ def _committed(port: int, settings, group: str, topics: list[str], at_least: int
         consumer.close()
 
 
-def test_plaintext_worker_on_the_tls_port_fails_in_one_line(tls_broker: TlsProxy) -> None:
+def test_plaintext_worker_on_the_tls_port_fails_in_one_line(tls_broker: BrokerProxy) -> None:
     address = f"127.0.0.1:{tls_broker.port}"
     proc = run_cli(["worker"], {"VITALS_APP__BROKER": f'"kafka://{address}"',
                                 "VITALS_APP__WEB_PORT": str(free_port()),
@@ -233,7 +164,7 @@ def test_plaintext_worker_on_the_tls_port_fails_in_one_line(tls_broker: TlsProxy
     assert "not a Kafka listener, or it needs TLS/SASL" in lines[0], lines[0]
 
 
-def test_untrusted_certificate_is_named(tls_broker: TlsProxy, certs: dict[str, str]) -> None:
+def test_untrusted_certificate_is_named(tls_broker: BrokerProxy, certs: dict[str, str]) -> None:
     env = tls_env(certs)
     del env["VITALS_KAFKA__SSL_CAFILE"]  # the system's CAs do not know the test CA
     settings = load_settings("test.toml", env=env)
@@ -241,7 +172,7 @@ def test_untrusted_certificate_is_named(tls_broker: TlsProxy, certs: dict[str, s
         asyncio.run(probe(f"127.0.0.1:{tls_broker.port}", settings.kafka, timeout=5))
 
 
-def test_missing_client_certificate_fails(tls_broker: TlsProxy, certs: dict[str, str]) -> None:
+def test_missing_client_certificate_fails(tls_broker: BrokerProxy, certs: dict[str, str]) -> None:
     settings = load_settings("test.toml", env=tls_env(certs, client_cert=False))
     with pytest.raises(KafkaStartupError, match="certificate") as info:
         asyncio.run(probe(f"127.0.0.1:{tls_broker.port}", settings.kafka, timeout=5))
