@@ -230,9 +230,9 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
                              f"({_SASL_ERRORS.get(error, error)}): the listener may not use "
                              f"SASL (set kafka.security_protocol = PLAINTEXT or SSL)")
         else:
-            # v0 with an empty topic list: the cheapest request a SASL listener refuses
-            # before authentication.
-            await _exchange(reader, writer, _request(_METADATA, 0, 2, struct.pack(">i", 0)), 2,
+            # v1 with an empty topic list (brokers only): the cheapest request a SASL
+            # listener refuses before authentication.
+            await _exchange(reader, writer, _request(_METADATA, 1, 2, struct.pack(">i", 0)), 2,
                             timeout, "the listener wants authentication: it needs SASL "
                                      "(set kafka.security_protocol = SASL_PLAINTEXT or SASL_SSL)")
     finally:
