@@ -337,3 +337,91 @@ def test_replay_and_simulate_commands_pass_the_settings(monkeypatch: pytest.Monk
     assert len(calls) == 2
     for kw in calls:
         assert_secured(kw["client_kwargs"])
+
+
+# --- the start-up probe against local listeners that are not Kafka ------------------------
+
+def _probe_against(answer: bytes | None, env: dict[str, str] | None = None,
+                   timeout: float = 1.0) -> tuple[str, float]:
+    """Run the probe against a local server that answers `answer` (None: stays silent)."""
+    import time
+
+    from streams.kafka_config import probe
+
+    async def run() -> tuple[str, float]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            if answer is not None:
+                writer.write(answer)
+                await writer.drain()
+                writer.close()
+            else:
+                await asyncio.sleep(30)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        k = load_settings(env=env or {}).kafka
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(KafkaStartupError) as info:
+                await probe(f"127.0.0.1:{port}", k, timeout=timeout)
+        finally:
+            server.close()
+        assert f"127.0.0.1:{port}" in str(info.value)
+        return str(info.value), time.monotonic() - t0
+
+    return asyncio.run(run())
+
+
+def test_probe_names_a_tls_alert() -> None:
+    message, elapsed = _probe_against(b"\x15\x03\x03\x00\x02\x02\x32")
+    assert "TLS alert: the listener needs TLS" in message and elapsed < 1.0
+
+
+def test_probe_names_http_and_garbage() -> None:
+    assert "answered HTTP" in _probe_against(b"HTTP/1.1 400 Bad Request\r\n\r\n")[0]
+    assert "not Kafka" in _probe_against(b"\xff\xff\xff\xff....")[0]
+
+
+def test_probe_gives_up_on_a_silent_listener_at_the_timeout() -> None:
+    message, elapsed = _probe_against(None, timeout=1.0)
+    assert "no answer to a Kafka request within 1 s" in message
+    assert 0.9 <= elapsed < 3.0
+    assert "\n" not in message
+
+
+def test_probe_parses_a_refused_sasl_mechanism() -> None:
+    """A Kafka-shaped ApiVersions answer, then a SaslHandshake answer offering other
+    mechanisms: the line names what is offered."""
+    import struct
+
+    async def run() -> str:
+        from streams.kafka_config import probe
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(2):
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                api_key, _, correlation = struct.unpack(">hhi", frame[:8])
+                if api_key == 18:
+                    body = struct.pack(">hi", 0, 0)
+                else:
+                    body = struct.pack(">hi", 33, 1) + struct.pack(">h", 13) + b"SCRAM-SHA-512"
+                payload = struct.pack(">i", correlation) + body
+                writer.write(struct.pack(">i", len(payload)) + payload)
+                await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        env = {"VITALS_KAFKA__SECURITY_PROTOCOL": '"SASL_PLAINTEXT"',
+               "VITALS_KAFKA__SASL_MECHANISM": '"PLAIN"',
+               "VITALS_KAFKA__SASL_USERNAME": '"u"', "KAFKA_SASL_PASSWORD": "p"}
+        try:
+            with pytest.raises(KafkaStartupError) as info:
+                await probe(f"127.0.0.1:{port}", load_settings(env=env).kafka, timeout=2)
+        finally:
+            server.close()
+        return str(info.value)
+
+    message = asyncio.run(run())
+    assert "does not offer SASL mechanism PLAIN (offers SCRAM-SHA-512)" in message
