@@ -157,7 +157,7 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
                     return
                 missing = [s for s in specs if s.name not in existing]
                 if missing:
-                    brokers = len(admin._client.cluster.brokers())
+                    brokers = len((await admin.describe_cluster()).get("brokers", []))
                     rf = settings.topics.replication_factor
                     if brokers and rf > brokers:
                         raise KafkaStartupError(
