@@ -107,7 +107,8 @@ def plan_commands(settings: Settings, bootstrap: str = "BROKER:9092",
 def check_topics(specs: Iterable[NewTopic], existing: dict[str, int],
                  configs: dict[str, dict[str, str]] | None = None) -> list[str]:
     """What is missing or different: `existing` maps topic -> partitions, `configs` topic ->
-    the configs the broker reported (a config it did not report is not judged)."""
+    the configs the broker reported (cleanup.policy, max.message.bytes; a config it did not
+    report is not judged)."""
     problems = []
     configs = configs or {}
     for spec in specs:
@@ -117,10 +118,16 @@ def check_topics(specs: Iterable[NewTopic], existing: dict[str, int],
         if existing[spec.name] != spec.num_partitions:
             problems.append(f"{spec.name} has {existing[spec.name]} partitions, "
                             f"needs {spec.num_partitions}")
+        reported = configs.get(spec.name, {})
         policy = spec.topic_configs.get("cleanup.policy", "delete")
-        have = configs.get(spec.name, {}).get("cleanup.policy")
+        have = reported.get("cleanup.policy")
         if have is not None and set(have.split(",")) != set(policy.split(",")):
             problems.append(f"{spec.name} has cleanup.policy={have}, needs {policy}")
+        need_bytes = spec.topic_configs.get("max.message.bytes")
+        have_bytes = reported.get("max.message.bytes")
+        if need_bytes and have_bytes and int(have_bytes) < int(need_bytes):
+            problems.append(f"{spec.name} has max.message.bytes={have_bytes}, "
+                            f"needs {need_bytes} or more")
     return problems
 
 
@@ -196,14 +203,15 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
 
 async def _cleanup_policies(admin: AIOKafkaAdminClient,
                             names: list[str]) -> dict[str, dict[str, str]]:
-    """Topic -> {"cleanup.policy": ...} as the broker reports it; {} where it reports none."""
+    """Topic -> {"cleanup.policy": ..., "max.message.bytes": ...} as the broker reports them."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     if not names:
         return {}
     try:
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n, configs={"cleanup.policy": None})
+            [ConfigResource(ConfigResourceType.TOPIC, n,
+                            configs={"cleanup.policy": None, "max.message.bytes": None})
              for n in names])
     except KafkaError as exc:
         log.warning("the broker did not describe topic configs (%s): cleanup.policy of the "

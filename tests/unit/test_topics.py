@@ -92,8 +92,15 @@ def test_check_lists_missing_and_different_topics() -> None:
     assert check_topics(specs, existing) == []
     del existing["vitals.alerts"]
     existing["events.usage"] = 1
-    problems = check_topics(specs, existing, {"vitals.customer": {"cleanup.policy": "delete"},
-                                              "vitals.business": {}})
-    assert problems == ["events.usage has 1 partitions, needs 4",
-                        "vitals.customer has cleanup.policy=delete, needs compact",
-                        "vitals.alerts missing (partitions: 4)"]
+    problems = check_topics(specs, existing, {
+        "vitals.customer": {"cleanup.policy": "delete"}, "vitals.business": {},
+        "vitals.internal.churn-model": {"cleanup.policy": "compact",
+                                        "max.message.bytes": "1048588"},
+        "vitals.internal.feature-catalog": {"cleanup.policy": "compact,delete"},
+        "vitals.deadletter": {"cleanup.policy": "delete", "max.message.bytes": "1048588"}})
+    assert problems == [
+        "events.usage has 1 partitions, needs 4",
+        "vitals.internal.churn-model has max.message.bytes=1048588, needs 8388608 or more",
+        "vitals.internal.feature-catalog has cleanup.policy=compact,delete, needs compact",
+        "vitals.customer has cleanup.policy=delete, needs compact",
+        "vitals.alerts missing (partitions: 4)"]
