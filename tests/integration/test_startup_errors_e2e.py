@@ -244,3 +244,44 @@ def test_replication_factor_3_on_one_broker_is_a_clear_error() -> None:
     assert code == 1 and len(lines) == 1, lines
     assert ("topics.replication_factor = 3 but the cluster at " + broker.address
             + " has 1 broker(s)") in lines[0], lines[0]
+
+
+def test_worker_runs_with_creation_off_once_the_topics_exist(tmp_path: Path) -> None:
+    """Faust's own topic declaration is off too: the worker must still start on topics made
+    by someone else (here: the same specs `vitals topics plan` prints)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.topics import topic_specs
+    from streams.settings import load_settings
+    from tests.integration.conftest import WorkerProcess
+
+    with EmbeddedBroker() as broker:
+        specs = topic_specs(load_settings("test.toml", env={"VITALS_APP__ID": '"vitals-off"'}))
+
+        async def create() -> list[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+            await admin.start()
+            try:
+                await admin.create_topics(specs)
+                return await admin.list_topics()
+            finally:
+                await admin.close()
+
+        before = set(asyncio.run(create()))
+        worker = WorkerProcess(broker.url, tmp_path / "worker.log", VITALS_APP__ID="vitals-off",
+                               VITALS_APP__CREATE_TOPICS="false")
+        # WorkerProcess renames some internal topics per app id: create those names too.
+        renamed = load_settings("test.toml", env={k: v for k, v in worker.env.items()
+                                                  if k.startswith("VITALS_") and k != "VITALS_CONFIG"})
+        specs = topic_specs(renamed)
+        before |= set(asyncio.run(create()))
+        worker.start(timeout=90)
+        try:
+            assert worker.get("/healthz")[0] == 200
+        finally:
+            code = worker.stop()
+        after = asyncio.run(create())
+    assert code == 0, worker.log_tail()
+    assert set(after) == before, set(after) ^ before   # nothing created by the worker
