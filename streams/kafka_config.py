@@ -288,6 +288,7 @@ async def probe(bootstrap: str, k: KafkaSettings, timeout: float | None = None) 
         raise KafkaStartupError(f"no Kafka broker address in {bootstrap!r}")
     causes: dict[str, str] = {}
     while True:
+        final = 0
         for host, port in hosts:
             name = f"{host}:{port}"
             remaining = deadline - time.monotonic()
@@ -298,11 +299,10 @@ async def probe(bootstrap: str, k: KafkaSettings, timeout: float | None = None) 
                 return
             except _Final as exc:
                 causes[name] = str(exc)
-                if len(hosts) == 1:
-                    raise _startup_error(causes, k) from None
+                final += 1
             except _Transient as exc:
                 causes[name] = str(exc)
-        if time.monotonic() >= deadline - 0.05:
+        if final == len(hosts) or time.monotonic() >= deadline - 0.05:
             raise _startup_error(causes, k)
         await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 

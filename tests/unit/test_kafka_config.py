@@ -425,3 +425,32 @@ def test_probe_parses_a_refused_sasl_mechanism() -> None:
 
     message = asyncio.run(run())
     assert "does not offer SASL mechanism PLAIN (offers SCRAM-SHA-512)" in message
+
+
+def test_probe_tries_every_bootstrap_broker_and_names_each() -> None:
+    """One broker refuses, one answers garbage: both are named, in one line, and the start
+    fails at the timeout (the refused one might still come up)."""
+    from streams.broker import free_port
+    from streams.kafka_config import probe
+
+    async def run() -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"\x7f\x00\x00\x00 nope")
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        refused = free_port()
+        try:
+            with pytest.raises(KafkaStartupError) as info:
+                await probe(f"127.0.0.1:{refused},127.0.0.1:{port}", load_settings(env={}).kafka,
+                            timeout=1.0)
+        finally:
+            server.close()
+        message = str(info.value)
+        assert f"127.0.0.1:{refused}: connection refused" in message
+        assert f"127.0.0.1:{port}: answered bytes that are not Kafka" in message
+        return message
+
+    assert "\n" not in asyncio.run(run())
