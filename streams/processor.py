@@ -272,7 +272,7 @@ class CustomerProcessor:
             if state.closed_day is not None and state.closed_day >= day:
                 continue  # restored ahead of the clock: this close already ran for it
             state.closed_day = day
-            state.support.prune(day)
+            state.support.prune(day - 1)       # the close of day - 1: its windows end there
             result = self._evaluate(cid, state, as_of)
             if result.score is not None:
                 self.metrics.health_score.labels(result.segment).observe(result.score)
