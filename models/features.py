@@ -47,7 +47,9 @@ from models.activity import DAY_SECONDS, day_of, intern, window_days
 WINDOW_DAYS = 30
 RETENTION_WINDOW_DAYS = 90      # features.retention_window_days
 MIN_GROUP = 10                  # features.min_group
-RATIO_DIGITS = 4
+RATIO_DIGITS = 4               # published precision (docs/precision.md): ratios and rates
+STICKINESS_DIGITS = 6
+DAYS_DIGITS = 4
 
 # Days-to-adopt histogram: tenths of a day below FINE_DAYS, whole days from there on, so a
 # feature's histogram holds at most 10 * FINE_DAYS + (oldest age in days) buckets.
@@ -166,15 +168,20 @@ def median_days_to_adopt(values: Iterable[float]) -> float | None:
 def retention_impact(with_kept: int, with_total: int, without_kept: int, without_total: int,
                      min_group: int = MIN_GROUP
                      ) -> tuple[float | None, float | None, float | None]:
-    """(retention_with, retention_without, impact); all None when a group is under min_group.
+    """(retention_with, retention_without, impact), each group judged on its own.
 
     The groups are customers paying at D − W that had / had not used f before D − W; retention
-    is the share of them still paying at D. Below min_group a share is noise, not evidence.
+    is the share of them still paying at D. A group under min_group (or empty) has a null
+    retention: below that a share is noise, not evidence. The other group's retention is still
+    published; the impact needs both.
     """
-    if with_total < min_group or without_total < min_group or min(with_total, without_total) <= 0:
-        return None, None, None
-    with_rate = with_kept / with_total
-    without_rate = without_kept / without_total
+    def rate(kept: int, total: int) -> float | None:
+        return None if total < max(1, min_group) else kept / total
+
+    with_rate = rate(with_kept, with_total)
+    without_rate = rate(without_kept, without_total)
+    if with_rate is None or without_rate is None:
+        return with_rate, without_rate, None
     return with_rate, without_rate, with_rate - without_rate
 
 
@@ -585,7 +592,8 @@ def _round(value: float | None, digits: int = RATIO_DIGITS) -> float | None:
 def feature_record(feature: str, as_of: str, released_at: str | None,
                    merged: FeatureContribution, *, n_days: int,
                    after_release: float | None, min_group: int = MIN_GROUP) -> dict[str, Any]:
-    """The ``vitals.feature`` record: exactly the CONTRACT keys, ratios to 4 places.
+    """The ``vitals.feature`` record: exactly the CONTRACT keys, ratios to 4 places,
+    stickiness to 6 and the median to 4 (docs/precision.md).
 
     ``as_of``/``released_at`` are already formatted (ISO 8601 UTC); ``n_days`` is
     ``stickiness_days(merged.day, R)`` and ``after_release`` the value of
@@ -604,9 +612,10 @@ def feature_record(feature: str, as_of: str, released_at: str | None,
         "adoption_rate": _round(adoption_rate(merged.feature_users, merged.active_users)),
         "customer_adoption_rate": _round(customer_adoption_rate(merged.feature_customers,
                                                                 merged.active_customers)),
-        "stickiness": _round(stickiness(merged.dau_sum, n_days, merged.feature_users)),
+        "stickiness": _round(stickiness(merged.dau_sum, n_days, merged.feature_users),
+                             STICKINESS_DIGITS),
         "adoption_30d_after_release": _round(after_release),
-        "median_days_to_adopt": None if median is None else round(median, 2),
+        "median_days_to_adopt": _round(median, DAYS_DIGITS),
         "retention_with": _round(with_rate),
         "retention_without": _round(without_rate),
         "retention_impact": _round(impact),

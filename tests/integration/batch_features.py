@@ -17,7 +17,8 @@ Definitions (as the README states them for the service):
 - A feature with eligible segments counts only the users and customers of those segments
   (the segment of the customer's newest signup).
 - Retention (W = 90 days): customers with MRR > 0 at T - W, "with" if their first use of f is
-  before T - W; retained if MRR > 0 at T; null when a group has fewer than 10 customers.
+  before T - W; retained if MRR > 0 at T; a group's retention is null when that group has
+  fewer than 10 customers, the impact when either is null.
 """
 from __future__ import annotations
 
@@ -114,11 +115,11 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         without_group = paying_then - with_group
         kept_with = sum(paying(c, T) for c in with_group)
         kept_without = sum(paying(c, T) for c in without_group)
-        if len(with_group) >= min_group and len(without_group) >= min_group:
-            rw, rwo = kept_with / len(with_group), kept_without / len(without_group)
-            record.update(retention_with=rw, retention_without=rwo, retention_impact=rw - rwo)
-        else:
-            record.update(retention_with=None, retention_without=None, retention_impact=None)
+        rw = kept_with / len(with_group) if len(with_group) >= max(1, min_group) else None
+        rwo = (kept_without / len(without_group) if len(without_group) >= max(1, min_group)
+               else None)
+        record.update(retention_with=rw, retention_without=rwo,
+                      retention_impact=None if rw is None or rwo is None else rw - rwo)
         out[f] = record
     return out
 

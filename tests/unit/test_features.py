@@ -324,9 +324,28 @@ def test_retention_impact_by_hand() -> None:
     assert with_rate == pytest.approx(11 / 12)
     assert without_rate == pytest.approx(0.8)
     assert impact == pytest.approx(11 / 12 - 0.8)       # 0.1167
-    assert retention_impact(9, 9, 8, 10, min_group=10) == (None, None, None)   # 9 < 10
-    assert retention_impact(9, 10, 5, 9, min_group=10) == (None, None, None)
-    assert retention_impact(0, 0, 0, 0, min_group=0) == (None, None, None)
+    # each group on its own: the one under min_group is null, the other is still published
+    assert retention_impact(9, 9, 8, 10, min_group=10) == (None, 0.8, None)    # 9 < 10
+    assert retention_impact(9, 10, 5, 9, min_group=10) == (0.9, None, None)
+    assert retention_impact(0, 0, 0, 0, min_group=0) == (None, None, None)     # empty groups
+
+
+def test_retention_without_with_an_empty_with_group() -> None:
+    # Nobody used f before D − W: "with" is empty (null), "without" has 95 customers of whom
+    # 71 still pay: 71/95 = 0.7474 is published; the impact needs both groups.
+    assert retention_impact(0, 0, 71, 95, min_group=10) == (None, 71 / 95, None)
+    record = feature_record(F, "2026-03-02T00:00:00Z", None,
+                            FeatureContribution(F, D, without_total=95, without_kept=71),
+                            n_days=30, after_release=None)
+    assert (record["retention_with"], record["retention_without"],
+            record["retention_impact"]) == (None, 0.7474, None)
+    # a "without" group under min_group is null in turn, the "with" group stays
+    record = feature_record(F, "2026-03-02T00:00:00Z", None,
+                            FeatureContribution(F, D, with_total=12, with_kept=9,
+                                                without_total=9, without_kept=9),
+                            n_days=30, after_release=None)
+    assert (record["retention_with"], record["retention_without"],
+            record["retention_impact"]) == (0.75, None, None)
 
 
 def paying(since: float, until: float | None = None) -> PaidHistory:
@@ -367,7 +386,7 @@ def test_retention_split_from_customers() -> None:
     assert (with_rate, without_rate) == (pytest.approx(0.9), pytest.approx(0.5))
     assert impact == pytest.approx(0.4)
     assert retention_impact(part.with_kept, part.with_total, part.without_kept,
-                            part.without_total, min_group=11) == (None, None, None)
+                            part.without_total, min_group=11) == (None, 0.5, None)  # 10 < 11
 
 
 def test_paid_history() -> None:
@@ -497,7 +516,7 @@ def test_feature_record_by_hand() -> None:
         "active_users_30d": 830, "feature_users_30d": 312,
         "adoption_rate": 0.3759,                        # 312 / 830
         "customer_adoption_rate": 0.52,                 # 13 / 25
-        "stickiness": 0.3099,                           # (2901 / 30) / 312
+        "stickiness": 0.309936,                         # (2901 / 30) / 312 to 6 places
         "adoption_30d_after_release": 0.2912,
         "median_days_to_adopt": 6.0,                    # 1 6 6 6 9 9 -> (6 + 6) / 2
         "retention_with": 0.94, "retention_without": 0.81, "retention_impact": 0.13,
@@ -505,8 +524,8 @@ def test_feature_record_by_hand() -> None:
 
 
 def test_feature_record_nulls() -> None:
-    merged = FeatureContribution(F, D, with_total=9, with_kept=9, without_total=40,
-                                 without_kept=30)
+    merged = FeatureContribution(F, D, with_total=9, with_kept=9, without_total=4,
+                                 without_kept=3)
     record = feature_record(F, "2026-03-02T00:00:00Z", None, merged, n_days=30,
                             after_release=None)
     assert set(record) == CONTRACT_KEYS
