@@ -93,3 +93,15 @@ def test_feature_view_sorts_by_retention_impact() -> None:
     records = [{"feature": "a", "retention_impact": 0.05}, {"feature": "b", "retention_impact": None},
                {"feature": "c", "retention_impact": 0.2}, {"feature": "d", "retention_impact": -0.1}]
     assert [r["feature"] for r in by_retention_impact(records)] == ["c", "a", "d", "b"]
+
+
+def test_stickiness_of_a_young_feature_averages_over_the_days_since_release() -> None:
+    # reports first seen on day R at 01:00; 30 users, Σ DAU_f = 90 in the window.
+    stage = FeatureAggregator(settings(), {})
+    young = feed(stage, "reports", R + 4, (10, 20))["records"]["reports"]
+    # day close of R+4: n = min(30, (R+4) − R + 1) = 5 → (90 / 5) / 30 = 0.6
+    assert young["stickiness"] == 0.6
+    grown = feed(stage, "reports", R + 29, (10, 20))["records"]["reports"]
+    assert grown["stickiness"] == 0.1                     # n = 30: (90 / 30) / 30
+    old = feed(stage, "reports", R + 45, (10, 20))["records"]["reports"]
+    assert old["stickiness"] == 0.1                       # n stays 30
