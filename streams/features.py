@@ -52,6 +52,7 @@ class FeatureAggregator:
         self.store = store
         self.partitions = settings.app.partitions
         self.min_group = settings.features.min_group
+        self.lateness_days = settings.time.lateness_days
         self.released = release_times(settings.features.released)
         self.rules = settings.alerts.rules
         self.feature_rules = list(settings.alerts.feature_rules)
@@ -76,9 +77,10 @@ class FeatureAggregator:
             return None
         released = book.released_at(self.released.get(book.feature))
         as_of = (merged.day + 1) * DAY_SECONDS
-        counts = book.after_release_counts(released, partitions=self.partitions)
+        counts = book.after_release_counts(released, partitions=self.partitions,
+                                           lateness_days=self.lateness_days)
         after = None if counts is None else adoption_30d_after_release(
-            counts[0], counts[1], as_of, released)
+            counts[0], counts[1], as_of, released, self.lateness_days)
         return feature_record(book.feature, rfc3339(as_of),
                               None if released is None else rfc3339(released), merged,
                               n_days=stickiness_days(merged.day, released),

@@ -58,7 +58,10 @@ def test_adoption_low_fires_once_when_the_30_days_after_release_are_known() -> N
         out = feed(stage, "reports", day, (2, 3))          # 5 of 100 users: 5 %
         fired += out["alerts"]
         after = out["records"]["reports"]["adoption_30d_after_release"]
-        assert (after is None) == (day < R + 30), (day, after)
+        # released R 01:00, lateness 2 days: fixed at the close of R+32 (as of R+33 00:00,
+        # the first close at or past R + 32 d 01:00); these parts carry no exact counts, so
+        # the window of the UTC days R … R+29 counts (5 of 100)
+        assert (after is None) == (day < R + 32), (day, after)
     assert [a["status"] for a in fired] == ["firing"]
     alert = fired[0]
     assert alert["alert_id"] == "feature_adoption_low:reports"
@@ -105,3 +108,26 @@ def test_stickiness_of_a_young_feature_averages_over_the_days_since_release() ->
     assert grown["stickiness"] == 0.1                     # n = 30: (90 / 30) / 30
     old = feed(stage, "reports", R + 45, (10, 20))["records"]["reports"]
     assert old["stickiness"] == 0.1                       # n stays 30
+
+
+def test_adoption_after_release_from_the_exact_counts_of_every_partition() -> None:
+    # Released R 14:13:57 (configured); lateness 2 days → fixed at the close of R+32.
+    release = R * DAY_SECONDS + 14 * 3600 + 13 * 60 + 57
+    stage = FeatureAggregator(settings(VITALS_FEATURES__RELEASED__reports=
+                                       '"2026-02-16T14:13:57+00:00"'), {})
+    assert stage.released["reports"] == release
+
+    def send(day: int, exact: tuple[int, int, int, int] | None) -> dict[str, Any]:
+        for p in (0, 1):
+            c = FeatureContribution("reports", day, active_users=50, feature_users=10)
+            if exact is not None:
+                c.set_after_release(release, exact[2 * p], exact[2 * p + 1])
+            stage.apply("reports", {"p": p, "c": c.to_state()})
+        return orjson.loads(stage.flush().records[0][1])
+
+    assert send(R + 31, None)["adoption_30d_after_release"] is None
+    # [R, R+30d): partition 0 has 12 of 40 users, partition 1 has 7 of 35 → 19/75 = 0.2533
+    rec = send(R + 32, (12, 40, 7, 35))
+    assert rec["adoption_30d_after_release"] == 0.2533 and rec["as_of"] == "2026-03-21T00:00:00Z"
+    # fixed: later (different) counts change nothing
+    assert send(R + 33, (1, 1, 1, 1))["adoption_30d_after_release"] == 0.2533

@@ -17,6 +17,7 @@ from models.features import (
     adoption_30d_after_release,
     adoption_rate,
     after_release_day,
+    after_release_fix_day,
     customer_adoption_rate,
     days_to_adopt,
     feature_record,
@@ -240,14 +241,87 @@ def test_book_base_never_replaces_counts_the_partition_sent() -> None:
     assert D + 1 not in book.history[1]
 
 
-def test_book_after_release_with_a_release_not_at_midnight() -> None:
-    r = at(D, 13)
+R_1413 = at(D, 14 + 13 / 60 + 57 / 3600)                 # released D 14:13:57
+
+
+def exact_window_customer() -> CustomerFeatures:
+    """Users around [R, R+30d) = [D 14:13:57, D+30 14:13:57):
+    u1 usage D 10:00 (before R: out)         u2 usage D 15:00 (in), f D 14:00 (beta: not f)
+    u3 f D+10 12:00 (in, f)                   u4 usage D+30 14:00 (in), f D+30 14:13:56 (in, f)
+    u5 f D+30 14:13:57 (= R+30d: out)         u6 usage D 14:13:57 (= R: in)
+    u7 usage D+30 10:00 (in)
+    """
+    use = CustomerFeatures()
+
+    def act(user: str, ts: float, feature: bool = False) -> None:
+        use.on_activity(ts, user)
+        if feature:
+            use.record(F, ts, user)
+
+    act("u1", at(D, 10))
+    act("u2", at(D, 15))
+    act("u2", at(D, 14), feature=True)
+    act("u3", at(D + 10), feature=True)
+    act("u4", at(D + 30, 14))
+    act("u4", R_1413 + 30 * DAY_SECONDS - 1, feature=True)
+    act("u5", R_1413 + 30 * DAY_SECONDS, feature=True)
+    act("u6", R_1413)
+    act("u7", at(D + 30, 10))
+    return use
+
+
+def test_after_release_counts_the_exact_window_of_a_release_at_14_13_57() -> None:
+    use = exact_window_customer()
+    # f users u3, u4; active u2, u3, u4, u6, u7 → 2/5 = 0.4 (the UTC days D … D+29 would
+    # give f users u2, u3 of active u1, u2, u3, u6: 2/4)
+    assert use.after_release(F, R_1413) == (2, 5)
+    assert use.window(F, D + 29)[0] == 2                     # u2 and u3 over the UTC days
+    # fixed at the close of D+32 (as of D+33 00:00 ≥ R + 30 d + 2 d lateness = D+32 14:13:57)
+    assert after_release_fix_day(R_1413, 2) == D + 32
+    assert after_release_fix_day(at(D, 0), 2) == D + 31     # a midnight release: D+32 00:00
+    end = R_1413 + 32 * DAY_SECONDS
+    assert adoption_30d_after_release(2, 5, end - 1, R_1413, 2) is None
+    assert adoption_30d_after_release(2, 5, end, R_1413, 2) == pytest.approx(0.4)
+    # the event times survive the changelog
+    back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(use.to_dict())))
+    assert back.after_release(F, R_1413) == (2, 5) and back.to_dict() == use.to_dict()
+
+
+def test_a_late_event_inside_the_lateness_after_r_plus_30d_still_counts() -> None:
+    """Partition 0 closes D+31 (watermark past R + 30d, not past R + 30d + lateness): its exact
+    counts (2, 5) do not fix the figure. Then u8's usage of D+30 13:00 (before R+30d) arrives
+    late, 20 h behind a watermark of D+31 09:00 (within the 2-day lateness), and u9's of D+30
+    20:00 (after R+30d, out). The close of D+32 counts u8: 2/6; partition 1 adds 1 of 4."""
+    use = exact_window_customer()
     book = FeatureBook(F)
-    book.update(0, book_part(D + 29, 8, 40))
-    counts = book.after_release_counts(r)
-    assert counts == (8, 40)
-    assert adoption_30d_after_release(*counts, at(D + 30, 0), r) is None   # < R + 30d
-    assert adoption_30d_after_release(*counts, at(D + 30, 13), r) == pytest.approx(0.2)
+
+    def close(p: int, day: int, users: int, active: int) -> None:
+        part = FeatureContribution(F, day, active_users=99, feature_users=9)
+        part.set_after_release(R_1413, users, active)
+        book.update(p, part)
+
+    close(0, D + 31, *use.after_release(F, R_1413))
+    close(1, D + 32, 1, 4)
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) is None
+    use.on_activity(at(D + 30, 13), "u8")
+    use.on_activity(at(D + 30, 20), "u9")
+    assert use.after_release(F, R_1413) == (2, 6)
+    close(0, D + 32, *use.after_release(F, R_1413))
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+    close(0, D + 33, 0, 100)                                 # fixed: later counts are ignored
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+    back = FeatureBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
+    assert back.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+
+
+def test_after_release_is_unknown_once_day_r_was_pruned() -> None:
+    use = exact_window_customer()
+    use.prune(D + 2, keep_from=D)                            # masks from D+2, times from D
+    assert use.after_release(F, R_1413) == (2, 5)
+    assert D + 1 not in use.masks[F] and D in use.active
+    use.prune(D + 3, keep_from=D + 1)                        # the events of day(R) are gone
+    assert use.after_release(F, R_1413) is None
+    assert use.after_release(F, at(D + 1, 0)) is not None
 
 
 # ---- days to adopt -----------------------------------------------------------------------------
