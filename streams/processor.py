@@ -341,7 +341,8 @@ class CustomerProcessor:
                                       signup_ts=state.signup_ts, paid=state.paid,
                                       retention_window_days=fs.retention_window_days)
             part.set_base(*base[group])
-            if closed >= after_release_fix_day(release, lateness):
+            fix = after_release_fix_day(release, lateness)
+            if fix <= closed <= fix + self.after_margin:
                 self._after_release(part, customers, rule, release)
             message: dict[str, Any] = {"p": partition, "c": part.to_state()}
             if (partition, feature) not in self.base_sent:

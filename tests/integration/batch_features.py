@@ -10,8 +10,8 @@ Definitions (as the README states them for the service):
 - A feature's release R is the configured one, else the time of its first event.
 - stickiness = (Σ DAU_f over the window days since day(R)) / n / feature_users_30d, with
   n = min(30, D - day(R) + 1).
-- adoption_30d_after_release: users of f over active users, both over the 30 UTC days from
-  day(R); null until T >= R + 30 days.
+- adoption_30d_after_release: users with an f event over users with any usage or feature
+  event, both in [R, R + 30 days) by exact event time; null until T >= R + 30 days + lateness.
 - median_days_to_adopt: over customers that used f before T, first use - max(R, signup), never
   below 0 (days).
 - A feature with eligible segments counts only the users and customers of those segments
@@ -38,11 +38,14 @@ def _ratio(num: float, den: float) -> float | None:
 def compute(events: list[tuple[str, Any]], closed_day: int,
             released: Mapping[str, float] | None = None,
             eligible: Mapping[str, set[str]] | None = None, window: int = 30,
-            retention_days: int = 90, min_group: int = 10) -> dict[str, dict[str, Any]]:
+            retention_days: int = 90, min_group: int = 10, lateness_days: float = 2.0
+            ) -> dict[str, dict[str, Any]]:
     released = dict(released or {})
     eligible = dict(eligible or {})
     T = (closed_day + 1) * DAY
     active_days: dict[tuple[str, str], set[int]] = defaultdict(set)      # user -> days
+    active_at: dict[tuple[str, str], list[float]] = defaultdict(list)    # user -> event times
+    used_at: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     daily: dict[str, dict[int, set[tuple[str, str]]]] = defaultdict(lambda: defaultdict(set))
     first_use: dict[str, dict[str, float]] = defaultdict(dict)            # f -> customer -> ts
     first_seen: dict[str, float] = {}
@@ -56,9 +59,11 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         user = (cid, e["user_id"])
         day = int(ts // DAY)
         active_days[user].add(day)
+        active_at[user].append(ts)
         if family == "feature":
             f = e["feature"]
             daily[f][day].add(user)
+            used_at[f][user].append(ts)
             first_seen[f] = min(ts, first_seen.get(f, ts))
             if ts < first_use[f].get(cid, float("inf")):
                 first_use[f][cid] = ts
@@ -98,10 +103,15 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
                       for d in range(start, closed_day + 1))
         record["stickiness"] = (None if not users or n <= 0 else dau_sum / n / len(users))
         after = None
-        if R is not None and T >= R + 30 * DAY:
-            hi = r_day + 29
-            adopters = {u for d in range(r_day, hi + 1) for u in daily[f].get(d, ()) if admits(u[0])}
-            after = _ratio(len(adopters), len(active_users(r_day, hi, admits)))
+        if R is not None and T >= R + (30 + lateness_days) * DAY:
+            end = R + 30 * DAY
+
+            def within(times: list[float]) -> bool:
+                return any(R <= t < end for t in times)
+
+            adopters = [u for u, times in used_at[f].items() if admits(u[0]) and within(times)]
+            users_in = [u for u, times in active_at.items() if admits(u[0]) and within(times)]
+            after = _ratio(len(adopters), len(users_in))
         record["adoption_30d_after_release"] = after
         waits = []
         for cid, first in first_use[f].items():
