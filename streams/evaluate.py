@@ -126,10 +126,13 @@ class Evaluator:
 
     def _revenue(self, state: CustomerState, segment: str, churn_rates: Mapping[str, float]
                  ) -> dict[str, Any]:
-        """Customer CLV = MRR x margin / monthly churn rate of its segment (floored)."""
+        """Customer CLV = MRR x margin / monthly churn rate of its segment (floored).
+
+        Money is published unrounded (docs/precision.md); the ratio to CAC to 4 places.
+        """
         rate = churn_rates.get(f"segment:{segment}", self.min_churn_rate)
         mrr = state.revenue.mrr
-        value = round(customer_clv(mrr, self.gross_margin, rate), 2) if mrr > 0 else 0.0
+        value = customer_clv(mrr, self.gross_margin, rate) if mrr > 0 else 0.0
         ratio = clv_to_cac(value, state.cac)
         return {"mrr": mrr, "currency": self.currency, "clv": value, "cac": state.cac,
                 "clv_to_cac": None if ratio is None else round(ratio, 4)}
