@@ -632,7 +632,7 @@ class FeatureBook:
     good.
     """
 
-    __slots__ = ("feature", "parts", "history", "after_release", "after")
+    __slots__ = ("feature", "parts", "history", "after_release", "after", "by_days")
 
     def __init__(self, feature: str) -> None:
         self.feature = feature
@@ -640,6 +640,7 @@ class FeatureBook:
         self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
         self.after_release: tuple[float, int, int] | None = None   # (R, users, active), fixed
         self.after: dict[int, tuple[float, int, int, int]] = {}    # p -> (R, day, users, active)
+        self.by_days: tuple[int, ...] = ()   # partitions the fixed figure counted by UTC days
 
     def update(self, partition: int, part: FeatureContribution,
                base: Iterable[Iterable[int]] | None = None) -> bool:
@@ -707,6 +708,7 @@ class FeatureBook:
         expected = range(partitions) if partitions is not None else sorted(self.parts)
         target = after_release_fix_day(released_at, lateness_days)
         users = active = 0
+        by_days = []
         for p in expected:
             part = self.parts.get(p)
             if part is None or part.day < target:
@@ -723,7 +725,9 @@ class FeatureBook:
                 return None
             users += counts[0]
             active += counts[1]
+            by_days.append(p)
         self.after_release = (float(released_at), users, active)
+        self.by_days = tuple(by_days)
         return users, active
 
     def to_state(self) -> dict[str, Any]:
@@ -732,7 +736,8 @@ class FeatureBook:
                 "h": [[p, [[d, u, a] for d, (u, a) in sorted(days.items())]]
                       for p, days in sorted(self.history.items())],
                 "ar": None if self.after_release is None else list(self.after_release),
-                "ax": [[p, *a] for p, a in sorted(self.after.items())]}
+                "ax": [[p, *a] for p, a in sorted(self.after.items())],
+                **({"bd": list(self.by_days)} if self.by_days else {})}
 
     @classmethod
     def from_state(cls, data: Mapping[str, Any]) -> "FeatureBook":
@@ -744,6 +749,7 @@ class FeatureBook:
         book.after_release = None if ar is None else (float(ar[0]), int(ar[1]), int(ar[2]))
         book.after = {int(p): (float(r), int(d), int(u), int(a))
                       for p, r, d, u, a in data.get("ax", ())}
+        book.by_days = tuple(int(p) for p in data.get("bd", ()))
         return book
 
 

@@ -51,7 +51,7 @@ def test_partitions_add_up_and_a_resend_changes_nothing() -> None:
     assert orjson.loads(restored.flush().records[0][1]) == rec
 
 
-def test_adoption_low_fires_once_when_the_30_days_after_release_are_known() -> None:
+def test_adoption_low_fires_once_when_the_30_days_after_release_are_known(caplog) -> None:
     stage = FeatureAggregator(settings(), {})
     fired = []
     for day in range(R, R + 40):
@@ -63,6 +63,9 @@ def test_adoption_low_fires_once_when_the_30_days_after_release_are_known() -> N
         # the window of the UTC days R … R+29 counts (5 of 100)
         assert (after is None) == (day < R + 32), (day, after)
     assert [a["status"] for a in fired] == ["firing"]
+    # counted by UTC days (no partition sent exact counts): said once, not silently
+    said = [r.getMessage() for r in caplog.records if "by UTC days" in r.getMessage()]
+    assert len(said) == 1 and "partitions [0, 1]" in said[0]
     alert = fired[0]
     assert alert["alert_id"] == "feature_adoption_low:reports"
     assert alert["subject"] == {"feature": "reports"} and alert["value"] == 0.05

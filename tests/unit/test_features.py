@@ -225,6 +225,8 @@ def test_book_counts_a_partition_that_learnt_of_the_feature_late() -> None:
     book.update(1, book_part(D + 40, 3, 80), base)
     # D+29: partition 1 had no user of f (it would have known f), 69 active users
     assert book.after_release_counts(r, partitions=2) == (10, 169)
+    assert book.by_days == (0, 1)                        # neither sent exact counts
+    assert FeatureBook.from_state(book.to_state()).by_days == (0, 1)
 
 
 def test_book_base_never_replaces_counts_the_partition_sent() -> None:
@@ -308,6 +310,7 @@ def test_a_late_event_inside_the_lateness_after_r_plus_30d_still_counts() -> Non
     assert use.after_release(F, R_1413) == (2, 6)
     close(0, D + 32, *use.after_release(F, R_1413))
     assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+    assert book.by_days == ()                                # every partition counted exactly
     close(0, D + 33, 0, 100)                                 # fixed: later counts are ignored
     assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
     back = FeatureBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
