@@ -80,6 +80,9 @@ class Evaluator:
     def evaluate(self, state: CustomerState, as_of: float, catalog: Mapping[str, float],
                  remember: bool = True, alerts: bool = True,
                  churn_rates: Mapping[str, float] | None = None) -> Evaluation:
+        """The customer as of `as_of`. A close (as_of = D+1 00:00) covers the complete days
+        D-29 … D and keeps its score for trend_7d; an in-day as_of covers the days ending
+        with its own day so far (models/activity.py `last_day`)."""
         # Windows end with last_day(as_of): D for a close stamped D+1 00:00, else as_of's day.
         # The state may already hold events after as_of (the event that closed the day), so
         # every window is bounded by that day explicitly.
