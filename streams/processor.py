@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
 import orjson
 
-from models.activity import DAY_SECONDS, day_of
+from models.activity import DAY_SECONDS, day_of, last_day
 from models.features import BASE_HISTORY_DAYS, FeatureContribution, after_release_fix_day
 from streams import events as ev
 from streams.deadletter import deadletter_value
@@ -501,7 +501,7 @@ class CustomerProcessor:
         # One day of margin: the clock and the customer records are separate changelog writes,
         # and a restored watermark may be a flush older than the one that pruned.
         state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
-        state.activity.prune(day_of(wm) - self.window + 1)
+        state.activity.prune(last_day(wm) - self.window + 1)   # a midnight wm: the close's days
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
         state.feature_use.prune(day_of(wm) - self.window,
                                 keep_from=day_of(wm) - self.window - self.after_margin)
