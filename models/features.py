@@ -231,9 +231,8 @@ def _users_in(spans: Mapping[int, Mapping[int, list[float]]], start: float, end:
     """Bit mask of the users with an event in [start, end), from per-day [first, last] times.
 
     Whole days inside need no time; on the day of `start` a user counts when its last event is
-    at or after start, on the day of `end` when its first event is before end (for both on one
-    day, when some event is in between: exact only if first or last is, which holds for
-    windows of a day or more, the only ones used).
+    at or after start, on the day of `end` when its first event is before end. Exact for
+    windows of at least a day (start and end on different days), the only ones used.
     """
     lo_day, hi_day = day_of(start), day_of(end)
     mask = 0
