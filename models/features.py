@@ -702,6 +702,11 @@ class FeatureBook:
             return None
         if self.after_release is not None and self.after_release[0] == released_at:
             return self.after_release[1], self.after_release[2]
+        if self.after_release is not None and self.after_release[0] < 0:
+            # Fixed by day counts before exact windows existed, keyed -(day + 1): kept.
+            if -self.after_release[0] - 1 == after_release_day(released_at):
+                self.after_release = (float(released_at), *self.after_release[1:])
+                return self.after_release[1], self.after_release[2]
         if not self.parts:
             return None
         expected = range(partitions) if partitions is not None else sorted(self.parts)
@@ -746,6 +751,8 @@ class FeatureBook:
                         for p, days in data.get("h", ())}
         ar = data.get("ar")
         book.after_release = None if ar is None else (float(ar[0]), int(ar[1]), int(ar[2]))
+        if ar is not None and "ax" not in data:      # stored as (day, users, active)
+            book.after_release = (-float(ar[0]) - 1, int(ar[1]), int(ar[2]))
         book.after = {int(p): (float(r), int(d), int(u), int(a))
                       for p, r, d, u, a in data.get("ax", ())}
         book.by_days = tuple(int(p) for p in data.get("bd", ()))

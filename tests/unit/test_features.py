@@ -659,3 +659,14 @@ def test_book_keeps_every_day_until_the_after_release_figure_is_known() -> None:
     assert book.after_release_counts(released, partitions=2) == (8, 30)
     book.update(0, book_part(D + 130, 1, 10))
     assert len(book.history[0]) == 40                            # pruned once known
+
+
+def test_a_figure_fixed_by_day_counts_in_an_older_record_is_kept() -> None:
+    # Records written before exact windows held (day, users, active) and no "ax".
+    r = at(D, 13)
+    book = FeatureBook.from_state({"f": F, "p": [[0, book_part(D + 40, 1, 1).to_state()]],
+                                   "h": [], "ar": [D + 29, 8, 40]})
+    assert book.after_release_counts(r, partitions=1, lateness_days=2) == (8, 40)
+    assert book.after_release == (r, 8, 40)
+    other = FeatureBook.from_state({"f": F, "p": [], "h": [], "ar": [D + 29, 8, 40]})
+    assert other.after_release_counts(at(D + 3), partitions=1) is None   # another release day
