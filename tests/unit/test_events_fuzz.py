@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -95,6 +96,34 @@ def field_values(name: str) -> st.SearchStrategy[Any]:
     return special | json_values
 
 
+ABSENT = object()
+short_text = st.text(min_size=1, max_size=20)
+money = st.integers(0, 10 ** 6) | st.floats(0, 1e6)
+PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
+    "ts": st.floats(ev.DEFAULT_MIN_TS, 4102444800.0)                 # 2000 .. 2100
+    | st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 31)).map(
+        lambda d: d.strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if d.second % 2 else ".5+02:00")),
+    "segment": st.sampled_from(sorted(ev.SEGMENTS)),
+    "mrr": money, "amount": money, "cac": money, "quantity": money,
+    "seats": st.integers(1, 1000), "score": st.integers(0, 10),
+    "priority": st.sampled_from(sorted(ev.PRIORITIES)),
+    "currency": st.sampled_from(["USD", "EUR", "JPY"]),
+    "ticket_id": short_text | st.integers(0, 10 ** 6),
+    "context": st.fixed_dictionaries({"groupId": short_text}),
+    "properties": st.fixed_dictionaries({}, optional={"quantity": money,
+                                                      "customer_id": short_text}),
+}
+PLAUSIBLE["timestamp"] = PLAUSIBLE["ts"]
+
+
+def present_or_not(name: str, values_of: Any) -> st.SearchStrategy[Any]:
+    """Mostly a plausible value (so that the later checks are reached), else anything, or the
+    field left out."""
+    plausible = PLAUSIBLE.get(name, short_text)
+    return st.integers(0, 19).flatmap(
+        lambda n: values_of(name) if n == 0 else st.just(ABSENT) if n == 1 else plausible)
+
+
 COMMON = ["event_id", "customer_id", "ts", "user_id"]
 FIELDS = {
     "signup": COMMON + ["segment", "plan", "seats", "cac", "channel", "currency"],
@@ -111,13 +140,16 @@ TYPES = {"usage": ["track"], "feature": ["track"], "billing": sorted(ev.BILLING_
 
 @st.composite
 def event_objects(draw: st.DrawFn, values_of: Any = field_values) -> tuple[str, dict[str, Any]]:
-    """A family and an object whose fields are each absent or drawn from field_values."""
+    """A family and an object whose fields are each absent, plausible or anything."""
     family = draw(st.sampled_from(ev.FAMILIES))
-    optional = {name: values_of(name) for name in FIELDS[family]}
-    if TYPES[family]:  # mostly a known type, so the type-specific checks are reached
-        optional["type"] = st.sampled_from(TYPES[family]) | values_of("type")
-    obj = draw(st.fixed_dictionaries({}, optional=optional))
-    return family, obj
+    fields = {name: present_or_not(name, values_of) for name in FIELDS[family]}
+    if family in ("usage", "feature"):  # the contract shape or a Segment track, half each
+        fields["type"] = st.one_of(st.just(ABSENT), st.just("track"), values_of("type"))
+    elif TYPES[family]:  # mostly a known type, so the type-specific checks are reached
+        fields["type"] = st.one_of(st.sampled_from(TYPES[family]),
+                                   st.sampled_from(TYPES[family]), values_of("type"))
+    obj = draw(st.fixed_dictionaries(fields))
+    return family, {k: v for k, v in obj.items() if v is not ABSENT}
 
 
 # Valid events of every family and type, the starting points of the mutation fuzz.
