@@ -96,6 +96,7 @@ def test_event_hash_is_64_bit_and_distinguishes_ids() -> None:
     ("2026-03-01 12:00:00Z", EPOCH),                # RFC 3339 allows a space for T
     ("2026-03-01t12:00:00z", EPOCH),                # and lower-case t and z
     ("2026-03-01T12:00:00.123456789Z", EPOCH + 0.123456),  # nanoseconds: cut to µs
+    ("2026-03-01T12:00:00.1234567890Z", EPOCH + 0.123456),  # RFC 3339: any number of digits
     ("2000-01-01T00:00:00Z", 946684800.0),          # the default time.min_ts itself
     ("9999-12-31T23:59:59Z", 253402300799.0),       # the upper bound itself
     (946684800, 946684800.0),
@@ -124,10 +125,10 @@ def test_parse_ts_valid(value: Any, expected: float) -> None:
     # ISO 8601 forms that datetime.fromisoformat takes but RFC 3339 does not
     "20261202T112519Z", "2026-W49-3T10:00:00Z", "2026-12-02T11Z", "2026-12-02T11:25Z",
     "2026-336T10:00:00Z", "2026-12-02T112519Z", "2026-12-02T11:25:19+0100",
-    "2026-12-02T11:25:19+01", "2026-12-02T11:25:19.Z", "2026-12-02T11:25:19.1234567890Z",
+    "2026-12-02T11:25:19+01", "2026-12-02T11:25:19.Z", "2026-12-02T11:25:19,5Z",
     "+2026-12-02T11:25:19Z", " 2026-12-02T11:25:19Z", "2026-12-02T11:25:19Z ",
     "2026-12-02T11:25:19 Z", "2026-12-02_11:25:19Z", "26-12-02T11:25:19Z",
-    "٢٠٢٦-12-02T11:25:19Z",       # Arabic-Indic digits: \d would match them, [0-9] does not
+    "٢٠٢٦-12-02T11:25:19Z",       # Arabic-Indic digits
     "2026-12-02T24:00:00Z", "2026-12-02T23:59:60Z",   # hour 24, leap second
     "2026-12-02T11:25:19+24:00", "2026-12-02T11:25:19+01:60",
     "2026-02-29T00:00:00Z",       # not a leap year
@@ -164,11 +165,11 @@ def test_parse_ts_offsets_apply_at_the_bounds() -> None:
 
 
 def test_parse_rfc3339_detail_names_the_problem() -> None:
-    with pytest.raises(InvalidEvent, match="no UTC offset"):
+    with pytest.raises(InvalidEvent, match="UTC offset is mandatory"):
         ev.parse_rfc3339("2026-03-01T12:00:00.5")
-    with pytest.raises(InvalidEvent, match="not RFC 3339"):
+    with pytest.raises(InvalidEvent, match="not RFC 3339.*20261202T112519Z"):
         ev.parse_rfc3339("20261202T112519Z")
-    with pytest.raises(InvalidEvent, match="not a valid date-time"):
+    with pytest.raises(InvalidEvent, match="day is out of range"):
         ev.parse_rfc3339("2026-02-30T00:00:00Z")
 
 
@@ -477,7 +478,7 @@ def test_invalid_ts_every_family(family: str, ts: Any) -> None:
 
 
 def test_naive_ts_detail_mentions_offset() -> None:
-    with pytest.raises(InvalidEvent, match="no UTC offset"):
+    with pytest.raises(InvalidEvent, match="UTC offset is mandatory"):
         V.validate("usage", valid("usage", ts="2026-03-01T12:00:00"))
 
 
