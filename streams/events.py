@@ -2,7 +2,11 @@
 
 Every rejection carries an error code and a human-readable detail, so that the dead-letter
 record says exactly what was wrong. Valid events are normalised to a flat dict whose `ts` is
-epoch seconds and whose money is in the reporting currency.
+epoch seconds and whose money is in the reporting currency, rounded to micro-units.
+
+Every field is checked by type and range against the named bounds below (docs/validation.md):
+whatever a producer sends, validation returns a valid event or raises InvalidEvent, never
+another exception, so that no record can stop the ingest.
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ MAX_TS = 253402300799.0           # 9999-12-31T23:59:59Z: beyond it no date can 
 # Confluent Schema Registry wire format: magic byte 0, a 4-byte big-endian schema id, payload.
 FRAME_MAGIC = 0
 FRAME_HEADER_BYTES = 5
+_MAGIC = bytes([FRAME_MAGIC])
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 64
@@ -130,7 +135,8 @@ def parse_ts(value: Any, min_ts: float = DEFAULT_MIN_TS, max_ts: float = MAX_TS)
         if ts > EPOCH_MS_THRESHOLD:
             ts /= 1000.0
     else:
-        raise InvalidEvent(INVALID_TS, f"ts must be RFC 3339 or epoch seconds, got "
+        raise InvalidEvent(INVALID_TS, f"ts must be RFC 3339 or epoch seconds or "
+                                       f"milliseconds, got "
                                        f"{type(value).__name__} {_show(value)}")
     if not min_ts <= ts <= max_ts:  # NaN fails here too
         raise InvalidEvent(INVALID_TS, f"ts {_show(value)} is outside "
@@ -148,7 +154,7 @@ def unframe(raw: bytes) -> bytes:
     JSON text never starts with byte 0, so a leading 0 can only be the magic byte of the
     Confluent wire format (0, 4-byte schema id, payload); the schema id is not looked up.
     """
-    if raw[:1] == b"\x00":
+    if raw[:1] == _MAGIC:
         if len(raw) < FRAME_HEADER_BYTES:
             raise InvalidEvent(NOT_JSON, f"value starts with the Schema Registry magic byte but "
                                          f"is only {len(raw)} bytes, shorter than the "

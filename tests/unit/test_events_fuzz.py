@@ -29,7 +29,7 @@ from streams.settings import load_settings
 from streams.time import rfc3339
 
 V = EventValidator("USD", {"USD": 1.0, "EUR": 1.1, "JPY": 0.0067})
-FUZZ = settings(max_examples=400, deadline=None, database=None, print_blob=True,
+FUZZ = settings(max_examples=300, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # Codes the validator itself can give (future_ts and too_late are judged later, against the
 # watermark; processing_error only by the ingest's safety net).
