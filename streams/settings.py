@@ -11,6 +11,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,13 @@ class TimeSettings:
     lateness_days: float
     dedup_horizon_days: float
     max_skew_days: float
+    min_ts: str  # RFC 3339: events dated before it are invalid_ts
+
+    def min_epoch(self) -> float:
+        """min_ts in epoch seconds (validated at load)."""
+        from streams.events import parse_rfc3339
+
+        return parse_rfc3339(self.min_ts)
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
+            return value.isoformat().replace("+00:00", "Z")
         if not isinstance(value, str):
             raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
         return value
@@ -407,7 +418,22 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
-    from streams.events import SEGMENTS
+    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, SEGMENTS, InvalidEvent, parse_rfc3339
+
+    try:
+        min_ts = parse_rfc3339(s.time.min_ts)
+    except InvalidEvent as exc:
+        raise SettingsError(f"setting 'time.min_ts' must be an RFC 3339 time with an offset, "
+                            f"e.g. 2000-01-01T00:00:00Z: {exc.detail}") from None
+    # Epoch numbers above 1e11 are read as milliseconds; ms values are >= 1e11 ms
+    # (1973-03-03), so a lower min_ts would make some epoch numbers ambiguous.
+    if not EPOCH_MS_THRESHOLD / 1000 <= min_ts < MAX_TS:
+        raise SettingsError("setting 'time.min_ts' must be between 1973-03-03T09:46:40Z and "
+                            f"9999-12-31T23:59:59Z, got {s.time.min_ts!r}")
+    for code, rate in s.revenue.currency_rates.items():
+        if not 0 < rate < float("inf"):
+            raise SettingsError(f"setting 'revenue.currency_rates.{code}' must be a positive "
+                                f"number, got {rate!r}")
 
     for feature, rule in s.features.eligible.items():
         unknown = set(rule.segments) - SEGMENTS
