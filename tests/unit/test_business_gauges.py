@@ -150,3 +150,28 @@ def test_a_worker_exports_only_the_scopes_it_owns() -> None:
     a.revoke({"all"})
     assert samples(a.gauges(), "vitals_company_nrr_ratio") == {}
     assert samples(a.gauges(), "vitals_company_nrr_final_ratio") == {}
+
+
+def test_every_documented_metric_is_exported() -> None:
+    """docs/metrics-prometheus.md lists metrics beyond CONTRACT.md §3 that rules and dashboards
+    may use: each is exported by a stage of the worker."""
+    import re
+    from pathlib import Path
+
+    from streams.exporters.metrics import Metrics
+    from streams.features import FeatureAggregator
+    from streams.processor import CustomerProcessor
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "metrics-prometheus.md"
+    documented = set(re.findall(r"^\|\s*`(vitals_\w+)`\s*\|", doc.read_text(encoding="utf-8"), re.M))
+    assert len(documented) >= 15
+    s = settings()
+    business = BusinessAggregator(s, {})
+    processor = CustomerProcessor(s, {}, {}, Metrics(), partition_of=lambda c: 0)
+    families = [*business.gauges(), *FeatureAggregator(s, {}).gauges(), *processor.gauges()]
+    exported = {f.name for f in families}
+    assert documented <= exported, documented - exported
+    # The company families exist for every per-segment ratio, and hold no segment label.
+    for f in business.gauges():
+        if f.name.startswith("vitals_company_"):
+            assert f.name in documented and all("segment" not in x.labels for x in f.samples)
