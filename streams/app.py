@@ -22,6 +22,7 @@ from streams.business import (BusinessAggregator, ScopeState, StageFlush, decode
 from streams.churn import ChurnLearner
 from streams.exporters.metrics import Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
+from streams.health import Health
 from streams.ingest import IngestService
 from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
@@ -97,6 +98,7 @@ class Service:
     # acknowledged with a state that the next recovery overwrites (see `owned_event`).
     owned: set[Any] = field(default_factory=set)
     strays: int = 0
+    health: Health = field(default_factory=Health)
 
     def owned_event(self, event: EventT) -> bool:
         """False for an event of a partition this worker no longer owns: skipped, not acked.
@@ -199,6 +201,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     follower.follow(s.topics.feature_catalog, 1, on_catalog)
     follower.follow(s.topics.feature_out, s.app.partitions, keep_latest(service.feature_records))
     follower.follow(s.topics.business, s.app.partitions, keep_latest(service.business_records))
+    supervisor = service.health.supervise(app, follower, ingest)
 
     @app.agent(internal, name="apply_customer_events")
     async def apply_customer_events(stream: faust.StreamT) -> None:
@@ -388,12 +391,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     @app.service
     class _Ingest(faust.Service):  # noqa: N801 - started and stopped with the worker
         async def on_start(self) -> None:
-            await follower.start()
-            await ingest.start()
+            await supervisor.start()  # starts the follower, then the ingest
 
         async def on_stop(self) -> None:
             await ingest.stop()
             await follower.stop()
+            await supervisor.stop()
 
     from streams.exporters.web import register_views
     register_views(service, customers)

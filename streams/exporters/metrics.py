@@ -6,11 +6,16 @@ cost of a scrape does not grow with the number of events.
 """
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
 import time
+from importlib import metadata
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -50,6 +55,13 @@ class Metrics:
         self._gauges = _GaugeCollector()
         self._gauges.sources.append(self.alerts.collect)
         self.registry.register(self._gauges)
+        version, commit = build_info()
+        self.build_info = Gauge("vitals_build_info", "Always 1: the version and commit running",
+                                ["version", "commit"], registry=self.registry)
+        self.build_info.labels(version, commit).set(1)
+        # The standard process_* (CPU, memory, open files) and python_info series.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def count(self, family: str, outcome: str, n: int = 1) -> None:
         self._events[(family, outcome)].inc(n)
@@ -69,6 +81,36 @@ class Metrics:
 
 
 GaugeSource = Callable[[], Iterable[GaugeMetricFamily]]
+PACKAGE = "customer-vitals"
+UNKNOWN = "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def build_info() -> tuple[str, str]:
+    """(version, commit) of the running code.
+
+    The version is the installed package's. The commit is VITALS_COMMIT when set (an image
+    bakes it in at build time, where there is no git), else the checkout's HEAD when the code
+    runs from a git checkout, else "unknown".
+    """
+    try:
+        version = metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        version = UNKNOWN
+    commit = os.environ.get("VITALS_COMMIT", "").strip() or _git_commit() or UNKNOWN
+    return version, commit
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed package: an enclosing repo is not ours
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 class _GaugeCollector(Collector):
