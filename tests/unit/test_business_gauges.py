@@ -175,3 +175,44 @@ def test_every_documented_metric_is_exported() -> None:
     for f in business.gauges():
         if f.name.startswith("vitals_company_"):
             assert f.name in documented and all("segment" not in x.labels for x in f.samples)
+
+
+def test_simulated_history_through_the_customer_and_business_stages() -> None:
+    """The real pipeline (customer stage -> business stage, two customer partitions, two
+    workers' worth of scopes): at every flush, sum(vitals_mrr) over the segments is the
+    current month's mrr_end of scope all, and no series carries segment="all"."""
+    from streams.exporters.metrics import Metrics
+    from streams.processor import CustomerProcessor
+    from streams.simulator import SimConfig, generate
+    from streams.topics import Partitioner
+    from tests.inprocess import valid_events
+
+    s = load_settings(env={"VITALS_APP__PARTITIONS": "2", "VITALS_TIME__MAX_SKEW_DAYS": "36500"})
+    partition_of = Partitioner(2)
+    processor = CustomerProcessor(s, {}, {}, Metrics(), partition_of=partition_of,
+                                  wall_clock=None)
+    workers = [BusinessAggregator(s, {}), BusinessAggregator(s, {})]
+    latest: dict[str, dict[str, Any]] = {}
+    events = list(valid_events(generate(SimConfig(seed=3, customers=30, days=100)), s))
+    checked = 0
+    for i in range(0, len(events), 1000):
+        for event in events[i:i + 1000]:
+            assert not processor.apply(partition_of(event["customer_id"]), [event])
+        out = processor.flush()
+        for w, worker in enumerate(workers):  # scopes split between two workers
+            worker.apply([orjson.loads(v) for k, v in out.business if partition_of(k) == w])
+            for key, value in worker.flush().records:
+                latest[key] = orjson.loads(value)
+        months = sorted(k.split("|")[1] for k in latest if k.startswith("all|"))
+        if not months:
+            continue
+        mrr: dict[tuple[tuple[str, str], ...], float] = {}
+        for worker in workers:
+            for k, v in samples(worker.gauges(), "vitals_mrr").items():
+                assert k not in mrr, f"{k} exported by two workers"
+                mrr[k] = v
+        assert all(dict(k)["segment"] != "all" for k in mrr)
+        assert sum(mrr.values()) == pytest.approx(latest[f"all|{months[-1]}"]["mrr_end"])
+        checked += 1
+    assert checked >= 5 and sum(mrr.values()) > 0
+    assert len(mrr) >= 3   # several segments
