@@ -24,6 +24,7 @@ from streams.exporters.metrics import Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
 from streams.health import Health
 from streams.ingest import IngestService
+from streams.kafka_config import aiokafka_kwargs, faust_kwargs
 from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.settings import Settings
@@ -137,6 +138,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         consumer_max_fetch_size=16 << 20,
         table_cleanup_interval=3600.0,
         topic_disable_leader=True,
+        topic_replication_factor=s.topics.replication_factor,
+        topic_allow_declare=s.app.create_topics, **faust_kwargs(s.kafka),
     )
     # Faust warns when more than 100 messages wait in its producer buffer; a flush hands over
     # one changelog and one output record per changed customer at once, by design.
@@ -196,7 +199,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                     into[r.key.decode()] = orjson.loads(r.value)
         return handler
 
-    follower = Follower(_bootstrap(broker_url))
+    follower = Follower(_bootstrap(broker_url), aiokafka_kwargs(s.kafka))
     follower.follow(s.topics.churn_model, 1, on_models)
     follower.follow(s.topics.feature_catalog, 1, on_catalog)
     follower.follow(s.topics.feature_out, s.app.partitions, keep_latest(service.feature_records))

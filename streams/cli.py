@@ -15,6 +15,7 @@ from typing import IO, Any, Iterator, Sequence
 import orjson
 from pythonjsonlogger.json import JsonFormatter
 
+from streams.kafka_config import KafkaStartupError
 from streams.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("vitals")
@@ -161,7 +162,27 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings, bootstrap))
     topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
     asyncio.run(produce(bootstrap, topic_of, items, rate=args.rate, compress=args.compress,
-                        progress=Progress("simulate")))
+                        progress=Progress("simulate"), client_kwargs=_client_kwargs(settings)))
+    return 0
+
+
+def _client_kwargs(settings: Settings) -> dict[str, Any]:
+    """TLS/SASL keyword arguments of the `[kafka]` settings, for the producers."""
+    from streams.kafka_config import aiokafka_kwargs
+
+    return aiokafka_kwargs(settings.kafka)
+
+
+def cmd_topics_plan(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the `kafka-topics.sh --create` commands of every topic the service needs."""
+    from streams.topics import plan_commands, topic_specs
+
+    specs = topic_specs(settings)
+    print(f"# {len(specs)} topics of app.id={settings.app.id!r}, replication factor "
+          f"{settings.topics.replication_factor}; then set app.create_topics = false")
+    for line in plan_commands(settings, args.bootstrap_server, args.command_name,
+                              args.command_config):
+        print(line)
     return 0
 
 
@@ -202,7 +223,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings, bootstrap))
     topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
     sent = asyncio.run(produce(bootstrap, topic_of, read_jsonl(args.file), rate=args.rate,
-                               progress=Progress(f"replay {Path(args.file).name}", total)))
+                               progress=Progress(f"replay {Path(args.file).name}", total),
+                               client_kwargs=_client_kwargs(settings)))
     print(f"replayed {sent} events from {args.file}", file=sys.stderr)
     return 0
 
@@ -255,6 +277,14 @@ def parser() -> argparse.ArgumentParser:
                       help="seconds to run (0 = until Ctrl-C)")
     demo.set_defaults(compress=None, customers=300, days=120)
 
+    topics = sub.add_parser("topics", help="Kafka topics of the service")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    plan = topics_sub.add_parser("plan", help="print kafka-topics.sh commands that create every "
+                                              "topic (for app.create_topics = false)")
+    plan.add_argument("--bootstrap-server", default="BROKER:9092")
+    plan.add_argument("--command-config", help="client properties file (TLS/SASL) to pass on")
+    plan.add_argument("--command", dest="command_name", default="kafka-topics.sh")
+
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("check", help="validate and print the effective settings")
@@ -262,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "topics": cmd_topics_plan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](settings, args)
     except KeyboardInterrupt:
         return 130
+    except KafkaStartupError as exc:
+        print(f"vitals: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ resend after a restart changes nothing.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -23,6 +24,7 @@ from streams.settings import Settings
 from streams.time import rfc3339
 
 OTHER = "other"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FeatureAggregator:
         self.store = store
         self.partitions = settings.app.partitions
         self.min_group = settings.features.min_group
+        self.lateness_days = settings.time.lateness_days
         self.released = release_times(settings.features.released)
         self.rules = settings.alerts.rules
         self.feature_rules = list(settings.alerts.feature_rules)
@@ -77,9 +80,16 @@ class FeatureAggregator:
             return None
         released = book.released_at(self.released.get(book.feature))
         as_of = (merged.day + 1) * DAY_SECONDS
-        counts = book.after_release_counts(released, partitions=self.partitions)
+        fixed = book.after_release
+        counts = book.after_release_counts(released, partitions=self.partitions,
+                                           lateness_days=self.lateness_days)
+        if book.after_release is not fixed and book.by_days:
+            log.warning("feature %s: adoption_30d_after_release of %s counts partitions %s by "
+                        "UTC days (they learnt of the feature after dropping its release day)",
+                        book.feature, None if released is None else rfc3339(released),
+                        list(book.by_days))
         after = None if counts is None else adoption_30d_after_release(
-            counts[0], counts[1], as_of, released)
+            counts[0], counts[1], as_of, released, self.lateness_days)
         return feature_record(book.feature, rfc3339(as_of),
                               None if released is None else rfc3339(released), merged,
                               n_days=stickiness_days(merged.day, released),

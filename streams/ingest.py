@@ -33,6 +33,7 @@ from mode import Service
 from streams.deadletter import deadletter_value
 from streams.events import EventValidator, InvalidEvent, NOT_JSON, event_hash
 from streams.exporters.metrics import Metrics
+from streams.kafka_config import aiokafka_kwargs
 from streams.settings import Settings
 from streams.topics import Partitioner
 
@@ -178,10 +179,11 @@ class IngestService(Service):
             auto_offset_reset="earliest", session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
             max_poll_records=s.ingest.batch_max_events,
-            max_partition_fetch_bytes=4 << 20,
+            max_partition_fetch_bytes=4 << 20, **aiokafka_kwargs(s.kafka),
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                         max_batch_size=1 << 20, max_request_size=8 << 20)
+                                         max_batch_size=1 << 20, max_request_size=8 << 20,
+                                         **aiokafka_kwargs(s.kafka))
         await self.producer.start()
         await self.consumer.start()
 

@@ -37,6 +37,7 @@ class AppSettings:
     data_dir: str
     log_level: str
     reporting_currency: str
+    create_topics: bool
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TopicSettings:
     churn_examples: str
     churn_model: str
     input_partitions: int
+    replication_factor: int
 
     def input_topics(self) -> dict[str, str]:
         """Topic name -> event family."""
@@ -71,6 +73,29 @@ class TopicSettings:
 
     def output_topics(self) -> list[str]:
         return [self.customer, self.feature_out, self.business, self.alerts, self.deadletter]
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How every client connects (TLS, SASL); the password itself is never a setting."""
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password_env: str
+    sasl_password_file: str
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_check_hostname: bool
+    connect_timeout_seconds: float
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
 
 
 @dataclass(frozen=True)
@@ -193,6 +218,7 @@ class AlertSettings:
 class Settings:
     app: AppSettings
     topics: TopicSettings
+    kafka: KafkaSettings
     ingest: IngestSettings
     time: TimeSettings
     emit: EmitSettings
@@ -218,6 +244,8 @@ ENUMS = {
     ("time", "mode"): {"event", "live"},
     ("churn", "model"): {"logistic", "forest"},
     ("app", "log_level"): {"crit", "error", "warn", "info", "debug"},
+    ("kafka", "security_protocol"): {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
+    ("kafka", "sasl_mechanism"): {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"},
 }
 ALERT_OPS = {"<", "<=", ">", ">="}
 SEVERITIES = {"info", "warning", "critical"}
@@ -257,6 +285,7 @@ def load_settings(overlay: str | os.PathLike[str] | None = None,
         sources.append(f"env {name}")
     settings = _build(merged)
     _validate(settings)
+    _validate_kafka(settings.kafka, env)
     return dataclasses.replace(settings, sources=tuple(sources))
 
 
@@ -408,6 +437,8 @@ def _validate(s: Settings) -> None:
         "activity.window_days": s.activity.window_days,
         "time.dedup_horizon_days": s.time.dedup_horizon_days,
         "time.max_skew_days": s.time.max_skew_days,
+        "topics.replication_factor": s.topics.replication_factor,
+        "kafka.connect_timeout_seconds": s.kafka.connect_timeout_seconds,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -430,3 +461,33 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"setting 'revenue.currency_rates' needs the reporting currency "
             f"{s.app.reporting_currency!r}")
+
+
+def _validate_kafka(k: KafkaSettings, env: typing.Mapping[str, str]) -> None:
+    """TLS files must exist and SASL needs a user and a password source, checked at start."""
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(k, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(f"setting 'kafka.{name}': no such file {path!r}")
+    if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
+        raise SettingsError("settings 'kafka.ssl_certfile' and 'kafka.ssl_keyfile' go together "
+                            "(a client certificate needs its key)")
+    if (k.ssl_cafile or k.ssl_certfile) and not k.uses_tls:
+        raise SettingsError(f"setting 'kafka.ssl_*' is given but 'kafka.security_protocol' is "
+                            f"{k.security_protocol!r}: use SSL or SASL_SSL")
+    if not k.uses_sasl:
+        return
+    if not k.sasl_username:
+        raise SettingsError(f"setting 'kafka.sasl_username' is needed with "
+                            f"security_protocol {k.security_protocol}")
+    if k.sasl_password_file:
+        if not Path(k.sasl_password_file).is_file():
+            raise SettingsError(f"setting 'kafka.sasl_password_file': no such file "
+                                f"{k.sasl_password_file!r}")
+    elif not k.sasl_password_env or not env.get(k.sasl_password_env):
+        raise SettingsError(f"SASL needs a password: set the environment variable "
+                            f"{k.sasl_password_env or '(kafka.sasl_password_env is empty)'} or "
+                            f"'kafka.sasl_password_file'")
+    if k.sasl_password_env.startswith(ENV_PREFIX):
+        raise SettingsError(f"setting 'kafka.sasl_password_env' must not start with "
+                            f"{ENV_PREFIX} (those variables are settings)")

@@ -294,7 +294,7 @@ def test_as_dict() -> None:
     s = load(VITALS_APP__WEB_PORT="7000")
     d = s.as_dict()
     assert "sources" not in d
-    assert set(d) == {"app", "topics", "ingest", "time", "emit", "activity", "milestones",
+    assert set(d) == {"app", "topics", "kafka", "ingest", "time", "emit", "activity", "milestones",
                       "health", "revenue", "features", "churn", "alerts"}
     assert d["app"]["web_port"] == 7000
     assert d["time"] == {"mode": "event", "lateness_days": 2.0, "dedup_horizon_days": 3.0,
