@@ -18,7 +18,7 @@ from models.activity import DAY_SECONDS
 from models.features import (FeatureBook, FeatureContribution, adoption_30d_after_release,
                              feature_record, stickiness_days)
 from streams.alerts import AlertBook, alert_record
-from streams.business import StageFlush
+from streams.business import StageFlush, count_alert
 from streams.evaluate import release_times
 from streams.settings import Settings
 from streams.time import rfc3339
@@ -62,6 +62,7 @@ class FeatureAggregator:
         self.live: dict[str, FeatureState] = {}
         self.dirty: set[str] = set()
         self.latest: dict[str, dict[str, Any]] = {}   # feature -> last record (gauges)
+        self.alert_counts: dict[tuple[str, str], int] = {}   # (rule, status) -> transitions
 
     def apply(self, feature: str, message: Mapping[str, Any]) -> None:
         state = self.live.get(feature)
@@ -120,6 +121,7 @@ class FeatureAggregator:
             subject = {"feature": record["feature"]}
             alert = alert_record(t.rule, self.rules[t.rule], t, subject, record["feature"])
             out.alerts.append((alert["alert_id"], orjson.dumps(alert)))
+            count_alert(self.alert_counts, t.rule, t.status)
 
     def revoke(self, features: set[str]) -> None:
         """Unflushed contributions were not acknowledged: the new owner replays them."""
@@ -129,8 +131,11 @@ class FeatureAggregator:
             self.latest.pop(feature, None)
 
     def gauges(self) -> list[Any]:
-        """Adoption and stickiness per configured feature; the others averaged as `other`."""
-        from streams.exporters.metrics import gauge
+        """Adoption and stickiness per configured feature; the others averaged as `other`.
+
+        Like the alerts firing, only the features this worker owns (those it flushed since it
+        was last revoked), so that sum() across workers is right."""
+        from streams.exporters.metrics import alert_counter, gauge
 
         out: dict[str, dict[tuple[str, ...], float]] = {"adoption_rate": {}, "stickiness": {},
                                                          "retention_impact": {}}
@@ -142,7 +147,17 @@ class FeatureAggregator:
                     values[(f,)] = r[name]
             if others:
                 values[(OTHER,)] = sum(others) / len(others)
+        firing: dict[tuple[str, ...], float] = {}
+        for feature in self.latest:
+            state = self.live.get(feature) or self.store.get(feature)
+            for rule in state.alerts.firing() if state is not None else ():
+                if rule in self.rules:
+                    key = (rule, self.rules[rule].severity)
+                    firing[key] = firing.get(key, 0.0) + 1.0
         return [
+            gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
+                  firing),
+            alert_counter(self.alert_counts, self.feature_rules),
             gauge("vitals_feature_adoption_ratio",
                   "Users of the feature over active users, last 30 days", ("feature",),
                   out["adoption_rate"]),

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.events import ERROR_CODES, FAMILIES
@@ -43,8 +43,9 @@ class Metrics:
         self._events = {(f, o): self.events.labels(f, o) for f in FAMILIES for o in OUTCOMES}
         self._deadletters = {(f, e): self.deadletters.labels(f, e)
                              for f in FAMILIES for e in ERROR_CODES}
-        self.alerts = Counter("vitals_alerts", "Alert transitions by rule and status",
-                              ["rule", "status"], registry=self.registry)
+        # Not registered on its own: the business and feature stages count their rules' alerts
+        # in the same family, which the gauge collector merges (one family per name).
+        self.alerts = Counter("vitals_alerts", ALERTS_HELP, ["rule", "status"], registry=None)
         self.health_score = Histogram(
             "vitals_health_score", "Customer health scores, observed at every day close",
             ["segment"], buckets=HEALTH_BUCKETS, registry=self.registry)
@@ -52,6 +53,7 @@ class Metrics:
             "vitals_time_to_value_days", "Time to value, observed when a customer reaches aha",
             ["segment"], buckets=TTV_BUCKETS, registry=self.registry)
         self._gauges = _GaugeCollector()
+        self._gauges.sources.append(self.alerts.collect)
         self.registry.register(self._gauges)
         version, commit = build_info()
         self.build_info = Gauge("vitals_build_info", "Always 1: the version and commit running",
@@ -115,9 +117,25 @@ class _GaugeCollector(Collector):
     def __init__(self) -> None:
         self.sources: list[GaugeSource] = []
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
+        """Families of the same name from several sources (e.g. vitals_alerts_firing of the
+        customer, business and feature stages) become one; equal label sets are added up."""
+        merged: dict[str, tuple[Metric, dict[tuple[object, ...], float]]] = {}
         for source in self.sources:
-            yield from source()
+            for family in source():
+                if family.name not in merged:
+                    merged[family.name] = (family, {})
+                first, values = merged[family.name]
+                if first.type != family.type:
+                    raise ValueError(f"{family.name}: exported as {first.type} and {family.type}")
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    values[key] = values.get(key, 0.0) + sample.value
+        for first, values in merged.values():
+            out = Metric(first.name, first.documentation, first.type, first.unit)
+            for (name, labels), value in values.items():
+                out.add_sample(name, dict(labels), value)
+            yield out
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -128,6 +146,20 @@ def gauge(name: str, doc: str, labels: tuple[str, ...],
     family = GaugeMetricFamily(name, doc, labels=list(labels))
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)
+    return family
+
+
+ALERTS_HELP = "Alert transitions by rule and status"
+
+
+def alert_counter(counts: Mapping[tuple[str, str], int], rules: Iterable[str]
+                  ) -> CounterMetricFamily:
+    """A stage's alert transitions as vitals_alerts_total; its rules start at 0 (for rate())."""
+    family = CounterMetricFamily("vitals_alerts", ALERTS_HELP, labels=["rule", "status"])
+    values = {(rule, status): 0 for rule in rules for status in ("firing", "resolved")}
+    values.update(counts)
+    for (rule, status), n in sorted(values.items()):
+        family.add_metric([rule, status], n)
     return family
 
 
