@@ -17,6 +17,24 @@ def day_of(ts: float) -> int:
     return int(ts // DAY_SECONDS)
 
 
+def is_close(as_of: float) -> bool:
+    """Whether as_of is a day close (a UTC midnight): a record of the complete day before it."""
+    return as_of % DAY_SECONDS == 0
+
+
+def last_day(as_of: float) -> int:
+    """The last day D of every window of a record as of `as_of` ("last 30 days" = D-29 … D).
+
+    A day close is stamped D+1 00:00 and covers the complete days ending with D: the day D+1
+    has no events yet and is in no window. A record stamped inside a day (an in-day update at
+    the watermark, an HTTP request) covers the days ending with that day itself, so far: its
+    figures include the events of the current day up to as_of, and they meet the close's
+    figures at the next midnight (the close of D is the in-day record of D at its end).
+    """
+    d = day_of(as_of)
+    return d - 1 if is_close(as_of) else d
+
+
 def window_days(as_of_day: int, first_day: int | None, window: int = 30) -> int:
     """n = min(window, D - first_day + 1): young customers are averaged over the days they had."""
     if first_day is None or first_day > as_of_day:

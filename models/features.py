@@ -21,18 +21,25 @@ No distinct count here needs a sketch: the sets are partition-disjoint and each 
 counts its own exactly. ``models/sketch.py`` (HyperLogLog) is there for distinct counts over
 sets that are *not* partition-disjoint.
 
-Time: the figures of day close D are as of T = (D + 1) 00:00 UTC, over days D-29 .. D.
+Time: the figures of day close D are as of T = (D + 1) 00:00 UTC, over days D-29 .. D, except
+``adoption_30d_after_release``: over [R, R+30d) by event time, R the exact release instant,
+fixed at the first close at or past R + 30d + lateness.
 
 How the stages use it:
 
-* customer: on a feature event ``CustomerFeatures.record(f, ts, user_id)``; on every MRR
-  change the revenue applied ``PaidHistory.on_mrr(mv.ts, mv.new_mrr)``; when pruning,
-  ``CustomerFeatures.prune(day(wm) - 29)`` and ``PaidHistory.prune(wm - (W + lateness + 1) d)``.
-  Cost per customer (JSON): about 1.5 kB for 5 users of 4 features on most days, 5.4 kB for
-  60 users of 6 features.
+* customer: on every usage or feature event ``CustomerFeatures.on_activity(ts, user_id)``,
+  on a feature event also ``CustomerFeatures.record(f, ts, user_id)``; on every MRR change the
+  revenue applied ``PaidHistory.on_mrr(mv.ts, mv.new_mrr)``; when pruning,
+  ``CustomerFeatures.prune(day(wm) - 30, keep_from=day(wm) - 30 - (lateness + 3))`` and
+  ``PaidHistory.prune(wm - (W + lateness + 1) d)``.
+  Cost per customer (JSON), measured on the simulator's customers: about 2.4 kB for an smb
+  customer (5 users), 10 kB for an enterprise one (20-60 users); two thirds of it are the
+  per-user event times kept for the exact after-release window.
 * partition, at day close D: per feature f, ``part = FeatureContribution(f, D)`` and
-  ``part.add_customer(...)`` for *every* customer of the partition; send ``part.to_state()``
-  keyed by f, with the partition number.
+  ``part.add_customer(...)`` for *every* customer of the partition (or ``set_base``); from
+  the close ``after_release_fix_day(R, lateness)`` on, ``part.set_after_release(R, ...)`` with
+  the sum of ``CustomerFeatures.after_release(f, R)``; send ``part.to_state()`` keyed by f,
+  with the partition number.
 * feature: ``FeatureBook.update(partition, part)``; then ``merged()``, ``released_at()``,
   ``after_release_counts()``, ``stickiness_days()`` and ``feature_record()``.
 """
@@ -47,7 +54,9 @@ from models.activity import DAY_SECONDS, day_of, intern, window_days
 WINDOW_DAYS = 30
 RETENTION_WINDOW_DAYS = 90      # features.retention_window_days
 MIN_GROUP = 10                  # features.min_group
-RATIO_DIGITS = 4
+RATIO_DIGITS = 4               # published precision (docs/precision.md): ratios and rates
+STICKINESS_DIGITS = 6
+DAYS_DIGITS = 4
 
 # Days-to-adopt histogram: tenths of a day below FINE_DAYS, whole days from there on, so a
 # feature's histogram holds at most 10 * FINE_DAYS + (oldest age in days) buckets.
@@ -90,21 +99,34 @@ def stickiness(dau_sum: float, n_days: int, feature_users_30d: float) -> float |
 
 
 def after_release_day(released_at: float) -> int:
-    """The day close whose 30-day window is the 30 days starting with the release day.
+    """The day close whose 30-day window is the 30 UTC days starting with the release day.
 
-    Day resolution: [R, R+30d) is taken as the UTC days day(R) .. day(R)+29, exact when R is a
-    midnight (the usual configured release) and otherwise off by the part of day(R) before R
-    (no f users then, when R is the first time f was seen) and of day(R)+30 before R+30d.
+    Only the fallback of ``FeatureBook.after_release_counts`` uses it: a partition that learnt
+    of f after it had dropped the events of day(R) can only give its counts of the UTC days
+    day(R) .. day(R)+29, which is [R, R+30d) exactly when R is a midnight.
     """
     return day_of(released_at) + WINDOW_DAYS - 1
 
 
+def after_release_fix_day(released_at: float, lateness_days: float = 0.0,
+                          window: int = WINDOW_DAYS) -> int:
+    """The first day close D whose as-of (D+1 00:00) is at or past R + 30d + lateness.
+
+    From that close on, no event of [R, R+30d) is within the allowed lateness any more: the
+    figure is fixed there.
+    """
+    end = released_at + (window + lateness_days) * DAY_SECONDS
+    return math.ceil(end / DAY_SECONDS) - 1
+
+
 def adoption_30d_after_release(users: float | None, active: float | None, watermark: float,
-                               released_at: float | None) -> float | None:
-    """Users of f / active users over the 30 days after release; None until R + 30d passed."""
+                               released_at: float | None, lateness_days: float = 0.0
+                               ) -> float | None:
+    """Users of f / active users in [R, R+30d); None until the watermark passed R + 30d plus
+    the allowed lateness (late events of the period still count), then fixed."""
     if released_at is None or users is None or active is None:
         return None
-    if watermark < released_at + WINDOW_DAYS * DAY_SECONDS:
+    if watermark < released_at + (WINDOW_DAYS + lateness_days) * DAY_SECONDS:
         return None
     return _ratio(users, active)
 
@@ -166,15 +188,20 @@ def median_days_to_adopt(values: Iterable[float]) -> float | None:
 def retention_impact(with_kept: int, with_total: int, without_kept: int, without_total: int,
                      min_group: int = MIN_GROUP
                      ) -> tuple[float | None, float | None, float | None]:
-    """(retention_with, retention_without, impact); all None when a group is under min_group.
+    """(retention_with, retention_without, impact), each group judged on its own.
 
     The groups are customers paying at D − W that had / had not used f before D − W; retention
-    is the share of them still paying at D. Below min_group a share is noise, not evidence.
+    is the share of them still paying at D. A group under min_group (or empty) has a null
+    retention: below that a share is noise, not evidence. The other group's retention is still
+    published; the impact needs both.
     """
-    if with_total < min_group or without_total < min_group or min(with_total, without_total) <= 0:
-        return None, None, None
-    with_rate = with_kept / with_total
-    without_rate = without_kept / without_total
+    def rate(kept: int, total: int) -> float | None:
+        return None if total < max(1, min_group) else kept / total
+
+    with_rate = rate(with_kept, with_total)
+    without_rate = rate(without_kept, without_total)
+    if with_rate is None or without_rate is None:
+        return with_rate, without_rate, None
     return with_rate, without_rate, with_rate - without_rate
 
 
@@ -183,20 +210,67 @@ def retention_impact(with_kept: int, with_total: int, without_kept: int, without
 # --------------------------------------------------------------------------------------------
 
 
+def _span(spans: dict[int, dict[int, list[float]]], ts: float, index: int) -> None:
+    """Widen user `index`'s [first, last] event time of ts's day to include ts."""
+    per_day = spans.setdefault(day_of(ts), {})
+    span = per_day.get(index)
+    if span is None:
+        per_day[index] = [ts, ts]
+    elif ts < span[0]:
+        span[0] = ts
+    elif ts > span[1]:
+        span[1] = ts
+
+
+def _compact(x: float) -> float | int:
+    """An integral float as an int: shorter JSON, same value."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _users_in(spans: Mapping[int, Mapping[int, list[float]]], start: float, end: float) -> int:
+    """Bit mask of the users with an event in [start, end), from per-day [first, last] times.
+
+    Whole days inside need no time; on the day of `start` a user counts when its last event is
+    at or after start, on the day of `end` when its first event is before end. Exact for
+    windows of at least a day (start and end on different days), the only ones used.
+    """
+    lo_day, hi_day = day_of(start), day_of(end)
+    mask = 0
+    for day, per_day in spans.items():
+        if day < lo_day or day > hi_day:
+            continue
+        for index, (first, last) in per_day.items():
+            if day == lo_day and last < start:
+                continue
+            if day == hi_day and first >= end:
+                continue
+            mask |= 1 << index
+    return mask
+
+
 class CustomerFeatures:
     """Per feature: users per day of the window (bit masks), and the customer's first use.
 
-    Users are interned separately from ``ActivityWindow`` (only users of some feature, so the
-    list is short) to keep the two prunes independent.
+    Users are interned separately from ``ActivityWindow`` to keep the two prunes independent.
+
+    For ``adoption_30d_after_release`` over the exact window [R, R+30d) it also keeps, per day
+    and user, the first and last event time: of any usage or feature event (``active``, fed
+    by ``on_activity``) and of each feature's events (``spans``). A release R rarely falls on a
+    midnight, so the two edge days (day(R) from R, day(R)+30 until R+30d) need the times; the
+    days between need only the day. These are kept ``lateness + 3`` days longer than the
+    window (``prune``'s ``keep_from``), until the figure is fixed.
     """
 
-    __slots__ = ("users", "masks", "first", "_index")
+    __slots__ = ("users", "masks", "first", "_index", "active", "spans", "held_from")
 
     def __init__(self) -> None:
         self.users: list[str] = []
         self.masks: dict[str, dict[int, int]] = {}     # feature -> day -> users mask
         self.first: dict[str, float] = {}              # feature -> first use ts (kept for life)
         self._index: dict[str, int] = {}
+        self.active: dict[int, dict[int, list[float]]] = {}             # day -> user -> span
+        self.spans: dict[str, dict[int, dict[int, list[float]]]] = {}   # feature -> same
+        self.held_from: int | None = None      # oldest day still held in active/spans
 
     def record(self, feature: str, ts: float, user_id: str) -> bool:
         """A feature event of user at ts; True when it changed anything."""
@@ -205,14 +279,33 @@ class CustomerFeatures:
         if first is None or ts < first:
             self.first[feature] = ts
             changed = True
-        bit = 1 << intern(self.users, self._index, user_id)
+        index = intern(self.users, self._index, user_id)
+        bit = 1 << index
         days = self.masks.setdefault(feature, {})
         day = day_of(ts)
         mask = days.get(day, 0)
         if not mask & bit:
             days[day] = mask | bit
             changed = True
+        _span(self.spans.setdefault(feature, {}), ts, index)
         return changed
+
+    def on_activity(self, ts: float, user_id: str) -> None:
+        """Any usage or feature event of user at ts (for the after-release active users)."""
+        _span(self.active, ts, intern(self.users, self._index, user_id))
+
+    def after_release(self, feature: str, released_at: float, window: int = WINDOW_DAYS
+                      ) -> tuple[int, int] | None:
+        """(users of f, active users) with an event in [R, R + window days), exactly.
+
+        None when the events of day(R) were already pruned (the caller cannot be exact).
+        """
+        if self.held_from is not None and day_of(released_at) < self.held_from:
+            return None
+        end = released_at + window * DAY_SECONDS
+        users = _users_in(self.spans.get(feature, {}), released_at, end)
+        active = _users_in(self.active, released_at, end)
+        return users.bit_count(), active.bit_count()
 
     def first_use(self, feature: str) -> float | None:
         return self.first.get(feature)
@@ -230,8 +323,10 @@ class CustomerFeatures:
                     dau_sum += mask.bit_count()
         return union.bit_count(), dau_sum
 
-    def prune(self, oldest_day: int) -> None:
-        """Forget days before oldest_day and users no longer in any mask (first uses stay)."""
+    def prune(self, oldest_day: int, keep_from: int | None = None) -> None:
+        """Forget mask days before oldest_day, event times of days before keep_from (default
+        oldest_day), and users no longer referenced (first uses stay)."""
+        keep_from = oldest_day if keep_from is None else min(keep_from, oldest_day)
         changed = False
         for feature in list(self.masks):
             days = self.masks[feature]
@@ -241,12 +336,24 @@ class CustomerFeatures:
             changed |= bool(stale)
             if not days:
                 del self.masks[feature]
+        for spans in (self.active, *self.spans.values()):
+            stale = [d for d in spans if d < keep_from]
+            for d in stale:
+                del spans[d]
+            changed |= bool(stale)
+        self.spans = {f: days for f, days in self.spans.items() if days}
+        if self.held_from is None or keep_from > self.held_from:
+            self.held_from = keep_from
         if not changed:
             return
         union = 0
         for days in self.masks.values():
             for mask in days.values():
                 union |= mask
+        for spans in (self.active, *self.spans.values()):
+            for per_day in spans.values():
+                for index in per_day:
+                    union |= 1 << index
         if union.bit_count() == len(self.users):
             return
         remap = {old: new for new, old in
@@ -258,23 +365,61 @@ class CustomerFeatures:
                     if mask >> old & 1:
                         new_mask |= 1 << new
                 days[d] = new_mask
+        for spans in (self.active, *self.spans.values()):
+            for d, per_day in spans.items():
+                spans[d] = {remap[i]: span for i, span in per_day.items()}
         self.users = [self.users[old] for old in remap]
         self._index = {u: i for i, u in enumerate(self.users)}
 
     def to_dict(self) -> dict[str, Any]:
         # Masks as hex: JSON integers stop at 64 bits, customers can have more users.
-        return {"u": self.users, "f": self.first,
-                "m": {f: [[d, format(m, "x")] for d, m in sorted(days.items())]
-                      for f, days in self.masks.items()}}
+        # Spans flat per day, times as seconds into the day (exact, and about half as long):
+        # [day, user, first, last, user, first, last, ...].
+        def spans(days: Mapping[int, Mapping[int, list[float]]]) -> list[Any]:
+            out = []
+            for d, per in sorted(days.items()):
+                base = d * DAY_SECONDS
+                row: list[Any] = [d]
+                for i, (a, b) in sorted(per.items()):
+                    row += [i, _compact(a - base), _compact(b - base)]
+                out.append(row)
+            return out
+
+        out: dict[str, Any] = {
+            "u": self.users, "f": self.first,
+            "m": {f: [[d, format(m, "x")] for d, m in sorted(days.items())]
+                  for f, days in self.masks.items()}}
+        out["a"] = spans(self.active)     # always present: its absence marks an older record
+        if self.spans:
+            out["s"] = {f: spans(days) for f, days in self.spans.items()}
+        if self.held_from is not None:
+            out["hf"] = self.held_from
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CustomerFeatures":
+        def spans(days: Iterable[Any]) -> dict[int, dict[int, list[float]]]:
+            out: dict[int, dict[int, list[float]]] = {}
+            for d, *flat in days:
+                base = float(int(d) * DAY_SECONDS)
+                out[int(d)] = {int(flat[k]): [base + flat[k + 1], base + flat[k + 2]]
+                               for k in range(0, len(flat), 3)}
+            return out
+
         state = cls()
         state.users = [str(u) for u in data.get("u", ())]
         state._index = {u: i for i, u in enumerate(state.users)}
         state.first = {str(f): float(ts) for f, ts in data.get("f", {}).items()}
         state.masks = {str(f): {int(d): int(m, 16) for d, m in days}
                        for f, days in data.get("m", {}).items()}
+        state.active = spans(data.get("a", ()))
+        state.spans = {str(f): spans(days) for f, days in data.get("s", {}).items()}
+        hf = data.get("hf")
+        state.held_from = None if hf is None else int(hf)
+        if "a" not in data and state.users:
+            # A record from before event times were kept: none are held up to its last day.
+            last = max((d for days in state.masks.values() for d in days), default=None)
+            state.held_from = None if last is None else last + 1
         return state
 
 
@@ -347,6 +492,9 @@ class FeatureContribution:
     with_kept: int = 0                 #   ... and paying at T
     without_total: int = 0             # paying at T - W, no f use before T - W
     without_kept: int = 0              #   ... and paying at T
+    # (R, users of f, active users) in [R, R+30d), exact, for the release R the partition
+    # knows; sent from the close after_release_fix_day(R) on while the partition can count it.
+    after: tuple[float, int, int] | None = None
 
     def add_customer(self, use: CustomerFeatures | None, *, mau: int,
                      released_at: float | None, signup_ts: float | None,
@@ -399,6 +547,11 @@ class FeatureContribution:
         self.without_total = paying - self.with_total
         self.without_kept = kept - self.with_kept
 
+    def set_after_release(self, released_at: float, users: int, active: int) -> None:
+        """The partition's exact counts of [R, R+30d) (``CustomerFeatures.after_release``
+        summed over its eligible customers)."""
+        self.after = (float(released_at), int(users), int(active))
+
     def merge(self, other: "FeatureContribution") -> "FeatureContribution":
         """Sum of two contributions (a new object); as of the older of the two days."""
         if other.feature != self.feature:
@@ -419,6 +572,9 @@ class FeatureContribution:
             with_kept=self.with_kept + other.with_kept,
             without_total=self.without_total + other.without_total,
             without_kept=self.without_kept + other.without_kept,
+            after=(self.after[0], self.after[1] + other.after[1], self.after[2] + other.after[2])
+            if self.after is not None and other.after is not None
+            and self.after[0] == other.after[0] else None,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -427,7 +583,8 @@ class FeatureContribution:
                 "au": self.active_users, "fu": self.feature_users, "ds": self.dau_sum,
                 "ac": self.active_customers, "fc": self.feature_customers,
                 "h": [[k, n] for k, n in sorted(self.adopt_hist.items())],
-                "r": [self.with_kept, self.with_total, self.without_kept, self.without_total]}
+                "r": [self.with_kept, self.with_total, self.without_kept, self.without_total],
+                **({} if self.after is None else {"ar": list(self.after)})}
 
     @classmethod
     def from_state(cls, data: Mapping[str, Any]) -> "FeatureContribution":
@@ -439,7 +596,9 @@ class FeatureContribution:
                    dau_sum=int(data.get("ds", 0)), active_customers=int(data.get("ac", 0)),
                    feature_customers=int(data.get("fc", 0)),
                    adopt_hist={int(k): int(n) for k, n in data.get("h", ())},
-                   with_total=wt, with_kept=wk, without_total=nt, without_kept=nk)
+                   with_total=wt, with_kept=wk, without_total=nt, without_kept=nk,
+                   after=None if data.get("ar") is None else (
+                       float(data["ar"][0]), int(data["ar"][1]), int(data["ar"][2])))
 
 
 def merge_all(parts: Iterable[FeatureContribution]) -> FeatureContribution | None:
@@ -465,19 +624,22 @@ class FeatureBook:
     """What the feature stage keeps for one feature: bounded by the number of partitions.
 
     ``update`` keeps the latest contribution of each partition (an older or repeated one is
-    ignored, so a resend after a restart is harmless) and, per partition, the window counts
-    (feature users, active users) of the last HISTORY_DAYS day closes. Once every partition
-    has reported the day close ``after_release_day(R)``, the after-release counts are summed
-    and kept for good.
+    ignored, so a resend after a restart is harmless), the latest exact after-release counts
+    each partition sent, and, per partition, the window counts (feature users, active users)
+    of the last HISTORY_DAYS day closes. Once every partition has closed the day
+    ``after_release_fix_day(R, lateness)``, the after-release counts are summed and kept for
+    good.
     """
 
-    __slots__ = ("feature", "parts", "history", "after_release")
+    __slots__ = ("feature", "parts", "history", "after_release", "after", "by_days")
 
     def __init__(self, feature: str) -> None:
         self.feature = feature
         self.parts: dict[int, FeatureContribution] = {}
         self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
-        self.after_release: tuple[int, int, int] | None = None     # (day, users, active)
+        self.after_release: tuple[float, int, int] | None = None   # (R, users, active), fixed
+        self.after: dict[int, tuple[float, int, int, int]] = {}    # p -> (R, day, users, active)
+        self.by_days: tuple[int, ...] = ()   # partitions the fixed figure counted by UTC days
 
     def update(self, partition: int, part: FeatureContribution,
                base: Iterable[Iterable[int]] | None = None) -> bool:
@@ -500,6 +662,8 @@ class FeatureBook:
         if held is not None and part.day < held.day:
             return False
         self.parts[partition] = part
+        if part.after is not None:
+            self.after[partition] = (part.after[0], part.day, part.after[1], part.after[2])
         days = self.history.setdefault(partition, {})
         days[part.day] = (part.feature_users, part.active_users)
         if self.after_release is not None:   # known for good: keep a short history only
@@ -523,30 +687,51 @@ class FeatureBook:
         firsts = [p.first_seen for p in self.parts.values() if p.first_seen is not None]
         return min(firsts) if firsts else None
 
-    def after_release_counts(self, released_at: float | None,
-                             partitions: int | None = None) -> tuple[int, int] | None:
-        """(users, active) over the 30 days after release, once every partition has them.
+    def after_release_counts(self, released_at: float | None, partitions: int | None = None,
+                             lateness_days: float = 0.0) -> tuple[int, int] | None:
+        """(users, active) in [R, R+30d), once every partition closed the day that fixes them.
 
-        ``partitions``: the number of customer partitions; without it, "every partition" is
-        every partition that has sent a contribution so far.
+        Per partition: its exact counts for this R sent at a close at or after
+        ``after_release_fix_day(R, lateness)``. A partition that closed that day without
+        sending them (it learnt of f only after it had dropped the events of day(R)) counts
+        with its window of the UTC days day(R) .. day(R)+29 (``after_release_day``), exact
+        only for a release at midnight. ``partitions``: the number of customer partitions;
+        without it, "every partition" is every partition that has sent a contribution so far.
         """
         if released_at is None:
             return None
-        target = after_release_day(released_at)
-        if self.after_release is not None and self.after_release[0] == target:
+        if self.after_release is not None and self.after_release[0] == released_at:
             return self.after_release[1], self.after_release[2]
-        if not self.history:
+        if self.after_release is not None and self.after_release[0] < 0:
+            # Fixed by day counts before exact windows existed, keyed -(day + 1): kept.
+            if -self.after_release[0] - 1 == after_release_day(released_at):
+                self.after_release = (float(released_at), *self.after_release[1:])
+                return self.after_release[1], self.after_release[2]
+        if not self.parts:
             return None
-        if partitions is not None and any(p not in self.history for p in range(partitions)):
-            return None
+        expected = range(partitions) if partitions is not None else sorted(self.parts)
+        target = after_release_fix_day(released_at, lateness_days)
         users = active = 0
-        for days in self.history.values():
-            counts = days.get(target)
+        by_days = []
+        for p in expected:
+            part = self.parts.get(p)
+            if part is None or part.day < target:
+                return None                                  # not fixed on that partition yet
+            exact = self.after.get(p)
+            if exact is not None and exact[0] == released_at and exact[1] >= target:
+                users += exact[2]
+                active += exact[3]
+                continue
+            if part.after is not None:
+                return None             # counted for another release time: wait for this one
+            counts = self.history.get(p, {}).get(after_release_day(released_at))
             if counts is None:
                 return None
             users += counts[0]
             active += counts[1]
-        self.after_release = (target, users, active)
+            by_days.append(p)
+        self.after_release = (float(released_at), users, active)
+        self.by_days = tuple(by_days)
         return users, active
 
     def to_state(self) -> dict[str, Any]:
@@ -554,7 +739,9 @@ class FeatureBook:
                 "p": [[p, c.to_state()] for p, c in sorted(self.parts.items())],
                 "h": [[p, [[d, u, a] for d, (u, a) in sorted(days.items())]]
                       for p, days in sorted(self.history.items())],
-                "ar": None if self.after_release is None else list(self.after_release)}
+                "ar": None if self.after_release is None else list(self.after_release),
+                "ax": [[p, *a] for p, a in sorted(self.after.items())],
+                **({"bd": list(self.by_days)} if self.by_days else {})}
 
     @classmethod
     def from_state(cls, data: Mapping[str, Any]) -> "FeatureBook":
@@ -563,7 +750,12 @@ class FeatureBook:
         book.history = {int(p): {int(d): (int(u), int(a)) for d, u, a in days}
                         for p, days in data.get("h", ())}
         ar = data.get("ar")
-        book.after_release = None if ar is None else (int(ar[0]), int(ar[1]), int(ar[2]))
+        book.after_release = None if ar is None else (float(ar[0]), int(ar[1]), int(ar[2]))
+        if ar is not None and "ax" not in data:      # stored as (day, users, active)
+            book.after_release = (-float(ar[0]) - 1, int(ar[1]), int(ar[2]))
+        book.after = {int(p): (float(r), int(d), int(u), int(a))
+                      for p, r, d, u, a in data.get("ax", ())}
+        book.by_days = tuple(int(p) for p in data.get("bd", ()))
         return book
 
 
@@ -585,7 +777,8 @@ def _round(value: float | None, digits: int = RATIO_DIGITS) -> float | None:
 def feature_record(feature: str, as_of: str, released_at: str | None,
                    merged: FeatureContribution, *, n_days: int,
                    after_release: float | None, min_group: int = MIN_GROUP) -> dict[str, Any]:
-    """The ``vitals.feature`` record: exactly the CONTRACT keys, ratios to 4 places.
+    """The ``vitals.feature`` record: exactly the CONTRACT keys, ratios to 4 places,
+    stickiness to 6 and the median to 4 (docs/precision.md).
 
     ``as_of``/``released_at`` are already formatted (ISO 8601 UTC); ``n_days`` is
     ``stickiness_days(merged.day, R)`` and ``after_release`` the value of
@@ -604,9 +797,10 @@ def feature_record(feature: str, as_of: str, released_at: str | None,
         "adoption_rate": _round(adoption_rate(merged.feature_users, merged.active_users)),
         "customer_adoption_rate": _round(customer_adoption_rate(merged.feature_customers,
                                                                 merged.active_customers)),
-        "stickiness": _round(stickiness(merged.dau_sum, n_days, merged.feature_users)),
+        "stickiness": _round(stickiness(merged.dau_sum, n_days, merged.feature_users),
+                             STICKINESS_DIGITS),
         "adoption_30d_after_release": _round(after_release),
-        "median_days_to_adopt": None if median is None else round(median, 2),
+        "median_days_to_adopt": _round(median, DAYS_DIGITS),
         "retention_with": _round(with_rate),
         "retention_without": _round(without_rate),
         "retention_impact": _round(impact),

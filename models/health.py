@@ -50,7 +50,7 @@ class HealthParams:
     window_days: int = 30  # tickets and "last 30 days"
     payment_window_days: int = 90
     survey_window_days: int = 90
-    history_days: int = 8  # score history kept for trend_7d (D-7 … D)
+    history_days: int = 8  # scores of the closes of D-7 … D kept for trend_7d
     max_open_tickets: int = 100  # open-ticket ids kept; the oldest go first beyond this
     max_orphan_closes: int = 50  # closes seen before their open, kept to cancel that open
 
@@ -153,7 +153,7 @@ def grade(score_: float | None, grades: Mapping[str, float] | None = None) -> st
 
 
 def trend_7d(score_now: float | None, score_7d_ago: float | None) -> float | None:
-    """score(D) − score(D−7); None when either is missing (no history, no invented trend)."""
+    """score(D) − score at the close of D−7; None when either is missing (no invented trend)."""
     if score_now is None or score_7d_ago is None:
         return None
     return score_now - score_7d_ago
@@ -251,7 +251,7 @@ class SupportAndPayments:
     payments: dict[int, list[int]] = field(default_factory=dict)  # day -> [succeeded, failed]
     nps: tuple[float, float] | None = None  # (score, ts) of the latest answer by event time
     csat: tuple[float, float] | None = None
-    scores: dict[int, float] = field(default_factory=dict)  # as-of day -> published score
+    scores: dict[int, float] = field(default_factory=dict)  # closed day D -> score at its close
     params: HealthParams = field(default_factory=HealthParams, compare=False, repr=False)
 
     # ---- events -------------------------------------------------------------------------
@@ -351,11 +351,11 @@ class SupportAndPayments:
     # ---- score ---------------------------------------------------------------------------
 
     def score_on(self, day: int) -> float | None:
-        """Published score of an earlier as-of day, if that day was evaluated and kept."""
+        """Published score at the close of day `day` (over D-29 … D), if it was kept."""
         return self.scores.get(day)
 
     def record_score(self, day: int, score_: float | None) -> None:
-        """Remember the day's published score for later trends (the day's last one wins)."""
+        """Remember the score of the close of `day` for later trends (a re-close replaces it)."""
         if score_ is not None:
             self.scores[day] = score_
 
@@ -373,10 +373,13 @@ class SupportAndPayments:
         remember: bool = True,
         ndigits: int = 2,
     ) -> dict[str, Any]:
-        """The `health` record as of day D, activity figures supplied by the caller.
+        """The `health` record over the days ending with D, activity figures supplied by the
+        caller.
 
-        With `remember`, the published score is stored for D so that trend_7d works a week
-        later; re-evaluating D again simply replaces it.
+        trend_7d subtracts the score kept for the close of D-7 (over D-36 … D-7), so a close
+        of D compares two closes exactly 7 days apart. Pass `remember` only when evaluating
+        the close of D (the record stamped D+1 00:00): its score is kept for D, and an in-day
+        evaluation must not replace it with a score of a partial day.
         """
         _, weighted = self.tickets_30d(as_of_day)
         ok, failed = self.payments_90d(as_of_day)
@@ -401,7 +404,8 @@ class SupportAndPayments:
         return record
 
     def prune(self, as_of_day: int) -> None:
-        """Drop what has left every window as of D (call at day close; D only moves forward)."""
+        """Drop what has left every window ending with D (call at the close of D, before its
+        evaluation; D only moves forward). Keeps the scores of the closes of D-7 … D."""
         p = self.params
         first_ticket = as_of_day - p.window_days + 1
         self.tickets = {d: v for d, v in self.tickets.items() if d >= first_ticket}

@@ -22,7 +22,9 @@ from streams.business import (BusinessAggregator, ScopeState, StageFlush, decode
 from streams.churn import ChurnLearner
 from streams.exporters.metrics import INTERNAL, Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
+from streams.health import Health
 from streams.ingest import IngestService
+from streams.kafka_config import aiokafka_kwargs, faust_kwargs
 from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.quarantine import quarantine
@@ -101,6 +103,7 @@ class Service:
     # acknowledged with a state that the next recovery overwrites (see `owned_event`).
     owned: set[Any] = field(default_factory=set)
     strays: int = 0
+    health: Health = field(default_factory=Health)
 
     def quarantine(self, event: EventT, exc: Exception) -> None:
         """An internal message that made its stage raise: dead-lettered, acknowledged."""
@@ -150,6 +153,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         consumer_max_fetch_size=16 << 20,
         table_cleanup_interval=3600.0,
         topic_disable_leader=True,
+        topic_replication_factor=s.topics.replication_factor,
+        topic_allow_declare=s.app.create_topics, **faust_kwargs(s.kafka),
     )
     # Faust warns when more than 100 messages wait in its producer buffer; a flush hands over
     # one changelog and one output record per changed customer at once, by design.
@@ -214,11 +219,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                     into[r.key.decode()] = orjson.loads(r.value)
         return handler
 
-    follower = Follower(_bootstrap(broker_url))
+    follower = Follower(_bootstrap(broker_url), aiokafka_kwargs(s.kafka))
     follower.follow(s.topics.churn_model, 1, on_models)
     follower.follow(s.topics.feature_catalog, 1, on_catalog)
     follower.follow(s.topics.feature_out, s.app.partitions, keep_latest(service.feature_records))
     follower.follow(s.topics.business, s.app.partitions, keep_latest(service.business_records))
+    supervisor = service.health.supervise(app, follower, ingest)
 
     @app.agent(internal, name="apply_customer_events")
     async def apply_customer_events(stream: faust.StreamT) -> None:
@@ -468,12 +474,12 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     @app.service
     class _Ingest(faust.Service):  # noqa: N801 - started and stopped with the worker
         async def on_start(self) -> None:
-            await follower.start()
-            await ingest.start()
+            await supervisor.start()  # starts the follower, then the ingest
 
         async def on_stop(self) -> None:
             await ingest.stop()
             await follower.stop()
+            await supervisor.stop()
 
     from streams.exporters.web import register_views
     register_views(service, customers)

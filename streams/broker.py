@@ -44,8 +44,11 @@ class EmbeddedBroker:
     """Context manager: `with EmbeddedBroker() as broker: broker.url` -> kafka://127.0.0.1:PORT."""
 
     def __init__(self, port: int = 0, log_path: str | os.PathLike[str] | None = None,
-                 start_timeout: float = 20.0) -> None:
+                 start_timeout: float = 20.0, advertised_port: int | None = None) -> None:
+        """`advertised_port`: the port clients are told to use, when they reach the broker
+        through something in front of it (a TLS-terminating proxy)."""
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.log_path = Path(log_path) if log_path else None
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,10 +63,11 @@ class EmbeddedBroker:
 
     def start(self) -> "EmbeddedBroker":
         listener = f"tcp://{self.address}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", listener,
-             "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
             # Out of the terminal's process group: Ctrl-C reaches the worker, which shuts down

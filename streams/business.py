@@ -145,11 +145,17 @@ class BusinessAggregator:
         self.rates: dict[str, float] = {}
         # Progressive validation of the churn model, for scope all (set by the app).
         self.churn_model: Callable[[], dict[str, Any] | None] = lambda: None
+        # Scopes whose messages this worker consumed since it was last revoked: the gauges
+        # export these only (a store may also hold standby or handed-over scopes). After a
+        # rebalance every customer partition reports to every scope, so owners show up at once.
+        self.owned: set[str] = set()
+        self.alert_counts: dict[tuple[str, str], int] = {}   # (rule, status) -> transitions
 
     # -- feeding ---------------------------------------------------------------------------
 
     def apply(self, messages: Iterable[dict[str, Any]]) -> None:
         for msg in messages:
+            self.owned.add(msg["scope"])
             state = self._load(msg["scope"])
             kind = msg["t"]
             if kind == "mv":
@@ -322,6 +328,7 @@ class BusinessAggregator:
         """Unflushed messages of these scopes were not acknowledged: their new owner replays
         them (movements are deduplicated by event id, summaries replace each other)."""
         for scope in scopes:
+            self.owned.discard(scope)
             self.live.pop(scope, None)
             self.dirty.pop(scope, None)
             self.rates.pop(scope, None)
@@ -348,54 +355,109 @@ class BusinessAggregator:
             subject = {"scope": state.scope, "period": record["period"]}
             alert = alert_record(t.rule, self.rules[t.rule], t, subject, state.scope)
             out.alerts.append((alert["alert_id"], orjson.dumps(alert)))
+            count_alert(self.alert_counts, t.rule, t.status)
 
     # -- gauges ----------------------------------------------------------------------------
 
-    def current(self) -> dict[str, MonthBook]:
-        """Latest open book of every scope this worker holds (for the gauges)."""
-        out = {}
-        for scope in list(self.store.keys()):
-            state = self.live.get(scope) or self.store.get(scope)
-            if state is not None and state.books:
-                out[scope] = state.books[max(state.books)]
-        return out
+    def last_final_month(self, state: ScopeState) -> str | None:
+        """The latest month of a scope whose figures are final (closed, or open but past its
+        end plus the lateness): what the business alert rules judge."""
+        as_of = self.as_of(state)
+        finals = list(state.closed)
+        if as_of is not None:
+            finals += [m for m in state.books if as_of >= month_end(m) + self.lateness]
+        return max(finals) if finals else None
+
+    def _revenue(self, state: ScopeState, month: str) -> dict[str, Any]:
+        return (state.books[month].to_record() if month in state.books
+                else dict(state.closed[month]))
 
     def gauges(self) -> list[Any]:
-        from streams.exporters.metrics import gauge
+        """The scopes this worker owns, so that sum() across workers is right.
+
+        Per-segment families carry real segments only: sum(vitals_mrr) is the mrr_end of scope
+        all. Scope all's ratios, which no sum over segments rebuilds, go to the
+        vitals_company_* families (docs/metrics-prometheus.md).
+        """
+        from streams.exporters.metrics import alert_counter, gauge
 
         mrr: dict[tuple[str, ...], float] = {}
         moves: dict[tuple[str, ...], float] = {}
-        ratios: dict[str, dict[tuple[str, ...], float]] = {
-            "nrr": {}, "grr": {}, "logo_retention": {}, "clv": {}, "clv_to_cac": {},
-            "success_rate_90d": {}}
-        for scope, book in self.current().items():
-            label = scope_label(scope)
-            mrr[(label,)] = book.mrr_end
-            for kind in MOVEMENT_KINDS:
-                moves[(label, kind)] = book.movements[kind]
+        ratios: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in SCOPE_FIGURES}
+        company: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in SCOPE_FIGURES}
+        final: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in FINAL_FIGURES}
+        company_final: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in FINAL_FIGURES}
+        firing: dict[tuple[str, ...], float] = {}
+        for scope in sorted(self.owned):
             state = self.live.get(scope) or self.store.get(scope)
-            record = self.record(state, book.month)
-            for field_name, values in ratios.items():
-                if record[field_name] is not None:
-                    values[(label,)] = record[field_name]
-        return [
-            gauge("vitals_mrr", "MRR now, by segment (all = every segment)", ("segment",), mrr),
+            if state is None:
+                continue
+            is_all = scope == "all"
+            key = () if is_all else (scope_label(scope),)
+            if state.books:
+                record = self.record(state, max(state.books))
+                if not is_all:
+                    mrr[key] = record["mrr_end"]
+                    for kind in MOVEMENT_KINDS:
+                        moves[(*key, kind)] = record[kind]
+                for name, values in (company if is_all else ratios).items():
+                    if record[name] is not None:
+                        values[key] = record[name]
+            month = self.last_final_month(state)
+            if month is not None:
+                revenue = self._revenue(state, month)
+                for name, values in (company_final if is_all else final).items():
+                    if revenue[name] is not None:
+                        values[key] = revenue[name]
+            for rule in state.alerts.firing():
+                if rule in self.rules:
+                    k = (rule, self.rules[rule].severity)
+                    firing[k] = firing.get(k, 0.0) + 1.0
+        seg = ("segment",)
+        out = [
+            gauge("vitals_mrr", "MRR now, by segment (sums to the whole company)", seg, mrr),
             gauge("vitals_mrr_movement", "MRR movements of the current month",
                   ("segment", "movement"), moves),
-            gauge("vitals_nrr_ratio", "Net revenue retention of the current month so far",
-                  ("segment",), ratios["nrr"]),
-            gauge("vitals_grr_ratio", "Gross revenue retention of the current month so far",
-                  ("segment",), ratios["grr"]),
-            gauge("vitals_logo_retention_ratio", "Logo retention of the current month so far",
-                  ("segment",), ratios["logo_retention"]),
-            gauge("vitals_clv", "Customer lifetime value (reporting currency)", ("segment",),
-                  ratios["clv"]),
-            gauge("vitals_clv_to_cac_ratio", "CLV over mean acquisition cost", ("segment",),
-                  ratios["clv_to_cac"]),
-            gauge("vitals_success_rate_ratio",
-                  "Share of customers reaching eureka within 90 days of signup", ("segment",),
-                  ratios["success_rate_90d"]),
         ]
+        for name, (metric, doc) in SCOPE_FIGURES.items():
+            out.append(gauge(metric, f"{doc}, by segment", seg, ratios[name]))
+            out.append(gauge(company_metric(metric), f"{doc}, whole company", (), company[name]))
+        for name, (metric, doc) in FINAL_FIGURES.items():
+            out.append(gauge(metric, f"{doc}, by segment", seg, final[name]))
+            out.append(gauge(company_metric(metric), f"{doc}, whole company", (),
+                             company_final[name]))
+        out.append(gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
+                         firing))
+        out.append(alert_counter(self.alert_counts, self.scope_rules))
+        return out
+
+
+# record field -> (per-segment metric, HELP); scope all's metric is company_metric(metric).
+SCOPE_FIGURES: dict[str, tuple[str, str]] = {
+    "nrr": ("vitals_nrr_ratio", "Net revenue retention of the current month so far"),
+    "grr": ("vitals_grr_ratio", "Gross revenue retention of the current month so far"),
+    "logo_retention": ("vitals_logo_retention_ratio",
+                       "Logo retention of the current month so far"),
+    "clv": ("vitals_clv", "Customer lifetime value (reporting currency)"),
+    "clv_to_cac": ("vitals_clv_to_cac_ratio", "CLV over mean acquisition cost"),
+    "success_rate_90d": ("vitals_success_rate_ratio",
+                         "Share of customers reaching eureka within 90 days of signup"),
+}
+# Figures of the last final month (the month the business alert rules judge).
+FINAL_FIGURES: dict[str, tuple[str, str]] = {
+    "nrr": ("vitals_nrr_final_ratio", "Net revenue retention of the last finished month"),
+    "grr": ("vitals_grr_final_ratio", "Gross revenue retention of the last finished month"),
+}
+
+
+def company_metric(metric: str) -> str:
+    """vitals_nrr_ratio -> vitals_company_nrr_ratio: the whole-company family of a figure."""
+    return "vitals_company_" + metric.removeprefix("vitals_")
+
+
+def count_alert(counts: dict[tuple[str, str], int], rule: str, status: str) -> None:
+    """One alert transition, for vitals_alerts_total (see exporters.metrics.alert_counter)."""
+    counts[(rule, status)] = counts.get((rule, status), 0) + 1
 
 
 def _round(x: float | None) -> float | None:

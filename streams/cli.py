@@ -10,21 +10,74 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 import orjson
+from pythonjsonlogger.json import JsonFormatter
 
+from streams.kafka_config import KafkaStartupError
 from streams.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("vitals")
+LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+          "info": logging.INFO, "debug": logging.DEBUG}
+#: Loggers of this project; `app.log_level` applies to them. Libraries (Faust, mode, aiokafka,
+#: aiohttp) log at WARNING and above unless the level is "debug".
+OWN_LOGGERS = ("streams", "models")
+#: The command line's own lines (broker and web address, why the worker stopped) are shown
+#: from INFO at any level but "crit" and "error".
+CLI_LOGGER = "vitals"
 
 
-def _configure_logging(level: str) -> None:
-    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
-              "info": logging.INFO, "debug": logging.DEBUG}
-    logging.basicConfig(level=levels.get(level, logging.WARNING),
-                        format='{"ts":"%(asctime)s","level":"%(levelname)s",'
-                               '"logger":"%(name)s","msg":"%(message)s"}')
+class JsonLogFormatter(JsonFormatter):
+    """One JSON object a line: ts (RFC 3339, UTC, with Z), level, logger, msg, then extras."""
+
+    def __init__(self) -> None:
+        super().__init__(["asctime", "levelname", "name", "message"],
+                         rename_fields={"asctime": "ts", "levelname": "level", "name": "logger",
+                                        "message": "msg"})
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        ts = datetime.fromtimestamp(record.created, timezone.utc)
+        return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def configure_logging(level: str, stream: IO[str] | None = None) -> None:
+    """Every log record of the process (ours, Faust's, mode's, aiokafka's) as JSON lines."""
+    from streams.exporters.web import MalformedRequestFilter
+
+    lvl = LEVELS[level]
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(lvl if lvl == logging.DEBUG else max(lvl, logging.WARNING))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(lvl)
+    logging.getLogger(CLI_LOGGER).setLevel(min(lvl, logging.INFO) if lvl < logging.ERROR
+                                           else lvl)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
+    logging.captureWarnings(True)
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the package version and the commit (see metrics.build_info)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and commit, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from streams.exporters.metrics import build_info
+
+        version, commit = build_info()
+        print(f"vitals {version} (commit {commit})")
+        parser.exit()
 
 
 @contextlib.contextmanager
@@ -36,7 +89,7 @@ def broker_url(settings: Settings) -> Iterator[str]:
     from streams.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=settings.app.embedded_port) as broker:
-        print(f"embedded broker: {broker.url}", file=sys.stderr)
+        log.info("embedded broker: %s", broker.url)
         yield broker.url
 
 
@@ -54,15 +107,22 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(ensure_topics(settings, bootstrap_servers(url)))
         service = build_app(settings, url)
-        print(f"vitals worker: broker {url}, web http://{settings.app.web_host}:"
-              f"{settings.app.web_port}", file=sys.stderr)
-        worker = faust.Worker(service.app, loop=loop, loglevel=settings.app.log_level,
-                              quiet=True, redirect_stdouts=False)
+        log.info("vitals worker: broker %s, web http://%s:%d", url, settings.app.web_host,
+                 settings.app.web_port)
+        # Logging stays as configure_logging set it (JSON lines), not mode's own format.
+        worker = faust.Worker(service.app, loop=loop, quiet=True, redirect_stdouts=False,
+                              override_logging=False)
+        worker.spinner = None  # a terminal spinner writes escape codes between the JSON lines
+        code = 0
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
-            return int(exc.code or 0)
-    return 0
+            code = exc.code if isinstance(exc.code, int) else 1
+        # Non-zero when one of the worker's services died, whatever the shutdown returned.
+        code = service.health.exit_code(code)
+        if not service.health.live:
+            log.error("worker stopped with status %d: %s", code, service.health.reason)
+    return code
 
 
 def _sim_config(args: argparse.Namespace) -> Any:
@@ -102,7 +162,27 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings, bootstrap))
     topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
     asyncio.run(produce(bootstrap, topic_of, items, rate=args.rate, compress=args.compress,
-                        progress=Progress("simulate")))
+                        progress=Progress("simulate"), client_kwargs=_client_kwargs(settings)))
+    return 0
+
+
+def _client_kwargs(settings: Settings) -> dict[str, Any]:
+    """TLS/SASL keyword arguments of the `[kafka]` settings, for the producers."""
+    from streams.kafka_config import aiokafka_kwargs
+
+    return aiokafka_kwargs(settings.kafka)
+
+
+def cmd_topics_plan(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the `kafka-topics.sh --create` commands of every topic the service needs."""
+    from streams.topics import plan_commands, topic_specs
+
+    specs = topic_specs(settings)
+    print(f"# {len(specs)} topics of app.id={settings.app.id!r}, replication factor "
+          f"{settings.topics.replication_factor}; then set app.create_topics = false")
+    for line in plan_commands(settings, args.bootstrap_server, args.command_name,
+                              args.command_config):
+        print(line)
     return 0
 
 
@@ -143,7 +223,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings, bootstrap))
     topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
     sent = asyncio.run(produce(bootstrap, topic_of, read_jsonl(args.file), rate=args.rate,
-                               progress=Progress(f"replay {Path(args.file).name}", total)))
+                               progress=Progress(f"replay {Path(args.file).name}", total),
+                               client_kwargs=_client_kwargs(settings)))
     print(f"replayed {sent} events from {args.file}", file=sys.stderr)
     return 0
 
@@ -164,6 +245,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitals", description=__doc__)
     p.add_argument("--config", help="TOML file merged over config/default.toml")
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("worker", help="run a worker (embedded broker unless one is configured)")
@@ -195,6 +277,14 @@ def parser() -> argparse.ArgumentParser:
                       help="seconds to run (0 = until Ctrl-C)")
     demo.set_defaults(compress=None, customers=300, days=120)
 
+    topics = sub.add_parser("topics", help="Kafka topics of the service")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    plan = topics_sub.add_parser("plan", help="print kafka-topics.sh commands that create every "
+                                              "topic (for app.create_topics = false)")
+    plan.add_argument("--bootstrap-server", default="BROKER:9092")
+    plan.add_argument("--command-config", help="client properties file (TLS/SASL) to pass on")
+    plan.add_argument("--command", dest="command_name", default="kafka-topics.sh")
+
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("check", help="validate and print the effective settings")
@@ -202,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "topics": cmd_topics_plan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,13 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vitals: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.app.log_level)
+    configure_logging(settings.app.log_level)
     if args.command == "config":
         return cmd_config_check(settings, args)
     try:
         return COMMANDS[args.command](settings, args)
     except KeyboardInterrupt:
         return 130
+    except KafkaStartupError as exc:
+        print(f"vitals: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from models.activity import DAY_SECONDS, day_of, window_days
+from models.activity import DAY_SECONDS, day_of, is_close, last_day, window_days
 from models.health import HealthParams, weakest_components
 from models.onboarding import MilestoneParams, success_eligible
 from models.revenue import clv_to_cac, customer_clv
 from streams.alerts import Transition, alert_record
-from streams.records import activity_figures, customer_record, customer_status
+from streams.records import customer_record, customer_status
 from streams.settings import Settings
 from streams.state import CustomerState
 
@@ -80,16 +80,25 @@ class Evaluator:
     def evaluate(self, state: CustomerState, as_of: float, catalog: Mapping[str, float],
                  remember: bool = True, alerts: bool = True,
                  churn_rates: Mapping[str, float] | None = None) -> Evaluation:
-        day = day_of(as_of)
-        act = activity_figures(state, as_of, self.window)
+        """The customer as of `as_of`. A close (as_of = D+1 00:00) covers the complete days
+        D-29 … D and keeps its score for trend_7d; an in-day as_of covers the days ending
+        with its own day so far (models/activity.py `last_day`)."""
+        # Windows end with last_day(as_of): D for a close stamped D+1 00:00, else as_of's day.
+        # The state may already hold events after as_of (the event that closed the day), so
+        # every window is bounded by that day explicitly.
+        day = last_day(as_of)
         first = state.signup_ts if state.signup_ts is not None else state.first_ts
-        n = window_days(day, None if first is None else day_of(first), self.window)
+        first_day = None if first is None else day_of(first)
+        act = state.activity.figures(day, first_day, self.window)
+        n = window_days(day, first_day, self.window)
         released = self.key_released(catalog, as_of)
-        used = sum(1 for f in released if state.features.get(f, -1) >= day - self.window + 1)
+        used = sum(1 for f in released
+                   if state.feature_use.window(f, day, window=self.window)[0] > 0)
+        # Only a close's score is kept: trend_7d compares closes exactly 7 days apart.
         health = state.support.evaluate(
             day, active_days_30d=act.active_days_30d, n=n, stickiness=act.stickiness,
             mau=act.mau, key_used=used, key_released=len(released), seats=state.seats,
-            remember=remember)
+            remember=remember and is_close(as_of))
         onboarding = state.onboarding.to_record()
         status = customer_status(state)
         segment = state.segment or "unknown"
@@ -120,10 +129,13 @@ class Evaluator:
 
     def _revenue(self, state: CustomerState, segment: str, churn_rates: Mapping[str, float]
                  ) -> dict[str, Any]:
-        """Customer CLV = MRR x margin / monthly churn rate of its segment (floored)."""
+        """Customer CLV = MRR x margin / monthly churn rate of its segment (floored).
+
+        Money is published unrounded (docs/precision.md); the ratio to CAC to 4 places.
+        """
         rate = churn_rates.get(f"segment:{segment}", self.min_churn_rate)
         mrr = state.revenue.mrr
-        value = round(customer_clv(mrr, self.gross_margin, rate), 2) if mrr > 0 else 0.0
+        value = customer_clv(mrr, self.gross_margin, rate) if mrr > 0 else 0.0
         ratio = clv_to_cac(value, state.cac)
         return {"mrr": mrr, "currency": self.currency, "clv": value, "cac": state.cac,
                 "clv_to_cac": None if ratio is None else round(ratio, 4)}

@@ -7,6 +7,7 @@ resend after a restart changes nothing.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -17,12 +18,13 @@ from models.activity import DAY_SECONDS
 from models.features import (FeatureBook, FeatureContribution, adoption_30d_after_release,
                              feature_record, stickiness_days)
 from streams.alerts import AlertBook, alert_record
-from streams.business import StageFlush
+from streams.business import StageFlush, count_alert
 from streams.evaluate import release_times
 from streams.settings import Settings
 from streams.time import rfc3339
 
 OTHER = "other"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FeatureAggregator:
         self.store = store
         self.partitions = settings.app.partitions
         self.min_group = settings.features.min_group
+        self.lateness_days = settings.time.lateness_days
         self.released = release_times(settings.features.released)
         self.rules = settings.alerts.rules
         self.feature_rules = list(settings.alerts.feature_rules)
@@ -59,6 +62,7 @@ class FeatureAggregator:
         self.live: dict[str, FeatureState] = {}
         self.dirty: set[str] = set()
         self.latest: dict[str, dict[str, Any]] = {}   # feature -> last record (gauges)
+        self.alert_counts: dict[tuple[str, str], int] = {}   # (rule, status) -> transitions
 
     def apply(self, feature: str, message: Mapping[str, Any]) -> None:
         state = self.live.get(feature)
@@ -76,9 +80,16 @@ class FeatureAggregator:
             return None
         released = book.released_at(self.released.get(book.feature))
         as_of = (merged.day + 1) * DAY_SECONDS
-        counts = book.after_release_counts(released, partitions=self.partitions)
+        fixed = book.after_release
+        counts = book.after_release_counts(released, partitions=self.partitions,
+                                           lateness_days=self.lateness_days)
+        if book.after_release is not fixed and book.by_days:
+            log.warning("feature %s: adoption_30d_after_release of %s counts partitions %s by "
+                        "UTC days (they learnt of the feature after dropping its release day)",
+                        book.feature, None if released is None else rfc3339(released),
+                        list(book.by_days))
         after = None if counts is None else adoption_30d_after_release(
-            counts[0], counts[1], as_of, released)
+            counts[0], counts[1], as_of, released, self.lateness_days)
         return feature_record(book.feature, rfc3339(as_of),
                               None if released is None else rfc3339(released), merged,
                               n_days=stickiness_days(merged.day, released),
@@ -110,6 +121,7 @@ class FeatureAggregator:
             subject = {"feature": record["feature"]}
             alert = alert_record(t.rule, self.rules[t.rule], t, subject, record["feature"])
             out.alerts.append((alert["alert_id"], orjson.dumps(alert)))
+            count_alert(self.alert_counts, t.rule, t.status)
 
     def revoke(self, features: set[str]) -> None:
         """Unflushed contributions were not acknowledged: the new owner replays them."""
@@ -119,8 +131,11 @@ class FeatureAggregator:
             self.latest.pop(feature, None)
 
     def gauges(self) -> list[Any]:
-        """Adoption and stickiness per configured feature; the others averaged as `other`."""
-        from streams.exporters.metrics import gauge
+        """Adoption and stickiness per configured feature; the others averaged as `other`.
+
+        Like the alerts firing, only the features this worker owns (those it flushed since it
+        was last revoked), so that sum() across workers is right."""
+        from streams.exporters.metrics import alert_counter, gauge
 
         out: dict[str, dict[tuple[str, ...], float]] = {"adoption_rate": {}, "stickiness": {},
                                                          "retention_impact": {}}
@@ -132,7 +147,17 @@ class FeatureAggregator:
                     values[(f,)] = r[name]
             if others:
                 values[(OTHER,)] = sum(others) / len(others)
+        firing: dict[tuple[str, ...], float] = {}
+        for feature in self.latest:
+            state = self.live.get(feature) or self.store.get(feature)
+            for rule in state.alerts.firing() if state is not None else ():
+                if rule in self.rules:
+                    key = (rule, self.rules[rule].severity)
+                    firing[key] = firing.get(key, 0.0) + 1.0
         return [
+            gauge("vitals_alerts_firing", "Alerts currently firing", ("rule", "severity"),
+                  firing),
+            alert_counter(self.alert_counts, self.feature_rules),
             gauge("vitals_feature_adoption_ratio",
                   "Users of the feature over active users, last 30 days", ("feature",),
                   out["adoption_rate"]),

@@ -8,7 +8,7 @@ topics must not depend on which partitions it owns.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class Follower(Service):
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, client_kwargs: Mapping[str, Any] | None = None) -> None:
+        """`client_kwargs`: TLS/SASL (streams.kafka_config.aiokafka_kwargs)."""
         super().__init__()
         self.bootstrap = bootstrap
+        self.client_kwargs = dict(client_kwargs or {})
         self.handlers: dict[str, Callable[[list[ConsumerRecord]], None]] = {}
         self.partitions: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -35,7 +37,7 @@ class Follower(Service):
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                          enable_auto_commit=False,
                                          max_partition_fetch_bytes=16 << 20,
-                                         fetch_max_bytes=64 << 20)
+                                         fetch_max_bytes=64 << 20, **self.client_kwargs)
         await self.consumer.start()
         tps = [TopicPartition(topic, p) for topic, n in self.partitions.items()
                for p in range(n)]

@@ -31,9 +31,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from streams.assignor import CoPartitionedAssignor
-from streams.deadletter import deadletter_value
-from streams.events import EventValidator, InvalidEvent, NOT_JSON, event_hash
+from streams.deadletter import bounded_key, deadletter_value, raw_excerpt
+from streams.events import (EventValidator, InvalidEvent, NOT_JSON, PROCESSING_ERROR,
+                            event_hash, unframe)
 from streams.exporters.metrics import Metrics
+from streams.kafka_config import aiokafka_kwargs
 from streams.settings import Settings
 from streams.topics import Partitioner
 
@@ -113,33 +115,49 @@ class Ingest:
         self.families = settings.topics.input_topics()
         self.validator = EventValidator(settings.app.reporting_currency,
                                         settings.revenue.currency_rates,
-                                        settings.ingest.max_event_bytes)
+                                        settings.ingest.max_event_bytes,
+                                        min_ts=settings.time.min_epoch())
         self.metrics = metrics
         self.partition_of = partition_of
 
     def read(self, records: dict[TopicPartition, list[Any]], aligner: TimeAligner) -> None:
-        """Validate a poll's records into the aligner: events with their time, dead letters at -inf."""
+        """Validate a poll's records into the aligner: events with their time, dead letters at -inf.
+
+        No record can stop this loop: an invalid one becomes a dead letter with its code, and
+        an unexpected error in validation becomes a `processing_error` dead letter (logged).
+        """
         parse = self.validator.parse
         add = aligner.add
         for tp, messages in records.items():
             family = self.families[tp.topic]
             for msg in messages:
                 raw = msg.value
+                key = bounded_key(msg.key)
                 try:
                     if raw is None:
                         raise InvalidEvent(NOT_JSON, "value is empty (tombstone)")
                     event = parse(family, raw)
+                    event["h"] = event_hash(event["event_id"])
+                    # The JSON without a Schema Registry frame (valid UTF-8: orjson parsed it).
+                    event["raw"] = raw_excerpt(unframe(raw))
                 except InvalidEvent as exc:
-                    self.metrics.deadletter(family, exc.code)
-                    add(tp, -math.inf, msg.offset, (msg.key, deadletter_value(
-                        tp.topic, tp.partition, msg.offset, exc.code, exc.detail, raw)))
+                    self._reject(tp, msg.offset, key, family, exc.code, exc.detail, raw, aligner)
                     continue
-                event["h"] = event_hash(event["event_id"])
+                except Exception as exc:  # a validator bug must not stop the ingest
+                    log.exception("validating %s offset %s failed", tp, msg.offset)
+                    self._reject(tp, msg.offset, key, family, PROCESSING_ERROR,
+                                 f"{type(exc).__name__}: {exc}", raw, aligner)
+                    continue
                 event["src"] = (tp.topic, tp.partition, msg.offset)
-                event["raw"] = raw.decode()  # valid JSON is valid UTF-8
-                if msg.key is not None:
-                    event["key"] = msg.key.decode("utf-8", "replace")
+                if key is not None:
+                    event["key"] = key.decode("utf-8", "replace")
                 add(tp, event["ts"], msg.offset, event)
+
+    def _reject(self, tp: TopicPartition, offset: int, key: bytes | None, family: str,
+                code: str, detail: str, raw: bytes | None, aligner: TimeAligner) -> None:
+        self.metrics.deadletter(family, code)
+        aligner.add(tp, -math.inf, offset, (key, deadletter_value(
+            tp.topic, tp.partition, offset, code, detail, raw)))
 
     def route(self, released: list[Any]
               ) -> tuple[dict[int, list[dict[str, Any]]], list[tuple[bytes | None, bytes]]]:
@@ -180,10 +198,11 @@ class IngestService(Service):
             auto_offset_reset="earliest", session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
             max_poll_records=s.ingest.batch_max_events,
-            max_partition_fetch_bytes=4 << 20,
+            max_partition_fetch_bytes=4 << 20, **aiokafka_kwargs(s.kafka),
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                         max_batch_size=1 << 20, max_request_size=8 << 20)
+                                         max_batch_size=1 << 20, max_request_size=8 << 20,
+                                         **aiokafka_kwargs(s.kafka))
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe(list(s.topics.input_topics()), listener=_Forget(self))

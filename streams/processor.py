@@ -8,6 +8,7 @@ changelog record and at most one output record per customer.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,8 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
 import orjson
 
-from models.activity import DAY_SECONDS, day_of
-from models.features import BASE_HISTORY_DAYS, FeatureContribution
+from models.activity import DAY_SECONDS, day_of, last_day
+from models.features import BASE_HISTORY_DAYS, FeatureContribution, after_release_fix_day
 from streams import events as ev
 from streams.deadletter import deadletter_value
 from streams.quarantine import quarantine
@@ -110,6 +111,9 @@ class CustomerProcessor:
         self.group_of = {f: eligibility_group(rule)
                          for f, rule in settings.features.eligible.items()}
         self.base_sent: set[tuple[int, str]] = set()   # (partition, feature) sent with "b"
+        # Event times are kept this many days beyond the window: [R, R+30d) is fixed at the
+        # close of R + 30d + lateness, and counted from the events of day(R) on.
+        self.after_margin = math.ceil(settings.time.lateness_days) + 3
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -247,6 +251,7 @@ class CustomerProcessor:
         family = event["family"]
         if family in WINDOWED:
             state.activity.record(day_of(ts), event["user_id"])
+            state.feature_use.on_activity(ts, event["user_id"])
             if family == "usage":
                 state.onboarding.on_usage(event["action"], ts)
             else:
@@ -390,7 +395,7 @@ class CustomerProcessor:
             if state.closed_day is not None and state.closed_day >= day:
                 continue  # restored ahead of the clock: this close already ran for it
             state.closed_day = day
-            state.support.prune(day)
+            state.support.prune(day - 1)       # the close of day - 1: its windows end there
             result = self._evaluate(cid, state, as_of)
             # Every closed day is published, also during a backfill: the daily series. It
             # holds every event applied so far, so no in-day record is owed any more.
@@ -416,6 +421,7 @@ class CustomerProcessor:
         feature's after-release figure even when it learnt of the feature too late.
         """
         fs = self.settings.features
+        lateness = self.settings.time.lateness_days
         as_of = (closed + 1) * DAY_SECONDS
         anchor = as_of - fs.retention_window_days * DAY_SECONDS
         customers = []   # (state, mau, paying at the anchor, still paying now)
@@ -454,11 +460,29 @@ class CustomerProcessor:
                                       signup_ts=state.signup_ts, paid=state.paid,
                                       retention_window_days=fs.retention_window_days)
             part.set_base(*base[group])
+            fix = after_release_fix_day(release, lateness)
+            if fix <= closed <= fix + self.after_margin:
+                self._after_release(part, customers, rule, release)
             message: dict[str, Any] = {"p": partition, "c": part.to_state()}
             if (partition, feature) not in self.base_sent:
                 self.base_sent.add((partition, feature))
                 message["b"] = sorted(clock.base[group].items())
             self.features_out.append((feature, orjson.dumps(message)))
+
+    @staticmethod
+    def _after_release(part: FeatureContribution, customers: list[Any], rule: Any,
+                       release: float) -> None:
+        """Exact counts of [R, R+30d) over the eligible customers, when every one still holds
+        the events of day(R) (else none are sent: FeatureBook falls back to day counts)."""
+        users = active = 0
+        for state, _, _, _ in customers:
+            if rule is None or rule.admits(state.segment, state.plan):
+                counts = state.feature_use.after_release(part.feature, release)
+                if counts is None:
+                    return
+                users += counts[0]
+                active += counts[1]
+        part.set_after_release(release, users, active)
 
     def learn_catalog(self, entries: Mapping[str, float]) -> None:
         """Features first seen by any worker (the shared catalog topic)."""
@@ -616,9 +640,10 @@ class CustomerProcessor:
         # One day of margin: the clock and the customer records are separate changelog writes,
         # and a restored watermark may be a flush older than the one that pruned.
         state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
-        state.activity.prune(day_of(wm) - self.window + 1)
+        state.activity.prune(last_day(wm) - self.window + 1)   # a midnight wm: the close's days
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
-        state.feature_use.prune(day_of(wm) - self.window)
+        state.feature_use.prune(day_of(wm) - self.window,
+                                keep_from=day_of(wm) - self.window - self.after_margin)
         keep = self.settings.features.retention_window_days + self.settings.time.lateness_days + 1
         state.paid.prune(wm - keep * DAY_SECONDS)
 

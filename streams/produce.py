@@ -62,10 +62,13 @@ class Progress:
 async def produce(bootstrap: str, topic_of: Mapping[str, str], items: Iterable[Item], *,
                   rate: float | None = None, compress: float | None = None,
                   progress: Progress | None = None,
-                  should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Send items in order. `rate` caps events/s; `compress` paces by event time (x faster)."""
+                  should_stop: Callable[[], bool] = lambda: False,
+                  client_kwargs: Mapping[str, Any] | None = None) -> int:
+    """Send items in order. `rate` caps events/s; `compress` paces by event time (x faster).
+    `client_kwargs`: TLS/SASL (streams.kafka_config.aiokafka_kwargs)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
-                                max_batch_size=1 << 20, max_request_size=8 << 20)
+                                max_batch_size=1 << 20, max_request_size=8 << 20,
+                                **(client_kwargs or {}))
     await producer.start()
     sent = 0
     t0_wall = time.monotonic()

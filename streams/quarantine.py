@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from streams.deadletter import deadletter_value
-from streams.exporters.metrics import PROCESSING_ERROR
+from streams.events import PROCESSING_ERROR
 
 log = logging.getLogger(__name__)
 

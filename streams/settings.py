@@ -11,6 +11,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ class AppSettings:
     data_dir: str
     log_level: str
     reporting_currency: str
+    create_topics: bool
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TopicSettings:
     churn_examples: str
     churn_model: str
     input_partitions: int
+    replication_factor: int
 
     def input_topics(self) -> dict[str, str]:
         """Topic name -> event family."""
@@ -74,6 +77,29 @@ class TopicSettings:
 
 
 @dataclass(frozen=True)
+class KafkaSettings:
+    """How every client connects (TLS, SASL); the password itself is never a setting."""
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password_env: str
+    sasl_password_file: str
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_check_hostname: bool
+    connect_timeout_seconds: float
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+
+@dataclass(frozen=True)
 class IngestSettings:
     batch_max_events: int
     poll_timeout_seconds: float
@@ -86,6 +112,13 @@ class TimeSettings:
     lateness_days: float
     dedup_horizon_days: float
     max_skew_days: float
+    min_ts: str  # RFC 3339: events dated before it are invalid_ts
+
+    def min_epoch(self) -> float:
+        """min_ts in epoch seconds (validated at load)."""
+        from streams.events import parse_rfc3339
+
+        return parse_rfc3339(self.min_ts)
 
 
 @dataclass(frozen=True)
@@ -193,6 +226,7 @@ class AlertSettings:
 class Settings:
     app: AppSettings
     topics: TopicSettings
+    kafka: KafkaSettings
     ingest: IngestSettings
     time: TimeSettings
     emit: EmitSettings
@@ -218,6 +252,8 @@ ENUMS = {
     ("time", "mode"): {"event", "live"},
     ("churn", "model"): {"logistic", "forest"},
     ("app", "log_level"): {"crit", "error", "warn", "info", "debug"},
+    ("kafka", "security_protocol"): {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
+    ("kafka", "sasl_mechanism"): {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"},
 }
 ALERT_OPS = {"<", "<=", ">", ">="}
 SEVERITIES = {"info", "warning", "critical"}
@@ -257,6 +293,7 @@ def load_settings(overlay: str | os.PathLike[str] | None = None,
         sources.append(f"env {name}")
     settings = _build(merged)
     _validate(settings)
+    _validate_kafka(settings.kafka, env)
     return dataclasses.replace(settings, sources=tuple(sources))
 
 
@@ -343,6 +380,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
+            return value.isoformat().replace("+00:00", "Z")
         if not isinstance(value, str):
             raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
         return value
@@ -378,7 +418,22 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
-    from streams.events import SEGMENTS
+    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, SEGMENTS, InvalidEvent, parse_rfc3339
+
+    try:
+        min_ts = parse_rfc3339(s.time.min_ts)
+    except InvalidEvent as exc:
+        raise SettingsError(f"setting 'time.min_ts' must be an RFC 3339 time with an offset, "
+                            f"e.g. 2000-01-01T00:00:00Z: {exc.detail}") from None
+    # Epoch numbers above 1e11 are read as milliseconds; ms values are >= 1e11 ms
+    # (1973-03-03), so a lower min_ts would make some epoch numbers ambiguous.
+    if not EPOCH_MS_THRESHOLD / 1000 <= min_ts < MAX_TS:
+        raise SettingsError("setting 'time.min_ts' must be between 1973-03-03T09:46:40Z and "
+                            f"9999-12-31T23:59:59Z, got {s.time.min_ts!r}")
+    for code, rate in s.revenue.currency_rates.items():
+        if not 0 < rate < float("inf"):
+            raise SettingsError(f"setting 'revenue.currency_rates.{code}' must be a positive "
+                                f"number, got {rate!r}")
 
     for feature, rule in s.features.eligible.items():
         unknown = set(rule.segments) - SEGMENTS
@@ -408,6 +463,8 @@ def _validate(s: Settings) -> None:
         "activity.window_days": s.activity.window_days,
         "time.dedup_horizon_days": s.time.dedup_horizon_days,
         "time.max_skew_days": s.time.max_skew_days,
+        "topics.replication_factor": s.topics.replication_factor,
+        "kafka.connect_timeout_seconds": s.kafka.connect_timeout_seconds,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -430,3 +487,33 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"setting 'revenue.currency_rates' needs the reporting currency "
             f"{s.app.reporting_currency!r}")
+
+
+def _validate_kafka(k: KafkaSettings, env: typing.Mapping[str, str]) -> None:
+    """TLS files must exist and SASL needs a user and a password source, checked at start."""
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(k, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(f"setting 'kafka.{name}': no such file {path!r}")
+    if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
+        raise SettingsError("settings 'kafka.ssl_certfile' and 'kafka.ssl_keyfile' go together "
+                            "(a client certificate needs its key)")
+    if (k.ssl_cafile or k.ssl_certfile) and not k.uses_tls:
+        raise SettingsError(f"setting 'kafka.ssl_*' is given but 'kafka.security_protocol' is "
+                            f"{k.security_protocol!r}: use SSL or SASL_SSL")
+    if not k.uses_sasl:
+        return
+    if not k.sasl_username:
+        raise SettingsError(f"setting 'kafka.sasl_username' is needed with "
+                            f"security_protocol {k.security_protocol}")
+    if k.sasl_password_file:
+        if not Path(k.sasl_password_file).is_file():
+            raise SettingsError(f"setting 'kafka.sasl_password_file': no such file "
+                                f"{k.sasl_password_file!r}")
+    elif not k.sasl_password_env or not env.get(k.sasl_password_env):
+        raise SettingsError(f"SASL needs a password: set the environment variable "
+                            f"{k.sasl_password_env or '(kafka.sasl_password_env is empty)'} or "
+                            f"'kafka.sasl_password_file'")
+    if k.sasl_password_env.startswith(ENV_PREFIX):
+        raise SettingsError(f"setting 'kafka.sasl_password_env' must not start with "
+                            f"{ENV_PREFIX} (those variables are settings)")

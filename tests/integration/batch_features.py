@@ -10,14 +10,15 @@ Definitions (as the README states them for the service):
 - A feature's release R is the configured one, else the time of its first event.
 - stickiness = (Σ DAU_f over the window days since day(R)) / n / feature_users_30d, with
   n = min(30, D - day(R) + 1).
-- adoption_30d_after_release: users of f over active users, both over the 30 UTC days from
-  day(R); null until T >= R + 30 days.
+- adoption_30d_after_release: users with an f event over users with any usage or feature
+  event, both in [R, R + 30 days) by exact event time; null until T >= R + 30 days + lateness.
 - median_days_to_adopt: over customers that used f before T, first use - max(R, signup), never
   below 0 (days).
 - A feature with eligible segments counts only the users and customers of those segments
   (the segment of the customer's newest signup).
 - Retention (W = 90 days): customers with MRR > 0 at T - W, "with" if their first use of f is
-  before T - W; retained if MRR > 0 at T; null when a group has fewer than 10 customers.
+  before T - W; retained if MRR > 0 at T; a group's retention is null when that group has
+  fewer than 10 customers, the impact when either is null.
 """
 from __future__ import annotations
 
@@ -37,11 +38,14 @@ def _ratio(num: float, den: float) -> float | None:
 def compute(events: list[tuple[str, Any]], closed_day: int,
             released: Mapping[str, float] | None = None,
             eligible: Mapping[str, set[str]] | None = None, window: int = 30,
-            retention_days: int = 90, min_group: int = 10) -> dict[str, dict[str, Any]]:
+            retention_days: int = 90, min_group: int = 10, lateness_days: float = 2.0
+            ) -> dict[str, dict[str, Any]]:
     released = dict(released or {})
     eligible = dict(eligible or {})
     T = (closed_day + 1) * DAY
     active_days: dict[tuple[str, str], set[int]] = defaultdict(set)      # user -> days
+    active_at: dict[tuple[str, str], list[float]] = defaultdict(list)    # user -> event times
+    used_at: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     daily: dict[str, dict[int, set[tuple[str, str]]]] = defaultdict(lambda: defaultdict(set))
     first_use: dict[str, dict[str, float]] = defaultdict(dict)            # f -> customer -> ts
     first_seen: dict[str, float] = {}
@@ -55,9 +59,11 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         user = (cid, e["user_id"])
         day = int(ts // DAY)
         active_days[user].add(day)
+        active_at[user].append(ts)
         if family == "feature":
             f = e["feature"]
             daily[f][day].add(user)
+            used_at[f][user].append(ts)
             first_seen[f] = min(ts, first_seen.get(f, ts))
             if ts < first_use[f].get(cid, float("inf")):
                 first_use[f][cid] = ts
@@ -97,10 +103,15 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
                       for d in range(start, closed_day + 1))
         record["stickiness"] = (None if not users or n <= 0 else dau_sum / n / len(users))
         after = None
-        if R is not None and T >= R + 30 * DAY:
-            hi = r_day + 29
-            adopters = {u for d in range(r_day, hi + 1) for u in daily[f].get(d, ()) if admits(u[0])}
-            after = _ratio(len(adopters), len(active_users(r_day, hi, admits)))
+        if R is not None and T >= R + (30 + lateness_days) * DAY:
+            end = R + 30 * DAY
+
+            def within(times: list[float]) -> bool:
+                return any(R <= t < end for t in times)
+
+            adopters = [u for u, times in used_at[f].items() if admits(u[0]) and within(times)]
+            users_in = [u for u, times in active_at.items() if admits(u[0]) and within(times)]
+            after = _ratio(len(adopters), len(users_in))
         record["adoption_30d_after_release"] = after
         waits = []
         for cid, first in first_use[f].items():
@@ -114,11 +125,11 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         without_group = paying_then - with_group
         kept_with = sum(paying(c, T) for c in with_group)
         kept_without = sum(paying(c, T) for c in without_group)
-        if len(with_group) >= min_group and len(without_group) >= min_group:
-            rw, rwo = kept_with / len(with_group), kept_without / len(without_group)
-            record.update(retention_with=rw, retention_without=rwo, retention_impact=rw - rwo)
-        else:
-            record.update(retention_with=None, retention_without=None, retention_impact=None)
+        rw = kept_with / len(with_group) if len(with_group) >= max(1, min_group) else None
+        rwo = (kept_without / len(without_group) if len(without_group) >= max(1, min_group)
+               else None)
+        record.update(retention_with=rw, retention_without=rwo,
+                      retention_impact=None if rw is None or rwo is None else rw - rwo)
         out[f] = record
     return out
 
@@ -156,3 +167,161 @@ def all_differences(expected: Mapping[str, Mapping[str, Any]],
         out["(features)"] = [f"only on one side: {missing}"]
     return out
 
+
+
+# -- one day close of every customer ------------------------------------------------------------
+
+PRIORITY_WEIGHTS = {"low": 0.5, "normal": 1.0, "high": 2.0, "urgent": 4.0}
+WEIGHTS = {"usage_frequency": 0.30, "feature_adoption": 0.25, "support": 0.20, "payment": 0.15,
+           "engagement": 0.10}
+
+
+def _customer_events(events: list[tuple[str, Any]]) -> dict[str, list[tuple[str, dict, Any]]]:
+    """Per customer, its distinct valid events in input order: (family, parsed, raw)."""
+    out: dict[str, list[tuple[str, dict, Any]]] = defaultdict(list)
+    for n, family, e in distinct_valid(events):
+        out[e["customer_id"]].append((family, e, events[n][1]))
+    return out
+
+
+def _score(events: list[tuple[str, dict, Any]], closed_day: int, key_features: set[str],
+           window: int = 30) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(activity, health without trend) of one customer at the close of closed_day: only the
+    events before T = closed_day + 1 00:00 exist yet; every window ends with closed_day."""
+    T = (closed_day + 1) * DAY
+    lo = closed_day - window + 1
+    users_on: dict[int, set[str]] = defaultdict(set)
+    used: set[str] = set()
+    tickets: list[tuple[int, str]] = []
+    open_tickets: set[str] = set()
+    closed_first: dict[str, float] = {}
+    payments = [0, 0]
+    nps = csat = None
+    seats = signup = first = None
+    signup_seen = None
+    for family, e, raw in events:
+        ts = e["ts"]
+        if ts >= T:
+            continue
+        first = ts if first is None else min(first, ts)
+        day = int(ts // DAY)
+        if family in ("usage", "feature"):
+            users_on[day].add(e["user_id"])
+            if family == "feature" and lo <= day <= closed_day:
+                used.add(e["feature"])
+        elif family == "signup":
+            signup = ts if signup is None else min(signup, ts)
+            if signup_seen is None or ts >= signup_seen:
+                signup_seen, seats = ts, raw.get("seats")
+        elif family == "billing":
+            if raw.get("type") in ("payment_succeeded", "payment_failed") and \
+                    closed_day - 89 <= day <= closed_day:
+                payments[0 if raw["type"] == "payment_succeeded" else 1] += 1
+            if raw.get("seats"):
+                seats = raw["seats"]
+        elif family == "support":
+            kind, ticket = raw.get("type"), str(raw.get("ticket_id"))
+            if kind == "ticket_opened":
+                if ticket in open_tickets:
+                    continue          # the same ticket opened again while open
+                tickets.append((day, raw.get("priority") or "normal"))
+                if closed_first.get(ticket, -1.0) >= ts:
+                    del closed_first[ticket]   # its close came first: not open
+                else:
+                    open_tickets.add(ticket)
+            elif kind == "ticket_closed":
+                if ticket in open_tickets:
+                    open_tickets.discard(ticket)
+                else:
+                    closed_first[ticket] = ts
+            elif kind == "nps" and (nps is None or ts >= nps[1]):
+                nps = (float(raw["score"]), ts)
+            elif kind == "csat" and (csat is None or ts >= csat[1]):
+                csat = (float(raw["score"]), ts)
+    if first is None:
+        return None                     # not a customer yet: no close evaluated it
+    start = signup if signup is not None else first
+    start_day = None if start is None else int(start // DAY)
+    n = window if start_day is None or start_day > closed_day else max(
+        1, min(window, closed_day - start_day + 1))
+    month = {u for d in range(lo, closed_day + 1) for u in users_on.get(d, ())}
+    week = {u for d in range(closed_day - 6, closed_day + 1) for u in users_on.get(d, ())}
+    active_days = sum(1 for d in range(lo, closed_day + 1) if users_on.get(d))
+    dau_sum = sum(len(users_on.get(d, ())) for d in range(closed_day - n + 1, closed_day + 1))
+    stick = (dau_sum / n) / len(month) if month else 0.0
+    activity = {"dau": len(users_on.get(closed_day, ())), "wau": len(week), "mau": len(month),
+                "active_days_30d": active_days, "stickiness": stick}
+    weighted = sum(PRIORITY_WEIGHTS[p] for d, p in tickets if lo <= d <= closed_day)
+    signals = [min(1.0, stick / 0.5)]
+    if seats:
+        signals.append(min(1.0, len(month) / seats))
+    survey_from = closed_day - 89
+    if nps is not None and int(nps[1] // DAY) >= survey_from:
+        signals.append(nps[0] / 10)
+    if csat is not None and int(csat[1] // DAY) >= survey_from:
+        signals.append((csat[0] - 1) / 4)
+    comps = {
+        "usage_frequency": 100 * min(1.0, active_days / (20 * min(30, n) / 30)),
+        "feature_adoption": 100 * len(used & key_features) / len(key_features)
+        if key_features else None,
+        "support": 100 * max(0.0, 1 - weighted / 8),
+        "payment": 100 * payments[0] / sum(payments) if sum(payments) else None,
+        "engagement": 100 * sum(max(0.0, min(1.0, s)) for s in signals) / len(signals),
+    }
+    weights = sum(WEIGHTS[k] for k, v in comps.items() if v is not None)
+    score = sum(WEIGHTS[k] * v for k, v in comps.items() if v is not None) / weights
+    return activity, {"score": score, "components": comps}
+
+
+def customers_at_close(events: list[tuple[str, Any]], closed_day: int,
+                       released: Mapping[str, float] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """The `activity` and `health` of every customer at the close of closed_day (as of
+    T = closed_day + 1 00:00), by METRICS.md "Activity" and "Health score": windows over the
+    complete days closed_day-29 .. closed_day, trend_7d = score at this close − score at the
+    close of closed_day − 7 (over its own complete days, with the events before its close).
+    Key features: every feature released (configured) or first seen by T."""
+    released = dict(released or {})
+    first_seen: dict[str, float] = {}
+    for _, family, e in distinct_valid(events):
+        if family == "feature":
+            first_seen[e["feature"]] = min(e["ts"], first_seen.get(e["feature"], e["ts"]))
+
+    def keys(day: int) -> set[str]:
+        T = (day + 1) * DAY
+        return {f for f in set(first_seen) | set(released)
+                if released.get(f, first_seen.get(f, T + 1)) <= T}
+
+    out = {}
+    for cid, evs in _customer_events(events).items():
+        now = _score(evs, closed_day, keys(closed_day))
+        if now is None:
+            continue
+        activity, health = now
+        before = _score(evs, closed_day - 7, keys(closed_day - 7))
+        rounded = round(health["score"], 2)
+        health.update(score=rounded, trend_7d=None if before is None else round(
+            rounded - round(before[1]["score"], 2), 2),
+            grade="green" if rounded >= 70 else "yellow" if rounded >= 40 else "red")
+        out[cid] = {"as_of": (closed_day + 1) * DAY, "activity": activity, "health": health}
+    return out
+
+
+def customer_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """Activity counts exactly, stickiness to its 6 places, health to its 2 (± one rounding)."""
+    out = []
+    ea, aa = expected["activity"], actual["activity"]
+    for k in ("dau", "wau", "mau", "active_days_30d"):
+        if ea[k] != aa[k]:
+            out.append(f"activity.{k}: batch {ea[k]} != stream {aa[k]}")
+    if abs(ea["stickiness"] - aa["stickiness"]) > 6e-7:
+        out.append(f"activity.stickiness: batch {ea['stickiness']} != stream {aa['stickiness']}")
+    eh, ah = expected["health"], actual["health"]
+    pairs = [("score", eh["score"], ah["score"]), ("trend_7d", eh["trend_7d"], ah["trend_7d"])]
+    pairs += [(f"components.{k}", v, ah["components"][k]) for k, v in eh["components"].items()]
+    for name, e, a in pairs:
+        if (e is None) != (a is None) or (e is not None and abs(e - a) > 0.0101):
+            out.append(f"health.{name}: batch {e} != stream {a}")
+    if eh["grade"] != ah["grade"] and abs(eh["score"] - ah["score"]) > 1e-9:
+        out.append(f"health.grade: batch {eh['grade']} != stream {ah['grade']}")
+    return out

@@ -83,8 +83,13 @@ def _check_alerts(records: dict[str, dict[str, Any]], alerts: list[dict[str, Any
 # -- in process -------------------------------------------------------------------------------
 
 
-def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
+def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4,
+                       customers: dict[str, dict[str, Any]] | None = None,
+                       close_at: float | None = None
                        ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Feature records and alerts; the latest customer records go into `customers`. With
+    `close_at` (a midnight), one event per partition stamped exactly close_at ends the stream:
+    every partition closes the day before it, and its records are stamped close_at."""
     from streams.exporters.metrics import Metrics
     from streams.features import FeatureAggregator
     from streams.processor import CustomerProcessor
@@ -109,6 +114,8 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
         for p, part in sorted(by_partition.items()):
             assert not processor.apply(p, part)
         out = processor.flush()
+        if customers is not None:
+            customers.update((k, orjson.loads(v)) for k, v in out.records)
         processor.learn_catalog({f: orjson.loads(v) for f, v in out.catalog})
         for feature, value in out.features:
             features.apply(feature, orjson.loads(value))
@@ -117,7 +124,16 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
         alerts.extend(orjson.loads(v) for _, v in flushed.alerts)
         batch_.clear()
 
-    for event in valid_events(events, settings):
+    ticks: list[tuple[str, Any]] = []
+    if close_at is not None:
+        ids = {}
+        for i in range(1000):
+            ids.setdefault(partition_of(f"close-tick-{i}"), f"close-tick-{i}")
+        assert len(ids) == partitions
+        ticks = [("usage", {"event_id": f"tick-{p}", "customer_id": cid, "user_id": "clock",
+                            "ts": datetime.fromtimestamp(close_at, timezone.utc).isoformat(),
+                            "action": "login"}) for p, cid in sorted(ids.items())]
+    for event in valid_events([*events, *ticks], settings):
         batch_.append(event)
         if len(batch_) >= 2000:
             run()
@@ -128,10 +144,33 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4
 @pytest.mark.timeout(300)
 def test_feature_figures_match_the_batch_computation_in_process():
     events = list(generate(_config()))
-    records, alerts = _stream_in_process(events)
+    last_day = int(START.timestamp() // DAY) + _config().days - 1
+    customers: dict[str, dict[str, Any]] = {}
+    close_at = (last_day + 1) * DAY
+    records, alerts = _stream_in_process(events, customers=customers, close_at=close_at)
     closed = _check(events, records)
-    assert closed >= int(START.timestamp() // DAY) + 180
+    assert closed == last_day
     _check_alerts(records, alerts)
+    _check_customers(events, customers, closed)
+
+
+def _check_customers(events: list[tuple[str, Any]], records: dict[str, dict[str, Any]],
+                     closed: int) -> None:
+    """Every customer's record of the same day close as the feature records (stamped
+    closed + 1 00:00, over the complete days closed-29 .. closed) against the batch."""
+    released = {f: datetime.fromisoformat(ts).timestamp() for f, ts in CONFIGURED.items()}
+    expected = batch.customers_at_close(events, closed, released)
+    stamp = datetime.fromtimestamp((closed + 1) * DAY, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    mine = {cid: r for cid, r in records.items() if not cid.startswith("close-tick-")}
+    assert set(mine) == set(expected)
+    assert {r["as_of"] for r in mine.values()} == {stamp}
+    diffs = {cid: d for cid in sorted(expected)
+             if (d := batch.customer_differences(expected[cid], mine[cid]))}
+    assert not diffs, (len(diffs), dict(list(diffs.items())[:5]))
+    # Not trivially equal: the figures differ between customers, some trends are negative.
+    assert len({r["health"]["score"] for r in mine.values()}) >= 20
+    assert sum(1 for r in mine.values() if (r["health"]["trend_7d"] or 0) < 0) >= 3
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from models.activity import (
     ActivityFigures,
     ActivityWindow,
     day_of,
+    is_close,
+    last_day,
     stickiness,
     window_days,
 )
@@ -258,3 +260,25 @@ def test_from_empty_dict() -> None:
     w = ActivityWindow.from_dict({})
     assert w.users == [] and w.masks == {}
     assert ActivityWindow().to_dict() == {"u": [], "m": []}
+
+
+# ---- which days a record covers ----------------------------------------------------------------
+
+
+def test_a_close_covers_the_days_before_it_an_in_day_record_its_own_day() -> None:
+    close = (D + 1) * DAY_SECONDS                          # the close of D, stamped D+1 00:00
+    assert is_close(close) and last_day(close) == D
+    assert not is_close(close + 1) and last_day(close + 1) == D + 1     # in-day, D+1 so far
+    assert last_day(close - 1) == D                        # D's last in-day second meets its close
+    assert last_day(close + 0.5) == D + 1
+
+
+def test_day_close_figures_over_d_minus_29_to_d() -> None:
+    # u1 on each of D-29 … D: the close of D (as of D+1 00:00) sees 30 active days, dau 1 and
+    # stickiness (30/30)/1 = 1; the empty day D+1 (and D-30, left out) would each cost a day.
+    w = window_with({d: ["u1"] for d in range(D - 30, D + 1)})
+    close = last_day((D + 1) * DAY_SECONDS)
+    assert w.figures(close, D - 40) == ActivityFigures(dau=1, wau=1, mau=1, active_days_30d=30,
+                                                       stickiness=1.0)
+    assert w.figures(D + 1, D - 40) == ActivityFigures(dau=0, wau=1, mau=1, active_days_30d=29,
+                                                       stickiness=29 / 30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import orjson
@@ -52,6 +54,14 @@ def code_of(family: str, obj: Any) -> str:
     return info.value.code
 
 
+def code_of_validate(family: str, obj: dict[str, Any]) -> str:
+    """Like code_of, for values JSON cannot carry (NaN, inf, ints beyond 64 bits)."""
+    with pytest.raises(InvalidEvent) as info:
+        V.validate(family, obj)
+    assert info.value.detail
+    return info.value.code
+
+
 # ---- event_hash --------------------------------------------------------------------------------
 
 
@@ -81,7 +91,15 @@ def test_event_hash_is_64_bit_and_distinguishes_ids() -> None:
     ("2026-03-01T12:00:00.250Z", EPOCH + 0.25),     # fraction kept
     (1772366400, EPOCH),                            # epoch seconds, int
     (1772366400.5, EPOCH + 0.5),                    # epoch seconds, float
-    (0, 0.0),
+    (1772366400000, EPOCH),                         # epoch milliseconds (above 1e11)
+    (1772366400250, EPOCH + 0.25),
+    ("2026-03-01 12:00:00Z", EPOCH),                # RFC 3339 allows a space for T
+    ("2026-03-01t12:00:00z", EPOCH),                # and lower-case t and z
+    ("2026-03-01T12:00:00.123456789Z", EPOCH + 0.123456),  # nanoseconds: cut to µs
+    ("2026-03-01T12:00:00.1234567890Z", EPOCH + 0.123456),  # RFC 3339: any number of digits
+    ("2000-01-01T00:00:00Z", 946684800.0),          # the default time.min_ts itself
+    ("9999-12-31T23:59:59Z", 253402300799.0),       # the upper bound itself
+    (946684800, 946684800.0),
 ])
 def test_parse_ts_valid(value: Any, expected: float) -> None:
     assert parse_ts(value) == expected
@@ -96,8 +114,24 @@ def test_parse_ts_valid(value: Any, expected: float) -> None:
     "1772366400",                 # epoch as a string is not RFC 3339
     True, False,                  # bool is not a number
     -1,                           # before the epoch
-    float("nan"), float("inf"),
-    [2026], {"ts": 1},
+    0, 1.5,                       # 1970: before time.min_ts
+    946684799,                    # one second before 2000-01-01
+    "1999-12-31T23:59:59Z",
+    float("nan"), float("inf"), float("-inf"),
+    10 ** 400, -10 ** 400,        # ints too large for a float
+    253402300800,                 # 10000-01-01 in seconds: read as ms (1978), before min_ts
+    253402300800 * 1000,          # 10000-01-01 in milliseconds
+    [2026], {"ts": 1}, None,
+    # ISO 8601 forms that datetime.fromisoformat takes but RFC 3339 does not
+    "20261202T112519Z", "2026-W49-3T10:00:00Z", "2026-12-02T11Z", "2026-12-02T11:25Z",
+    "2026-336T10:00:00Z", "2026-12-02T112519Z", "2026-12-02T11:25:19+0100",
+    "2026-12-02T11:25:19+01", "2026-12-02T11:25:19.Z", "2026-12-02T11:25:19,5Z",
+    "+2026-12-02T11:25:19Z", " 2026-12-02T11:25:19Z", "2026-12-02T11:25:19Z ",
+    "2026-12-02T11:25:19 Z", "2026-12-02_11:25:19Z", "26-12-02T11:25:19Z",
+    "٢٠٢٦-12-02T11:25:19Z",       # Arabic-Indic digits
+    "2026-12-02T24:00:00Z", "2026-12-02T23:59:60Z",   # hour 24, leap second
+    "2026-12-02T11:25:19+24:00", "2026-12-02T11:25:19+01:60",
+    "2026-02-29T00:00:00Z",       # not a leap year
 ])
 def test_parse_ts_invalid(value: Any) -> None:
     with pytest.raises(InvalidEvent) as info:
@@ -105,10 +139,46 @@ def test_parse_ts_invalid(value: Any) -> None:
     assert info.value.code == ev.INVALID_TS
 
 
-def test_parse_ts_rejects_epoch_milliseconds() -> None:
+def test_parse_ts_epoch_seconds_or_milliseconds_split_at_1e11() -> None:
+    # 1e11 itself is seconds (year 5138); anything above is milliseconds.
+    assert parse_ts(100_000_000_000) == 1e11
+    assert parse_ts(100_000_000_001, min_ts=0) == pytest.approx(100_000_000.001)  # 1973: ms
+    assert ev.EPOCH_MS_THRESHOLD == 1e11
+
+
+def test_parse_ts_min_and_max_are_parameters() -> None:
+    assert parse_ts("1980-01-01T00:00:00Z", min_ts=1e8) == 315532800.0
+    with pytest.raises(InvalidEvent, match="outside"):
+        parse_ts("2026-03-01T12:00:00Z", min_ts=EPOCH + 1)
+    assert parse_ts("2026-03-01T12:00:00Z", min_ts=EPOCH) == EPOCH
+    with pytest.raises(InvalidEvent):
+        parse_ts(EPOCH + 1, max_ts=EPOCH)
+
+
+def test_parse_ts_offsets_apply_at_the_bounds() -> None:
+    # 2000-01-01T00:30:00+01:00 is 1999-12-31T23:30:00Z: before min_ts
+    with pytest.raises(InvalidEvent):
+        parse_ts("2000-01-01T00:30:00+01:00")
+    assert parse_ts("1999-12-31T23:30:00-01:00") == 946686600.0  # 00:30Z
+    with pytest.raises(InvalidEvent):
+        parse_ts("9999-12-31T23:59:59-01:00")  # year 10000 in UTC
+
+
+def test_parse_rfc3339_detail_names_the_problem() -> None:
+    with pytest.raises(InvalidEvent, match="UTC offset is mandatory"):
+        ev.parse_rfc3339("2026-03-01T12:00:00.5")
+    with pytest.raises(InvalidEvent, match="not RFC 3339.*20261202T112519Z"):
+        ev.parse_rfc3339("20261202T112519Z")
+    with pytest.raises(InvalidEvent, match="day is out of range"):
+        ev.parse_rfc3339("2026-02-30T00:00:00Z")
+
+
+def test_validator_min_ts_comes_from_the_constructor() -> None:
+    late_start = EventValidator("USD", {"USD": 1.0}, min_ts=EPOCH)
     with pytest.raises(InvalidEvent) as info:
-        parse_ts(1772366400000)  # ms: year 58135
+        late_start.validate("usage", valid("usage", ts=EPOCH - 1))
     assert info.value.code == ev.INVALID_TS
+    assert late_start.validate("usage", valid("usage", ts=EPOCH))["ts"] == EPOCH
 
 
 # ---- valid events ------------------------------------------------------------------------------
@@ -200,7 +270,7 @@ def test_valid_tickets_default_priority_normal(kind: str) -> None:
     assert V.validate("support", valid("support", type=kind, ticket_id=42))["ticket_id"] == "42"
 
 
-@pytest.mark.parametrize("kind, scores", [("csat", [1, 3, 5, 4.5]), ("nps", [0, 7, 10])])
+@pytest.mark.parametrize("kind, scores", [("csat", [1, 3, 5]), ("nps", [0, 7, 10])])
 def test_valid_surveys(kind: str, scores: list[float]) -> None:
     for score in scores:
         out = V.validate("support", valid("support", type=kind, ticket_id=..., score=score))
@@ -242,9 +312,17 @@ def test_from_segment_track_mapping() -> None:
     assert from_segment_track(SEGMENT, "usage") == {
         "event_id": "m-1", "customer_id": "c-9", "user_id": "u-7",
         "ts": "2026-03-01T12:00:00.000Z", "action": "report_created", "quantity": 3}
-    assert from_segment_track({"type": "track", "context": "x", "properties": None},
+    assert from_segment_track({"type": "track", "properties": None},
                               "feature") == {"event_id": None, "customer_id": None,
                                              "user_id": None, "ts": None, "feature": None}
+    # context and properties, when present, must be objects
+    for bad in ("x", [], 3, True):
+        with pytest.raises(InvalidEvent) as info:
+            from_segment_track({"type": "track", "context": bad}, "usage")
+        assert info.value.code == ev.INVALID_FIELD
+        with pytest.raises(InvalidEvent) as info:
+            from_segment_track({"type": "track", "properties": bad}, "usage")
+        assert info.value.code == ev.INVALID_FIELD
 
 
 def test_segment_track_without_customer_is_missing_field() -> None:
@@ -380,14 +458,14 @@ def test_ill_typed_field(family: str, changes: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("family, kind", [
-    ("billing", "subscription_paused"), ("billing", "SUBSCRIPTION_STARTED"), ("billing", 1),
-    ("support", "ticket_reopened"), ("support", "ces"),
+    ("billing", "subscription_paused"), ("billing", "SUBSCRIPTION_STARTED"), ("billing", ""),
+    ("support", "ticket_reopened"), ("support", "ces"), ("support", "x" * 900),
 ])
 def test_unknown_type(family: str, kind: Any) -> None:
     assert code_of(family, valid(family, type=kind)) == ev.UNKNOWN_TYPE
 
 
-@pytest.mark.parametrize("segment", ["startup", "SMB", "", 3])
+@pytest.mark.parametrize("segment", ["startup", "SMB", "", "smb "])
 def test_unknown_segment(segment: Any) -> None:
     assert code_of("signup", valid("signup", segment=segment)) == ev.UNKNOWN_SEGMENT
 
@@ -400,7 +478,7 @@ def test_invalid_ts_every_family(family: str, ts: Any) -> None:
 
 
 def test_naive_ts_detail_mentions_offset() -> None:
-    with pytest.raises(InvalidEvent, match="no UTC offset"):
+    with pytest.raises(InvalidEvent, match="UTC offset is mandatory"):
         V.validate("usage", valid("usage", ts="2026-03-01T12:00:00"))
 
 
@@ -431,7 +509,7 @@ def test_every_error_code_is_declared() -> None:
     assert set(ev.ERROR_CODES) == {
         "not_json", "not_object", "missing_field", "invalid_field", "unknown_type",
         "unknown_segment", "invalid_ts", "future_ts", "too_late", "unknown_currency",
-        "too_large", "unknown_family"}
+        "too_large", "unknown_family", "processing_error"}
 
 
 # ---- route_by_shape ----------------------------------------------------------------------------
@@ -452,3 +530,273 @@ def test_every_error_code_is_declared() -> None:
 ])
 def test_route_by_shape(obj: dict[str, Any], family: str | None) -> None:
     assert route_by_shape(obj) == family
+
+
+# ---- hostile values: wrong JSON types never raise anything but InvalidEvent --------------------
+
+HOSTILE = [[], {}, [1, 2], {"a": 1}, True, 3, 2.5, ""]
+
+
+@pytest.mark.parametrize("value", HOSTILE[:-1])
+@pytest.mark.parametrize("family, name", [
+    ("signup", "segment"), ("billing", "type"), ("support", "type"),
+])
+def test_wrong_type_for_an_enumerated_field_is_invalid_field(family: str, name: str,
+                                                             value: Any) -> None:
+    # {"segment": []} used to raise TypeError (unhashable) and stop the ingest.
+    assert code_of(family, valid(family, **{name: value})) == ev.INVALID_FIELD
+
+
+@pytest.mark.parametrize("value", [[], {}, True, 3, 2.5, ""])
+@pytest.mark.parametrize("family, name", [
+    ("usage", "event_id"), ("usage", "customer_id"), ("usage", "user_id"),
+    ("usage", "action"), ("feature", "feature"), ("signup", "plan"), ("signup", "channel"),
+    ("billing", "user_id"), ("support", "ticket_id"),
+])
+def test_wrong_type_for_a_text_field_is_invalid_field(family: str, name: str,
+                                                      value: Any) -> None:
+    if name == "ticket_id" and type(value) is int:  # accepted, normalised to text
+        assert V.validate(family, valid(family, ticket_id=value))["ticket_id"] == str(value)
+        return
+    assert code_of(family, valid(family, **{name: value})) == ev.INVALID_FIELD
+
+
+@pytest.mark.parametrize("value", [[], {}, "", "high ", "HIGH", 1, True])
+def test_priority_must_be_one_of_the_names(value: Any) -> None:
+    # priority: [] used to be read as "normal"
+    assert code_of("support", valid("support", priority=value)) == ev.INVALID_FIELD
+
+
+def test_priority_null_defaults_to_normal() -> None:
+    assert V.validate("support", valid("support", priority=None))["priority"] == "normal"
+
+
+@pytest.mark.parametrize("value", [[], {}, True, 978, ""])
+@pytest.mark.parametrize("family, obj", [
+    ("billing", valid("billing")),
+    ("billing", valid("billing", type="subscription_cancelled", mrr=...)),  # no money
+    ("signup", valid("signup", cac=10)),
+    ("signup", valid("signup")),                                            # no money
+])
+def test_currency_is_type_checked_whenever_present(family: str, obj: dict[str, Any],
+                                                   value: Any) -> None:
+    assert code_of(family, {**obj, "currency": value}) == ev.INVALID_FIELD
+
+
+# ---- bounds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family, name, limit", [
+    ("usage", "event_id", ev.ID_MAX_CHARS), ("usage", "customer_id", ev.ID_MAX_CHARS),
+    ("usage", "user_id", ev.TEXT_MAX_CHARS), ("usage", "action", ev.TEXT_MAX_CHARS),
+    ("feature", "feature", ev.TEXT_MAX_CHARS), ("signup", "plan", ev.TEXT_MAX_CHARS),
+    ("signup", "channel", ev.TEXT_MAX_CHARS), ("support", "ticket_id", ev.TEXT_MAX_CHARS),
+    ("billing", "user_id", ev.TEXT_MAX_CHARS),
+])
+def test_text_length_bounds(family: str, name: str, limit: int) -> None:
+    assert (ev.ID_MAX_CHARS, ev.TEXT_MAX_CHARS) == (128, 256)
+    for n in (1, limit):
+        out = V.validate(family, valid(family, **{name: "é" * n}))  # characters, not bytes
+        assert out[name] == "é" * n
+    for n in (0, limit + 1):
+        assert code_of(family, valid(family, **{name: "a" * n})) == ev.INVALID_FIELD
+
+
+def test_currency_length_bound() -> None:
+    obj = valid("billing", type="payment_succeeded", mrr=..., amount=1)
+    assert code_of("billing", {**obj, "currency": "X" * 257}) == ev.INVALID_FIELD
+    assert code_of("billing", {**obj, "currency": "X" * 256}) == ev.UNKNOWN_CURRENCY
+
+
+MONEY_FIELDS = [
+    ("billing", "mrr", {"type": "subscription_started"}),
+    ("billing", "mrr", {"type": "subscription_changed"}),
+    ("billing", "amount", {"type": "payment_succeeded", "mrr": ...}),
+    ("billing", "amount", {"type": "payment_failed", "mrr": ...}),
+    ("billing", "amount", {"type": "refund", "mrr": ...}),
+    ("signup", "cac", {}),
+]
+
+
+@pytest.mark.parametrize("family, name, extra", MONEY_FIELDS)
+def test_money_upper_bound(family: str, name: str, extra: dict[str, Any]) -> None:
+    assert ev.MAX_AMOUNT == 1e9
+    ok = V.validate(family, valid(family, **extra, **{name: 1_000_000_000}))
+    assert ok[name] == 1e9
+    # mrr 1e20 used to pass and then overflow int64 micro-units in the revenue stage.
+    for too_much in (math.nextafter(1e9, math.inf), 1_000_000_001, 9.3e12, 1e20, 1e300, 1e308,
+                     sys.float_info.max, 10 ** 30, 10 ** 400):
+        assert code_of_validate(family, valid(family, **extra, **{name: too_much})) \
+            == ev.INVALID_FIELD
+
+
+@pytest.mark.parametrize("family, name, extra", MONEY_FIELDS)
+def test_money_lower_bound_and_resolution(family: str, name: str, extra: dict[str, Any]) -> None:
+    assert V.validate(family, valid(family, **extra, **{name: 0}))[name] == 0.0
+    assert V.validate(family, valid(family, **extra, **{name: 1e-6}))[name] == 1e-6
+    # mrr 5e-324 used to make a customer active while revenue rounded it to 0.
+    for tiny in (5e-324, 2.2250738585072014e-308, 1e-9, 9.99e-7):
+        assert code_of(family, valid(family, **extra, **{name: tiny})) == ev.INVALID_FIELD
+    for bad in (-1e-6, -0.5, -1e308, float("nan"), float("inf"), float("-inf")):
+        assert code_of_validate(family, valid(family, **extra, **{name: bad})) \
+            == ev.INVALID_FIELD
+
+
+@pytest.mark.parametrize("family, name, extra", MONEY_FIELDS)
+def test_money_is_rounded_to_micro_units(family: str, name: str, extra: dict[str, Any]) -> None:
+    # Rounded once, as models/revenue.to_units does, so every stage sees the same amount.
+    out = V.validate(family, valid(family, **extra, **{name: 12.3456785}))
+    assert out[name] == 12.345678 or out[name] == 12.345679
+    assert out[name] * 1_000_000 == round(out[name] * 1_000_000)
+    assert V.validate(family, valid(family, **extra, **{name: 1.5e-6}))[name] == 2e-6  # half even
+    assert V.validate(family, valid(family, **extra, **{name: 499.99}))[name] == 499.99
+
+
+def test_money_bound_applies_after_conversion() -> None:
+    rich = EventValidator("USD", {"USD": 1.0, "EUR": 1.1})
+    obj = valid("billing", mrr=9.5e8, currency="EUR")  # 1.045e9 USD
+    with pytest.raises(InvalidEvent) as info:
+        rich.validate("billing", obj)
+    assert info.value.code == ev.INVALID_FIELD and "USD" in info.value.detail
+    # a huge amount times a rate is inf: still invalid_field, not an error
+    with pytest.raises(InvalidEvent) as info:
+        rich.validate("billing", valid("billing", mrr=sys.float_info.max, currency="EUR"))
+    assert info.value.code == ev.INVALID_FIELD
+    # converted amounts are rounded to micro-units too: 100 EUR -> 110 USD exactly
+    assert rich.validate("billing", valid("billing", mrr=100, currency="EUR"))["mrr"] == 110.0
+
+
+def test_currency_rates_must_be_positive() -> None:
+    for rate in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="EUR"):
+            EventValidator("USD", {"USD": 1.0, "EUR": rate})
+
+
+def test_seats_bounds() -> None:
+    assert ev.MAX_SEATS == 1_000_000
+    for family, extra in (("signup", {}), ("billing", {"type": "subscription_changed"})):
+        for ok in (1, 1_000_000):
+            assert V.validate(family, valid(family, **extra, seats=ok))["seats"] == ok
+        # seats 10**18 used to pass
+        for bad in (0, -1, 1_000_001, 10 ** 18, 10 ** 400, 2.0, 1e6, "5", [5], True):
+            assert code_of_validate(family, valid(family, **extra, seats=bad)) \
+                == ev.INVALID_FIELD
+
+
+def test_quantity_bounds() -> None:
+    assert ev.MAX_QUANTITY == 1e9
+    for ok in (0, 0.5, 1_000_000_000, 1e9):
+        assert V.validate("usage", valid("usage", quantity=ok))["quantity"] == float(ok)
+    for bad in (-1e-9, math.nextafter(1e9, math.inf), 10 ** 400, float("nan"), float("inf"),
+                [], {}, "1", False):
+        assert code_of_validate("usage", valid("usage", quantity=bad)) == ev.INVALID_FIELD
+
+
+@pytest.mark.parametrize("kind, low, high", [("csat", 1, 5), ("nps", 0, 10)])
+def test_score_bounds_and_integers(kind: str, low: int, high: int) -> None:
+    base = valid("support", type=kind, ticket_id=...)
+    for ok in (low, high):
+        assert V.validate("support", {**base, "score": ok})["score"] == float(ok)
+    for bad in (low - 1, high + 1, 4.5, 3.0, float("nan"), "3", [3], True, 10 ** 400):
+        assert code_of_validate("support", {**base, "score": bad}) == ev.INVALID_FIELD
+
+
+def test_integer_ticket_id_bounds() -> None:
+    base = valid("support")
+    assert V.validate("support", {**base, "ticket_id": 0})["ticket_id"] == "0"
+    assert V.validate("support", {**base, "ticket_id": 2 ** 63 - 1})["ticket_id"] == \
+        str(2 ** 63 - 1)
+    for bad in (-1, 2 ** 63, 10 ** 400):
+        assert code_of_validate("support", {**base, "ticket_id": bad}) == ev.INVALID_FIELD
+
+
+def test_ts_zero_is_invalid_on_every_family() -> None:
+    # ts: 0 used to open 684 monthly business records from 1970-01 on.
+    for family in VALID:
+        assert code_of(family, valid(family, ts=0)) == ev.INVALID_TS
+        assert code_of(family, valid(family, ts="1970-01-01T00:00:00Z")) == ev.INVALID_TS
+
+
+@pytest.mark.parametrize("ts", ["20261202T112519Z", "2026-W49-3T10:00:00Z", "2026-12-02T11Z"])
+def test_iso8601_that_is_not_rfc3339_is_invalid(ts: str) -> None:
+    assert code_of("usage", valid("usage", ts=ts)) == ev.INVALID_TS
+
+
+def test_segment_track_fields_get_the_same_checks() -> None:
+    cases = [
+        ({"messageId": []}, ev.INVALID_FIELD), ({"messageId": "m" * 129}, ev.INVALID_FIELD),
+        ({"userId": {}}, ev.INVALID_FIELD), ({"userId": "u" * 257}, ev.INVALID_FIELD),
+        ({"event": []}, ev.INVALID_FIELD), ({"event": ""}, ev.INVALID_FIELD),
+        ({"timestamp": 0}, ev.INVALID_TS), ({"timestamp": "20261202T112519Z"}, ev.INVALID_TS),
+        ({"timestamp": None}, ev.MISSING_FIELD),
+        ({"context": {"groupId": []}}, ev.INVALID_FIELD),
+        ({"context": {"groupId": ""}}, ev.INVALID_FIELD),   # no fallback from an empty groupId
+        ({"context": []}, ev.INVALID_FIELD), ({"properties": "x"}, ev.INVALID_FIELD),
+        ({"properties": {"quantity": -1}}, ev.INVALID_FIELD),
+        ({"properties": {"quantity": 1e10}}, ev.INVALID_FIELD),
+        ({"properties": {"quantity": []}}, ev.INVALID_FIELD),
+        ({"context": {}, "properties": {"customer_id": {}}}, ev.INVALID_FIELD),
+    ]
+    for changes, code in cases:
+        for family in ("usage", "feature"):
+            if "quantity" in str(changes) and family == "feature":
+                continue  # a feature event has no quantity
+            assert code_of(family, {**SEGMENT, **changes}) == code, (changes, family)
+    assert V.validate("usage", {**SEGMENT, "timestamp": 1772366400000})["ts"] == EPOCH
+
+
+def test_details_stay_short_for_huge_values() -> None:
+    big = EventValidator("USD", {"USD": 1.0})
+    for changes in ({"segment": "x" * 100_000}, {"segment": [[[[1]]]] * 10_000},
+                    {"seats": 10 ** 5000}, {"ts": "9" * 100_000}, {"plan": {"k" * 5000: 1}}):
+        with pytest.raises(InvalidEvent) as info:
+            big.validate("signup", valid("signup", **changes))
+        assert len(info.value.detail) < 400, info.value.detail[:100]
+
+
+def test_route_by_shape_never_raises_on_hostile_types() -> None:
+    for kind in ([], {}, 1, None, True):
+        assert route_by_shape({"type": kind}) is None
+    assert route_by_shape({"type": [], "segment": "smb"}) == "signup"
+
+
+# ---- Schema Registry framing -------------------------------------------------------------------
+
+
+def frame(payload: bytes, schema_id: int = 42) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize("schema_id", [0, 1, 42, 0xFFFFFFFF])
+def test_schema_registry_framed_json_is_accepted(schema_id: int) -> None:
+    for family, obj in VALID.items():
+        plain = V.parse(family, orjson.dumps(obj))
+        assert V.parse(family, frame(orjson.dumps(obj), schema_id)) == plain
+
+
+def test_unframe() -> None:
+    assert ev.unframe(b'{"a":1}') == b'{"a":1}'
+    assert ev.unframe(frame(b'{"a":1}')) == b'{"a":1}'
+    assert ev.unframe(b"\x00\x00\x00\x00\x07") == b""
+    with pytest.raises(InvalidEvent) as info:
+        ev.unframe(b"\x00\x00\x01")
+    assert info.value.code == ev.NOT_JSON and "5-byte" in info.value.detail
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b"\x00", ev.NOT_JSON), (b"\x00\x00\x00\x00", ev.NOT_JSON),       # shorter than the frame
+    (b"\x00\x00\x00\x00\x01", ev.NOT_JSON),                           # frame, empty payload
+    (frame(b"\x00\x00\x00\x00\x01{}"), ev.NOT_JSON),                  # framed twice
+    (frame(b"\x02\x06abc"), ev.NOT_JSON),                             # Avro payload
+    (frame(b"[1]"), ev.NOT_OBJECT),
+    (frame(orjson.dumps(valid("usage", user_id=[]))), ev.INVALID_FIELD),
+])
+def test_schema_registry_frame_errors(raw: bytes, code: str) -> None:
+    assert code_of("usage", raw) == code
+
+
+def test_framed_size_counts_the_frame() -> None:
+    raw = orjson.dumps(valid("usage", padding=""))
+    exact = orjson.dumps(valid("usage", padding="x" * (1000 - 5 - len(raw))))
+    assert V.parse("usage", frame(exact))["event_id"] == "e-1"
+    assert code_of("usage", frame(exact + b" ")) == ev.TOO_LARGE

@@ -51,15 +51,21 @@ def test_partitions_add_up_and_a_resend_changes_nothing() -> None:
     assert orjson.loads(restored.flush().records[0][1]) == rec
 
 
-def test_adoption_low_fires_once_when_the_30_days_after_release_are_known() -> None:
+def test_adoption_low_fires_once_when_the_30_days_after_release_are_known(caplog) -> None:
     stage = FeatureAggregator(settings(), {})
     fired = []
     for day in range(R, R + 40):
         out = feed(stage, "reports", day, (2, 3))          # 5 of 100 users: 5 %
         fired += out["alerts"]
         after = out["records"]["reports"]["adoption_30d_after_release"]
-        assert (after is None) == (day < R + 30), (day, after)
+        # released R 01:00, lateness 2 days: fixed at the close of R+32 (as of R+33 00:00,
+        # the first close at or past R + 32 d 01:00); these parts carry no exact counts, so
+        # the window of the UTC days R … R+29 counts (5 of 100)
+        assert (after is None) == (day < R + 32), (day, after)
     assert [a["status"] for a in fired] == ["firing"]
+    # counted by UTC days (no partition sent exact counts): said once, not silently
+    said = [r.getMessage() for r in caplog.records if "by UTC days" in r.getMessage()]
+    assert len(said) == 1 and "partitions [0, 1]" in said[0]
     alert = fired[0]
     assert alert["alert_id"] == "feature_adoption_low:reports"
     assert alert["subject"] == {"feature": "reports"} and alert["value"] == 0.05
@@ -93,3 +99,86 @@ def test_feature_view_sorts_by_retention_impact() -> None:
     records = [{"feature": "a", "retention_impact": 0.05}, {"feature": "b", "retention_impact": None},
                {"feature": "c", "retention_impact": 0.2}, {"feature": "d", "retention_impact": -0.1}]
     assert [r["feature"] for r in by_retention_impact(records)] == ["c", "a", "d", "b"]
+
+
+def test_stickiness_of_a_young_feature_averages_over_the_days_since_release() -> None:
+    # reports first seen on day R at 01:00; 30 users, Σ DAU_f = 90 in the window.
+    stage = FeatureAggregator(settings(), {})
+    young = feed(stage, "reports", R + 4, (10, 20))["records"]["reports"]
+    # day close of R+4: n = min(30, (R+4) − R + 1) = 5 → (90 / 5) / 30 = 0.6
+    assert young["stickiness"] == 0.6
+    grown = feed(stage, "reports", R + 29, (10, 20))["records"]["reports"]
+    assert grown["stickiness"] == 0.1                     # n = 30: (90 / 30) / 30
+    old = feed(stage, "reports", R + 45, (10, 20))["records"]["reports"]
+    assert old["stickiness"] == 0.1                       # n stays 30
+
+
+def test_adoption_after_release_from_the_exact_counts_of_every_partition() -> None:
+    # Released R 14:13:57 (configured); lateness 2 days → fixed at the close of R+32.
+    release = R * DAY_SECONDS + 14 * 3600 + 13 * 60 + 57
+    stage = FeatureAggregator(settings(VITALS_FEATURES__RELEASED__reports=
+                                       '"2026-02-16T14:13:57+00:00"'), {})
+    assert stage.released["reports"] == release
+
+    def send(day: int, exact: tuple[int, int, int, int] | None) -> dict[str, Any]:
+        for p in (0, 1):
+            c = FeatureContribution("reports", day, active_users=50, feature_users=10)
+            if exact is not None:
+                c.set_after_release(release, exact[2 * p], exact[2 * p + 1])
+            stage.apply("reports", {"p": p, "c": c.to_state()})
+        return orjson.loads(stage.flush().records[0][1])
+
+    assert send(R + 31, None)["adoption_30d_after_release"] is None
+    # [R, R+30d): partition 0 has 12 of 40 users, partition 1 has 7 of 35 → 19/75 = 0.2533
+    rec = send(R + 32, (12, 40, 7, 35))
+    assert rec["adoption_30d_after_release"] == 0.2533 and rec["as_of"] == "2026-03-21T00:00:00Z"
+    # fixed: later (different) counts change nothing
+    assert send(R + 33, (1, 1, 1, 1))["adoption_30d_after_release"] == 0.2533
+
+
+def test_exact_after_release_window_from_the_customer_stage_with_a_late_event() -> None:
+    """reports released (configured) on day R0 at 14:13:57; lateness 2 days. Customer c-1:
+    u1 usage R0 10:00 (before R: out); u2 usage R0 15:00 (in); u3 reports R0+10 12:00 (in, a
+    user of f); u4 usage R0+30 14:00 (before R+30d: in); u5 reports R0+30 15:00 (after R+30d:
+    out); u6 usage R0+30 13:00 arrives late, when the watermark is R0+31 12:00 (23 h behind,
+    within the lateness): in. [R, R+30d): 1 user of f of 4 active users = 0.25; fixed at the
+    close of R0+32 (as of R0+33 00:00), null before. (The UTC days R0 … R0+29 would give 1/3.)
+    The watermark moves with CSAT answers of another customer: no activity of its own."""
+    from streams.exporters.metrics import Metrics
+    from streams.processor import CustomerProcessor
+    from tests.unit.test_health_in_processor import event, usage
+
+    r0 = 20500
+    release = r0 * DAY_SECONDS + 14 * 3600 + 13 * 60 + 57
+    s = load_settings(env={"VITALS_APP__PARTITIONS": "1",
+                           "VITALS_FEATURES__RELEASED__reports": '"2026-02-16T14:13:57+00:00"'})
+    proc = CustomerProcessor(s, {}, {}, Metrics(), partition_of=lambda cid: 0, wall_clock=None)
+    stage = FeatureAggregator(s, {})
+    assert stage.released["reports"] == release
+
+    def at(day: int, hour: float) -> float:
+        return (r0 + day) * DAY_SECONDS + hour * 3600
+
+    def feature(user: str, ts: float) -> dict[str, Any]:
+        return event("feature", "c-1", ts, user_id=user, feature="reports")
+
+    script = {0: [event("signup", "c-1", at(0, 8), segment="smb"),
+                  usage("c-1", at(0, 10), "u1", "login"), usage("c-1", at(0, 15), "u2", "login")],
+              10: [feature("u3", at(10, 12))],
+              30: [usage("c-1", at(30, 14), "u4", "login"), feature("u5", at(30, 15))]}
+    after: dict[str, Any] = {}
+    for k in range(0, 35):
+        batch = [event("support", "tick", at(k, 0.5), type="csat", score=5),
+                 event("support", "tick", at(k, 12), type="csat", score=5), *script.get(k, [])]
+        assert proc.apply(0, sorted(batch, key=lambda e: e["ts"])) == []
+        if k == 31:
+            assert proc.apply(0, [usage("c-1", at(30, 13), "u6", "login")]) == []
+        for f, value in proc.flush().features:
+            stage.apply(f, orjson.loads(value))
+        for _, value in stage.flush().records:
+            rec = orjson.loads(value)
+            after[rec["as_of"]] = rec["adoption_30d_after_release"]
+    assert after["2026-03-20T00:00:00Z"] is None            # the close of R0+31
+    assert after["2026-03-21T00:00:00Z"] == 0.25            # the close of R0+32: fixed
+    assert after["2026-03-22T00:00:00Z"] == 0.25
+    assert [v for v in after.values() if v is not None] == [0.25, 0.25]

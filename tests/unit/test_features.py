@@ -17,6 +17,7 @@ from models.features import (
     adoption_30d_after_release,
     adoption_rate,
     after_release_day,
+    after_release_fix_day,
     customer_adoption_rate,
     days_to_adopt,
     feature_record,
@@ -224,6 +225,8 @@ def test_book_counts_a_partition_that_learnt_of_the_feature_late() -> None:
     book.update(1, book_part(D + 40, 3, 80), base)
     # D+29: partition 1 had no user of f (it would have known f), 69 active users
     assert book.after_release_counts(r, partitions=2) == (10, 169)
+    assert book.by_days == (0, 1)                        # neither sent exact counts
+    assert FeatureBook.from_state(book.to_state()).by_days == (0, 1)
 
 
 def test_book_base_never_replaces_counts_the_partition_sent() -> None:
@@ -240,14 +243,88 @@ def test_book_base_never_replaces_counts_the_partition_sent() -> None:
     assert D + 1 not in book.history[1]
 
 
-def test_book_after_release_with_a_release_not_at_midnight() -> None:
-    r = at(D, 13)
+R_1413 = at(D, 14 + 13 / 60 + 57 / 3600)                 # released D 14:13:57
+
+
+def exact_window_customer() -> CustomerFeatures:
+    """Users around [R, R+30d) = [D 14:13:57, D+30 14:13:57):
+    u1 usage D 10:00 (before R: out)         u2 usage D 15:00 (in), f D 14:00 (beta: not f)
+    u3 f D+10 12:00 (in, f)                   u4 usage D+30 14:00 (in), f D+30 14:13:56 (in, f)
+    u5 f D+30 14:13:57 (= R+30d: out)         u6 usage D 14:13:57 (= R: in)
+    u7 usage D+30 10:00 (in)
+    """
+    use = CustomerFeatures()
+
+    def act(user: str, ts: float, feature: bool = False) -> None:
+        use.on_activity(ts, user)
+        if feature:
+            use.record(F, ts, user)
+
+    act("u1", at(D, 10))
+    act("u2", at(D, 15))
+    act("u2", at(D, 14), feature=True)
+    act("u3", at(D + 10), feature=True)
+    act("u4", at(D + 30, 14))
+    act("u4", R_1413 + 30 * DAY_SECONDS - 1, feature=True)
+    act("u5", R_1413 + 30 * DAY_SECONDS, feature=True)
+    act("u6", R_1413)
+    act("u7", at(D + 30, 10))
+    return use
+
+
+def test_after_release_counts_the_exact_window_of_a_release_at_14_13_57() -> None:
+    use = exact_window_customer()
+    # f users u3, u4; active u2, u3, u4, u6, u7 → 2/5 = 0.4 (the UTC days D … D+29 would
+    # give f users u2, u3 of active u1, u2, u3, u6: 2/4)
+    assert use.after_release(F, R_1413) == (2, 5)
+    assert use.window(F, D + 29)[0] == 2                     # u2 and u3 over the UTC days
+    # fixed at the close of D+32 (as of D+33 00:00 ≥ R + 30 d + 2 d lateness = D+32 14:13:57)
+    assert after_release_fix_day(R_1413, 2) == D + 32
+    assert after_release_fix_day(at(D, 0), 2) == D + 31     # a midnight release: D+32 00:00
+    end = R_1413 + 32 * DAY_SECONDS
+    assert adoption_30d_after_release(2, 5, end - 1, R_1413, 2) is None
+    assert adoption_30d_after_release(2, 5, end, R_1413, 2) == pytest.approx(0.4)
+    # the event times survive the changelog
+    back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(use.to_dict())))
+    assert back.after_release(F, R_1413) == (2, 5) and back.to_dict() == use.to_dict()
+
+
+def test_a_late_event_inside_the_lateness_after_r_plus_30d_still_counts() -> None:
+    """Partition 0 closes D+31 (watermark past R + 30d, not past R + 30d + lateness): its exact
+    counts (2, 5) do not fix the figure. Then u8's usage of D+30 13:00 (before R+30d) arrives
+    late, 20 h behind a watermark of D+31 09:00 (within the 2-day lateness), and u9's of D+30
+    20:00 (after R+30d, out). The close of D+32 counts u8: 2/6; partition 1 adds 1 of 4."""
+    use = exact_window_customer()
     book = FeatureBook(F)
-    book.update(0, book_part(D + 29, 8, 40))
-    counts = book.after_release_counts(r)
-    assert counts == (8, 40)
-    assert adoption_30d_after_release(*counts, at(D + 30, 0), r) is None   # < R + 30d
-    assert adoption_30d_after_release(*counts, at(D + 30, 13), r) == pytest.approx(0.2)
+
+    def close(p: int, day: int, users: int, active: int) -> None:
+        part = FeatureContribution(F, day, active_users=99, feature_users=9)
+        part.set_after_release(R_1413, users, active)
+        book.update(p, part)
+
+    close(0, D + 31, *use.after_release(F, R_1413))
+    close(1, D + 32, 1, 4)
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) is None
+    use.on_activity(at(D + 30, 13), "u8")
+    use.on_activity(at(D + 30, 20), "u9")
+    assert use.after_release(F, R_1413) == (2, 6)
+    close(0, D + 32, *use.after_release(F, R_1413))
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+    assert book.by_days == ()                                # every partition counted exactly
+    close(0, D + 33, 0, 100)                                 # fixed: later counts are ignored
+    assert book.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+    back = FeatureBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
+    assert back.after_release_counts(R_1413, partitions=2, lateness_days=2) == (3, 10)
+
+
+def test_after_release_is_unknown_once_day_r_was_pruned() -> None:
+    use = exact_window_customer()
+    use.prune(D + 2, keep_from=D)                            # masks from D+2, times from D
+    assert use.after_release(F, R_1413) == (2, 5)
+    assert D + 1 not in use.masks[F] and D in use.active
+    use.prune(D + 3, keep_from=D + 1)                        # the events of day(R) are gone
+    assert use.after_release(F, R_1413) is None
+    assert use.after_release(F, at(D + 1, 0)) is not None
 
 
 # ---- days to adopt -----------------------------------------------------------------------------
@@ -324,9 +401,28 @@ def test_retention_impact_by_hand() -> None:
     assert with_rate == pytest.approx(11 / 12)
     assert without_rate == pytest.approx(0.8)
     assert impact == pytest.approx(11 / 12 - 0.8)       # 0.1167
-    assert retention_impact(9, 9, 8, 10, min_group=10) == (None, None, None)   # 9 < 10
-    assert retention_impact(9, 10, 5, 9, min_group=10) == (None, None, None)
-    assert retention_impact(0, 0, 0, 0, min_group=0) == (None, None, None)
+    # each group on its own: the one under min_group is null, the other is still published
+    assert retention_impact(9, 9, 8, 10, min_group=10) == (None, 0.8, None)    # 9 < 10
+    assert retention_impact(9, 10, 5, 9, min_group=10) == (0.9, None, None)
+    assert retention_impact(0, 0, 0, 0, min_group=0) == (None, None, None)     # empty groups
+
+
+def test_retention_without_with_an_empty_with_group() -> None:
+    # Nobody used f before D − W: "with" is empty (null), "without" has 95 customers of whom
+    # 71 still pay: 71/95 = 0.7474 is published; the impact needs both groups.
+    assert retention_impact(0, 0, 71, 95, min_group=10) == (None, 71 / 95, None)
+    record = feature_record(F, "2026-03-02T00:00:00Z", None,
+                            FeatureContribution(F, D, without_total=95, without_kept=71),
+                            n_days=30, after_release=None)
+    assert (record["retention_with"], record["retention_without"],
+            record["retention_impact"]) == (None, 0.7474, None)
+    # a "without" group under min_group is null in turn, the "with" group stays
+    record = feature_record(F, "2026-03-02T00:00:00Z", None,
+                            FeatureContribution(F, D, with_total=12, with_kept=9,
+                                                without_total=9, without_kept=9),
+                            n_days=30, after_release=None)
+    assert (record["retention_with"], record["retention_without"],
+            record["retention_impact"]) == (0.75, None, None)
 
 
 def paying(since: float, until: float | None = None) -> PaidHistory:
@@ -367,7 +463,7 @@ def test_retention_split_from_customers() -> None:
     assert (with_rate, without_rate) == (pytest.approx(0.9), pytest.approx(0.5))
     assert impact == pytest.approx(0.4)
     assert retention_impact(part.with_kept, part.with_total, part.without_kept,
-                            part.without_total, min_group=11) == (None, None, None)
+                            part.without_total, min_group=11) == (None, 0.5, None)  # 10 < 11
 
 
 def test_paid_history() -> None:
@@ -497,7 +593,7 @@ def test_feature_record_by_hand() -> None:
         "active_users_30d": 830, "feature_users_30d": 312,
         "adoption_rate": 0.3759,                        # 312 / 830
         "customer_adoption_rate": 0.52,                 # 13 / 25
-        "stickiness": 0.3099,                           # (2901 / 30) / 312
+        "stickiness": 0.309936,                         # (2901 / 30) / 312 to 6 places
         "adoption_30d_after_release": 0.2912,
         "median_days_to_adopt": 6.0,                    # 1 6 6 6 9 9 -> (6 + 6) / 2
         "retention_with": 0.94, "retention_without": 0.81, "retention_impact": 0.13,
@@ -505,8 +601,8 @@ def test_feature_record_by_hand() -> None:
 
 
 def test_feature_record_nulls() -> None:
-    merged = FeatureContribution(F, D, with_total=9, with_kept=9, without_total=40,
-                                 without_kept=30)
+    merged = FeatureContribution(F, D, with_total=9, with_kept=9, without_total=4,
+                                 without_kept=3)
     record = feature_record(F, "2026-03-02T00:00:00Z", None, merged, n_days=30,
                             after_release=None)
     assert set(record) == CONTRACT_KEYS
@@ -563,3 +659,14 @@ def test_book_keeps_every_day_until_the_after_release_figure_is_known() -> None:
     assert book.after_release_counts(released, partitions=2) == (8, 30)
     book.update(0, book_part(D + 130, 1, 10))
     assert len(book.history[0]) == 40                            # pruned once known
+
+
+def test_a_figure_fixed_by_day_counts_in_an_older_record_is_kept() -> None:
+    # Records written before exact windows held (day, users, active) and no "ax".
+    r = at(D, 13)
+    book = FeatureBook.from_state({"f": F, "p": [[0, book_part(D + 40, 1, 1).to_state()]],
+                                   "h": [], "ar": [D + 29, 8, 40]})
+    assert book.after_release_counts(r, partitions=1, lateness_days=2) == (8, 40)
+    assert book.after_release == (r, 8, 40)
+    other = FeatureBook.from_state({"f": F, "p": [], "h": [], "ar": [D + 29, 8, 40]})
+    assert other.after_release_counts(at(D + 3), partitions=1) is None   # another release day

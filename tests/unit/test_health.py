@@ -312,3 +312,30 @@ def test_to_dict_round_trip() -> None:
     back = SupportAndPayments.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back == s
     assert SupportAndPayments.from_dict({}) == SupportAndPayments()
+
+
+def test_trend_across_a_day_with_an_urgent_ticket_uses_the_close_of_d_minus_7() -> None:
+    """Inputs held fixed: U = 100 (20 of 30 active days), adoption 1/1 = 100, stickiness 0.5
+    → E = 100, no payment (null): weights 0.85. No ticket: score 100. An urgent ticket on E = D−7
+    (W = 4 → S = 50): (30 + 25 + 10 + 10)/0.85 = 88.24 from its hour on, also at E's close.
+    At D the usage halves (10 days → U = 50) with the ticket still in the window:
+    (15 + 25 + 10 + 10)/0.85 = 70.59 → trend = 70.59 − 88.24 = −17.65 (against the score of E
+    before the ticket, 100, it would be −29.41)."""
+    s = SupportAndPayments()
+    e = D - 7
+    full = dict(active_days_30d=20, n=30, stickiness=0.5, mau=1, key_used=1, key_released=1)
+    morning = s.evaluate(e, **full, remember=False)        # in-day, before the ticket
+    assert morning["score"] == 100.0
+    s.on_ticket_opened("t-urgent", at(e, 15), "urgent")
+    close = s.evaluate(e, **full)                            # the close of E (as of E+1 00:00)
+    assert close["score"] == 88.24 and close["components"]["support"] == 50.0
+    assert s.score_on(e) == 88.24
+    for day in range(e + 1, D):                              # the closes in between
+        s.prune(day)
+        s.evaluate(day, **full)
+    s.prune(D)
+    assert s.score_on(e) == 88.24                            # D-7 is kept at the close of D
+    now = s.evaluate(D, **{**full, "active_days_30d": 10})
+    assert now["score"] == 70.59
+    assert now["trend_7d"] == -17.65
+    assert s.evaluate(D + 8, **full)["trend_7d"] is None     # no close of D+1: no trend

@@ -223,8 +223,9 @@ def test_trend_7d_is_the_difference_of_published_scores(straight: tuple[Run, Met
 
 
 def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
-    """One firing on day 57 (first red day, found at its day close, as of 00:00) and one
-    resolved on day 61 (the tickets leave the window: 46.67)."""
+    """One firing on day 57 and one resolved on day 61, both found by the day's first record
+    (12:00): the close of day 56 (as of day 57 00:00, over days 27 … 56) is still yellow
+    (40.67) and the close of day 60 still has the tickets of day 31 in its window (26.67)."""
     assert [(k, a["status"]) for k, a in alerts] == [(57, "firing"), (61, "resolved")]
     fired, resolved = alerts[0][1], alerts[1][1]
     # day 57: x = 2 → (25 + 11/3)/0.75 = 38.22
@@ -232,7 +233,7 @@ def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
     assert fired["alert_id"] == "health_red:c-1" and fired["severity"] == "critical"
     assert fired["subject"] == {"customer_id": "c-1", "segment": "smb"}
     assert fired["metric"] == "health.score"
-    assert fired["started_at"] == fired["as_of"] == iso(57)
+    assert fired["started_at"] == fired["as_of"] == iso(57, 12)
     assert fired["summary"] == "Health of c-1 fell to 38 (red)"
     assert fired["actions"] == SETTINGS.alerts.rules["health_red"].actions
     # points lost wᵢ·(100 − cᵢ): usage 0.3·(100 − 10) = 27, support 0.2·75 = 15,
@@ -242,8 +243,8 @@ def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
         "usage_frequency": 10.0, "feature_adoption": None, "support": 25.0, "payment": 100.0,
         "engagement": 56.67}
     assert resolved["alert_id"] == "health_red:c-1"
-    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(57)
-    assert resolved["as_of"] == iso(61)
+    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(57, 12)
+    assert resolved["as_of"] == iso(61, 12)
     assert resolved["summary"].startswith("Resolved: ")
 
 
@@ -266,7 +267,7 @@ def test_restart_in_the_red_period_neither_refires_nor_forgets() -> None:
 
     # "crash": only the changelog (encoded states) and the clock table survive
     store2 = {cid: decode_state(encode_state(state)) for cid, state in proc.store.items()}
-    assert store2["c-1"].alerts.state["health_red"] == {"since": at(57, 0), "firing": True}
+    assert store2["c-1"].alerts.state["health_red"] == {"since": at(57, 12), "firing": True}
     proc2, metrics2 = make(store=store2, clock_store=dict(clock_store))
     proc2.assign([0])
     run.proc = proc2
@@ -385,10 +386,11 @@ def test_gauges_in_the_exposition_at_day_58() -> None:
     closes = proc.days_closed
     assert g("vitals_health_score_count", segment="smb") == closes
     assert g("vitals_health_score_bucket", segment="smb", le="+Inf") == closes
-    # red days 57 (38.22) and 58 (35.78) fall in (30, 40]; 59-60 are not reached yet
+    # closes are over complete days: the close of day 57 (38.22) falls in (30, 40]; the close
+    #   of day 56 is 40.67 and the close of day 58 (35.78) is not reached yet
     red = (g("vitals_health_score_bucket", segment="smb", le="40.0")
            - g("vitals_health_score_bucket", segment="smb", le="30.0"))
-    assert red == 2
+    assert red == 1
     assert g("vitals_health_score_count", segment="unknown") == closes
     # firing now: c-1 health_red (since 57) and health_dropping (trend on 58 = 35.78 − 52.89
     #   = −17.11 ≤ −15); tick stickiness_low (stickiness 0 for ≥ 7 days); c-1's own
@@ -427,3 +429,83 @@ def test_firing_alert_of_a_removed_rule_does_not_break_the_scrape() -> None:
     proc.flush()
     text = metrics.exposition().decode()
     assert "vitals_alerts_firing" in text
+
+
+# ---- day-close windows and trend_7d over closes -----------------------------------------------
+
+
+def test_trend_7d_subtracts_the_close_of_d_minus_7_not_its_start() -> None:
+    """c-2 (smb, no seats, no payment, no feature): u1 logs a value action at 10:00 on days 0-10.
+
+    Components U, S, E only (weights 0.30 + 0.20 + 0.10 = 0.60); every day U = 100 (one active
+    day per day of n) and stickiness 1 → E = 100. An urgent ticket at 23:00 on day 3, after the
+    day's last in-day record: W = 4 → S = 50 → score (30 + 10 + 10)/0.6 = 83.33 from the close of
+    day 3 on. A normal ticket at 11:00 on day 9: W = 5 → S = 37.5 → (30 + 7.5 + 10)/0.6 = 79.17.
+    Record of day 10 (12:00): trend = 79.17 − close of day 3 (83.33) = −4.16; the score of
+    day 3 before its ticket (100) would give −20.83.
+    """
+    proc, _ = make()
+
+    def batch(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        events.sort(key=lambda e: e["ts"])
+        assert proc.apply(0, events) == []
+        return {cid: orjson.loads(v) for cid, v in proc.flush().records}
+
+    recs: dict[int, dict[str, Any]] = {}
+    for k in range(0, 11):
+        events = [event("support", "tick", at(k, 0.5), type="csat", score=5),
+                  event("support", "tick", at(k, 12.0), type="csat", score=5),
+                  usage("c-2", at(k, 10), "u1", "report_created")]
+        if k == 0:
+            events.append(event("signup", "c-2", at(0, 9), segment="smb"))
+        if k == 9:
+            events.append(event("support", "c-2", at(9, 11), type="ticket_opened",
+                                ticket_id="n-1", priority="normal"))
+        recs[k] = batch(events)["c-2"]
+        if k == 3:   # after the day's last record, before the close of day 3
+            assert recs[3]["health"]["score"] == 100.0
+            batch([event("support", "c-2", at(3, 23), type="ticket_opened", ticket_id="u-1",
+                         priority="urgent")])
+    state = proc.store["c-2"]
+    assert state.support.scores[D + 3] == 83.33                 # the close of day 3 (as of 4 00:00)
+    assert recs[4]["health"]["score"] == 83.33
+    assert [recs[k]["health"]["trend_7d"] for k in range(0, 7)] == [None] * 7  # no close of k−7
+    assert recs[7]["health"]["trend_7d"] == -16.67          # 83.33 − close of day 0 (100)
+    assert recs[9]["health"]["score"] == 79.17
+    assert recs[9]["health"]["trend_7d"] == -20.83          # 79.17 − close of day 2 (100)
+    assert recs[10]["health"]["score"] == 79.17
+    assert recs[10]["health"]["trend_7d"] == -4.16          # 79.17 − close of day 3 (83.33)
+    # only closes are kept, of D−7 … D at the close of D = 9 (the close of 10 is not reached)
+    assert sorted(state.support.scores) == list(range(D + 2, D + 10))
+
+
+def test_a_day_close_record_covers_the_complete_days_before_it() -> None:
+    """c-3 (smb, no seats): u1 active at 10:00 on each of days 0 … 29 (30 days). An event
+    stamped exactly day 30 00:00 closes day 29: the record as of 30 00:00 is the close of day 29,
+    over days 0 … 29 (n = 30): dau = DAU(29) = 1, wau = mau = 1, active_days_30d = 30,
+    stickiness (30/30)/1 = 1 → U = 100, E = 100, S = 100 → score 100. The empty day 30 is in no
+    window (it would make dau 0, active days 29 and stickiness 29/30)."""
+    proc, _ = make()
+    for k in range(0, 30):
+        events = [event("support", "tick", at(k, 0.5), type="csat", score=5),
+                  usage("c-3", at(k, 10), "u1", "login")]
+        if k == 0:
+            events.insert(0, event("signup", "c-3", at(0, 9), segment="smb"))
+        assert proc.apply(0, sorted(events, key=lambda e: e["ts"])) == []
+        proc.flush()
+    assert proc.apply(0, [event("support", "tick", at(30, 0), type="csat", score=5)]) == []
+    rec = {cid: orjson.loads(v) for cid, v in proc.flush().records}["c-3"]
+    assert rec["as_of"] == iso(30)
+    assert rec["activity"] == {"dau": 1, "wau": 1, "mau": 1, "active_days_30d": 30,
+                               "stickiness": 1.0}
+    assert rec["health"]["components"]["usage_frequency"] == 100.0
+    assert rec["health"]["score"] == 100.0
+    assert proc.store["c-3"].support.scores[D + 29] == 100.0    # kept as the close of day 29
+    # An in-day record (day 30, 12:00; here the HTTP view at the watermark) covers the days
+    # 1 … 30 so far: day 0 left the window.
+    assert proc.apply(0, [event("support", "tick", at(30, 12), type="csat", score=5)]) == []
+    proc.flush()
+    rec = proc.record("c-3", 0)
+    assert rec["as_of"] == iso(30, 12)
+    assert rec["activity"] == {"dau": 0, "wau": 1, "mau": 1, "active_days_30d": 29,
+                               "stickiness": round(29 / 30, 6)}

@@ -591,12 +591,14 @@ def test_assign_without_watermark_publishes_nothing() -> None:
     assert proc.flush().records == []
 
 
-def test_epoch_milliseconds_are_rejected_before_they_reach_a_watermark() -> None:
-    # Beyond year 9999 no record could be written for them (rfc3339 fails): invalid_ts.
+def test_epoch_milliseconds_are_read_as_milliseconds_before_they_reach_a_watermark() -> None:
+    # An epoch number above 1e11 is milliseconds (docs/validation.md): never year 58135.
     obj = {"event_id": "ms-1", "customer_id": "c-1", "user_id": "u1", "action": "login",
-           "ts": 1772366400000}  # milliseconds sent as seconds
+           "ts": 1772366400000}
+    assert VALIDATOR.validate("usage", obj)["ts"] == 1772366400.0
+    # Milliseconds beyond year 9999 are still invalid_ts.
     with pytest.raises(InvalidEvent) as exc:
-        VALIDATOR.validate("usage", obj)
+        VALIDATOR.validate("usage", {**obj, "ts": 253402300800 * 1000})
     assert exc.value.code == "invalid_ts"
 
 

@@ -112,7 +112,14 @@ def test_amtool_check_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_alertmanager_routes_critical_separately() -> None:
+def _alert_rules() -> list[dict]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+            for rule in group["rules"] if "alert" in rule]
+
+
+def test_alertmanager_routes_by_team() -> None:
+    """Every alert rule reaches its team's receiver: cs alerts the CS receiver, ops alerts ops
+    (critical ones the pager); an alert without a team still reaches ops."""
     amtool = _tool("amtool", "prometheus-alertmanager")
 
     def receiver(*labels: str) -> str:
@@ -120,5 +127,46 @@ def test_alertmanager_routes_critical_separately() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout.strip()
 
-    assert receiver("alertname=VitalsWorkerDown", "severity=critical") == "critical"
-    assert receiver("alertname=VitalsEventLagHigh", "severity=warning") == "default"
+    expected = {("cs", "critical"): "cs", ("cs", "warning"): "cs",
+                ("ops", "critical"): "ops-pager", ("ops", "warning"): "ops"}
+    rules = _alert_rules()
+    assert {r["labels"]["team"] for r in rules} == {"cs", "ops"}
+    for rule in rules:
+        labels = rule["labels"]
+        got = receiver(f"alertname={rule['alert']}", f"severity={labels['severity']}",
+                       f"team={labels['team']}", "segment=smb", "instance=worker-1")
+        assert got == expected[(labels["team"], labels["severity"])], rule["alert"]
+    assert receiver("alertname=VitalsNRRBelowOne", "severity=critical", "team=cs") == "cs"
+    assert receiver("alertname=VitalsWorkerDown", "severity=critical", "team=ops") == "ops-pager"
+    assert receiver("alertname=Unlabelled", "severity=critical") == "ops"
+
+
+# ------------------------------------------------------------------------ rule labels, runbooks
+
+RUNBOOK_SECTIONS = ("## What it means", "## What to check", "## What to do")
+
+
+def test_every_alert_has_a_team_and_a_runbook() -> None:
+    rules = _alert_rules()
+    assert rules
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"].get("team") in ("cs", "ops"), name
+        url = rule["annotations"].get("runbook_url")
+        assert url == f"docs/runbooks/{name}.md", name
+        runbook = ROOT / url
+        assert runbook.is_file(), f"{name}: {url} is missing"
+        text = runbook.read_text(encoding="utf-8")
+        assert text.startswith(f"# {name}"), url
+        for section in RUNBOOK_SECTIONS:
+            assert section in text, f"{url}: no {section!r}"
+            body = text.split(section, 1)[1].split("\n## ", 1)[0]
+            assert len(body.split()) >= 15, f"{url}: {section!r} is nearly empty"
+
+
+def test_business_alerts_judge_finished_months_only() -> None:
+    """NRR and GRR rules read the finished-month families, never a month-to-date ratio."""
+    for rule in _alert_rules():
+        if re.search(r"NRR|GRR", rule["alert"]):
+            assert re.search(r"_final_ratio", rule["expr"]), rule["alert"]
+            assert "_ratio" not in rule["expr"].replace("_final_ratio", ""), rule["alert"]

@@ -294,12 +294,40 @@ def test_as_dict() -> None:
     s = load(VITALS_APP__WEB_PORT="7000")
     d = s.as_dict()
     assert "sources" not in d
-    assert set(d) == {"app", "topics", "ingest", "time", "emit", "activity", "milestones",
+    assert set(d) == {"app", "topics", "kafka", "ingest", "time", "emit", "activity", "milestones",
                       "health", "revenue", "features", "churn", "alerts"}
     assert d["app"]["web_port"] == 7000
     assert d["time"] == {"mode": "event", "lateness_days": 2.0, "dedup_horizon_days": 3.0,
-                         "max_skew_days": 1.0}
+                         "max_skew_days": 1.0, "min_ts": "2000-01-01T00:00:00Z"}
     assert d["health"]["weights"]["usage_frequency"] == 0.30
     # a plain, JSON-serialisable structure
     import json
     assert json.loads(json.dumps(d)) == d
+
+
+# ---- time.min_ts and currency rates (docs/validation.md) ---------------------------------------
+
+
+def test_min_ts_default_and_override() -> None:
+    assert load().time.min_ts == "2000-01-01T00:00:00Z"
+    assert load().time.min_epoch() == 946684800.0
+    s = load(VITALS_TIME__MIN_TS="2020-06-01T00:00:00+02:00")
+    assert s.time.min_epoch() == 1590962400.0  # 2020-05-31T22:00:00Z
+
+
+@pytest.mark.parametrize("value", ["2000-01-01", "2000-01-01T00:00:00", "yesterday",
+                                   "20000101T000000Z", "1970-01-01T00:00:00Z",
+                                   "1973-03-03T09:46:39Z", "9999-12-31T23:59:59Z"])
+def test_min_ts_must_be_rfc3339_within_bounds(value: str) -> None:
+    with pytest.raises(SettingsError, match="time.min_ts"):
+        load(VITALS_TIME__MIN_TS=value)
+
+
+def test_min_ts_lowest_allowed_is_the_milliseconds_threshold() -> None:
+    assert load(VITALS_TIME__MIN_TS="1973-03-03T09:46:40Z").time.min_epoch() == 1e8
+
+
+@pytest.mark.parametrize("rate", ["0", "-1.1", "inf", "nan"])
+def test_currency_rates_must_be_positive_finite(rate: str) -> None:
+    with pytest.raises(SettingsError, match="revenue.currency_rates.EUR"):
+        load(VITALS_REVENUE__CURRENCY_RATES__EUR=rate)
