@@ -587,8 +587,8 @@ class CustomerProcessor:
         """Evaluate a customer; at a day close (`close`) also judge its alert rules and count
         it in its partition's summaries. Both then depend only on event-time points, never on
         when a wall-clock flush happened."""
-        result = self.evaluator.evaluate(state, as_of, self.catalog, alerts=close,
-                                         churn_rates=self.churn_rates)
+        result = self.evaluator.evaluate(state, as_of, self.catalog, remember=close,
+                                         alerts=close, churn_rates=self.churn_rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result
         if result.ttv_days is not None and (old is None or old.ttv_days is None):
@@ -640,7 +640,9 @@ class CustomerProcessor:
         # One day of margin: the clock and the customer records are separate changelog writes,
         # and a restored watermark may be a flush older than the one that pruned.
         state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
-        state.activity.prune(last_day(wm) - self.window + 1)   # a midnight wm: the close's days
+        # One day more than the window ending with the watermark's day: a record re-published
+        # as of the last close (after a restart) covers the window ending the day before.
+        state.activity.prune(last_day(wm) - self.window)
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
         state.feature_use.prune(day_of(wm) - self.window,
                                 keep_from=day_of(wm) - self.window - self.after_margin)

@@ -7,8 +7,10 @@ The scripted customer c-1 (smb, 5 seats, signed up on day 0 = D = 2026-03-01, a 
   days 70-95   usage resumes as before
 A "tick" customer on the same partition sends a support `csat` at 00:30 and 12:00 every day:
 it moves the watermark (at most max_skew = 1 day at a time), so every day closes, and it
-changes no figure of c-1. One flush a day, after the day's events: the record's as_of is the
-watermark (12:00 on quiet days, 14:00 on usage days), i.e. the record of day k is as of day k.
+changes no figure of c-1. One flush a day, after the day's events; "the record of day k" is the
+customer's view as of the watermark then (12:00 on quiet days, 14:00 on usage days), as the
+HTTP API gives it. Alerts are judged at day closes: the close as of day k 00:00 (over days
+k-30 … k-1) runs in day k's batch.
 
 Health (METRICS.md) with no feature events: feature_adoption is null, so the weights
 renormalise over 0.30 + 0.20 + 0.15 + 0.10 = 0.75:
@@ -90,9 +92,9 @@ class Run:
         for partition, clock in out.clocks:                       # what the flush timer writes
             self.clock_store[str(partition)] = clock
         records = [(cid, orjson.loads(v)) for cid, v in out.records]
-        self.last = dict(records)                                 # the newest of each customer
         in_day = [cid for cid, r in records if not r["as_of"].endswith("T00:00:00Z")]
         assert len(in_day) == len(set(in_day))                    # coalesced: one per flush
+        self.last = {cid: self.proc.record(cid, 0) for cid, _ in records}
         for key, value in out.alerts:
             rec = orjson.loads(value)
             assert key == rec["alert_id"]
@@ -223,17 +225,17 @@ def test_trend_7d_is_the_difference_of_published_scores(straight: tuple[Run, Met
 
 
 def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
-    """One firing on day 57 and one resolved on day 61, both found by the day's first record
-    (12:00): the close of day 56 (as of day 57 00:00, over days 27 … 56) is still yellow
-    (40.67) and the close of day 60 still has the tickets of day 31 in its window (26.67)."""
-    assert [(k, a["status"]) for k, a in alerts] == [(57, "firing"), (61, "resolved")]
+    """One firing at the close as of day 58 00:00 (over days 28 … 57: 38.22; the close as of
+    day 57 over 27 … 56 is still yellow, 40.67) and one resolved at the close as of day 62
+    (over 32 … 61; the close as of day 61 still has the tickets of day 31: 26.67)."""
+    assert [(k, a["status"]) for k, a in alerts] == [(58, "firing"), (62, "resolved")]
     fired, resolved = alerts[0][1], alerts[1][1]
     # day 57: x = 2 → (25 + 11/3)/0.75 = 38.22
     assert fired["value"] == 38.22 < 40 and fired["threshold"] == 40.0
     assert fired["alert_id"] == "health_red:c-1" and fired["severity"] == "critical"
     assert fired["subject"] == {"customer_id": "c-1", "segment": "smb"}
     assert fired["metric"] == "health.score"
-    assert fired["started_at"] == fired["as_of"] == iso(57, 12)
+    assert fired["started_at"] == fired["as_of"] == iso(58, 0)
     assert fired["summary"] == "Health of c-1 fell to 38 (red)"
     assert fired["actions"] == SETTINGS.alerts.rules["health_red"].actions
     # points lost wᵢ·(100 − cᵢ): usage 0.3·(100 − 10) = 27, support 0.2·75 = 15,
@@ -243,8 +245,8 @@ def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
         "usage_frequency": 10.0, "feature_adoption": None, "support": 25.0, "payment": 100.0,
         "engagement": 56.67}
     assert resolved["alert_id"] == "health_red:c-1"
-    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(57, 12)
-    assert resolved["as_of"] == iso(61, 12)
+    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(58, 0)
+    assert resolved["as_of"] == iso(62, 0)
     assert resolved["summary"].startswith("Resolved: ")
 
 
@@ -261,13 +263,13 @@ def test_restart_in_the_red_period_neither_refires_nor_forgets() -> None:
     clock_store: dict[str, dict[str, Any]] = {}
     proc, metrics = make(clock_store=clock_store)
     run = Run(c1_script, proc, clock_store)
-    run.days(range(0, 59))                       # red since day 57, firing
+    run.days(range(0, 59))                       # red since day 57, firing since day 58
     assert health(run, 58)["grade"] == "red"
     assert [a["status"] for _, a in run.of("c-1", "health_red")] == ["firing"]
 
     # "crash": only the changelog (encoded states) and the clock table survive
     store2 = {cid: decode_state(encode_state(state)) for cid, state in proc.store.items()}
-    assert store2["c-1"].alerts.state["health_red"] == {"since": at(57, 12), "firing": True}
+    assert store2["c-1"].alerts.state["health_red"] == {"since": at(58, 0), "firing": True}
     proc2, metrics2 = make(store=store2, clock_store=dict(clock_store))
     proc2.assign([0])
     run.proc = proc2

@@ -195,6 +195,9 @@ class Recorder:
             def assign(self, tps: Any) -> None:
                 pass
 
+            def subscribe(self, topics: Any, listener: Any = None) -> None:
+                pass
+
             async def seek_to_beginning(self, *tps: Any) -> None:
                 pass
 

@@ -371,9 +371,9 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     assert set(recs) == {"c-1", "c-2"}
     assert recs["c-2"]["as_of"] == "2026-03-02T00:00:00Z"   # its day-close record
     assert recs["c-1"]["as_of"] == "2026-03-02T01:00:00Z"   # its latest event, after the close
-    # c-2 as of D+1: n = 3; dau 0; wau = mau = {v1, v2} = 2; active days 2
-    #   Σ DAU = 1 + 2 + 0 = 3 → (3/3)/2 = 0.5
-    assert activity(recs, "c-2") == (0, 2, 2, 2, 0.5)
+    # c-2's close as of D+1 00:00 covers the complete days up to D: n = 2 (first day D-1);
+    #   dau = DAU(D) = 2; wau = mau = {v1, v2} = 2; active days 2; Σ DAU = 1 + 2 → (3/2)/2
+    assert activity(recs, "c-2") == (2, 2, 2, 2, 0.75)
     assert proc.days_closed == 1
     # active users of day D kept with the clock: u1 of c-1, v1 and v2 of c-2
     assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1, "features": {},
@@ -397,8 +397,9 @@ def test_jump_over_several_days_closes_once() -> None:
     proc.apply(0, [usage("c-1", at(D + 1, 19), "u1"), usage("c-1", at(D + 2, 18), "u1")])
     assert proc.days_closed == 2
     recs = records(proc.flush())
-    # c-2 as of D+2: first day D → n = 3; dau 0; wau 1; mau 1; Σ DAU 1 → (1/3)/1
-    assert activity(recs, "c-2") == (0, 1, 1, 1, round(1 / 3, 6))
+    # c-2's close as of D+2 00:00, over days up to D+1: first day D → n = 2; dau 0; wau 1;
+    #   mau 1; Σ DAU 1 → (1/2)/1
+    assert activity(recs, "c-2") == (0, 1, 1, 1, 0.5)
 
 
 def test_quiet_customer_reaches_mau_zero_after_thirty_days() -> None:
@@ -414,15 +415,15 @@ def test_quiet_customer_reaches_mau_zero_after_thirty_days() -> None:
         assert "c-2" in recs                      # emitted at every day close
         assert recs["c-2"]["as_of"] == rfc3339(at(D + k, 0))
         seen[k] = activity(recs, "c-2")
-    # D+1: n = 2 (first day D); Σ DAU = 2 → (2/2)/2 = 0.5
-    assert seen[1] == (0, 2, 2, 1, 0.5)
-    # D+6: D is D'-6, still in the week
-    assert seen[6][1] == 2
-    assert seen[7][1] == 0                        # out of the week
-    # D+29: D is D'-29, the last day inside the month; n = 30 → (2/30)/2
-    assert seen[29] == (0, 0, 2, 1, round(1 / 30, 6))
-    # D+30, D+31: nothing left in the window
-    assert seen[30] == (0, 0, 0, 0, 0.0)
+    # The close as of D+k 00:00 covers the complete days up to D+k-1.
+    # k = 1, over D alone: n = 1; dau = 2; Σ DAU = 2 → (2/1)/2 = 1.0
+    assert seen[1] == (2, 2, 2, 1, 1.0)
+    # k = 7: the week D … D+6 still holds D; k = 8: out of the week
+    assert seen[7][1] == 2
+    assert seen[8][1] == 0
+    # k = 30: days D … D+29, D the first; n = 30 → (2/30)/2
+    assert seen[30] == (0, 0, 2, 1, round(1 / 30, 6))
+    # k = 31: days D+1 … D+30, nothing left in the window
     assert seen[31] == (0, 0, 0, 0, 0.0)
 
 
