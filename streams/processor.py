@@ -12,7 +12,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Mapping, MutableMapping, NamedTuple
 
 import orjson
 
@@ -49,6 +49,24 @@ class Flush:
     examples: list[bytes] = field(default_factory=list)
     features: list[tuple[str, bytes]] = field(default_factory=list)   # key = feature
     catalog: list[tuple[str, bytes]] = field(default_factory=list)    # feature first seen
+
+
+class CloseSummary(NamedTuple):
+    """What a customer adds to its partition's business aggregates, as of its last close.
+
+    Kept in its record: after a restart the summaries are rebuilt from it, not from a new
+    evaluation of a state that may already hold events of the day after that close."""
+    segment: str
+    score: float | None
+    grade: str | None
+    ttv_days: float | None
+    succeeded: bool
+    eligible: bool
+    cac: float | None
+
+    @classmethod
+    def of(cls, e: Evaluation) -> "CloseSummary":
+        return cls(e.segment, e.score, e.grade, e.ttv_days, e.succeeded, e.eligible, e.cac)
 
 
 def in_day_as_of(state: CustomerState) -> float:
@@ -90,7 +108,7 @@ class CustomerProcessor:
         # Last evaluation of each customer, for the gauges (no customer id ever in a label).
         self.contrib: dict[str, Evaluation] = {}
         # Evaluation of each customer at its last day close: its share of the summaries.
-        self.summarised: dict[str, Evaluation] = {}
+        self.summarised: dict[str, Evaluation | CloseSummary] = {}
         self.alerts_out: list[tuple[str, bytes]] = []
         self.closed_records: list[tuple[str, bytes]] = []   # day-close records, in order
         self.released_deadletters: list[tuple[bytes | None, bytes]] = []
@@ -397,6 +415,7 @@ class CustomerProcessor:
             state.closed_day = day
             state.support.prune(day - 1)       # the close of day - 1: its windows end there
             result = self._evaluate(cid, state, as_of)
+            state.summary = list(CloseSummary.of(result))
             # Every closed day is published, also during a backfill: the daily series. It
             # holds every event applied so far, so no in-day record is owed any more.
             self.closed_records.append((cid, orjson.dumps(result.record)))
@@ -601,7 +620,7 @@ class CustomerProcessor:
             self.alerts_out.append((alert["alert_id"], orjson.dumps(alert)))
         return result
 
-    def _summarise(self, cid: str, result: Evaluation) -> None:
+    def _summarise(self, cid: str, result: Evaluation | CloseSummary) -> None:
         """Replace the customer's share of its partition's summaries (vitals.business)."""
         partition = self.partition_of(cid)
         scopes = self.summaries.setdefault(partition, {})
@@ -678,11 +697,9 @@ class CustomerProcessor:
                 self.members[partition].add(cid)
                 if self.clocks[partition].watermark is not None:
                     self.to_emit[cid] = partition
-                state = self._load(cid)
-                if state.closed_day is not None:  # its share as of its last close, again
-                    self._summarise(cid, self.evaluator.evaluate(
-                        state, state.closed_day * DAY_SECONDS, self.catalog, remember=False,
-                        alerts=False, churn_rates=self.churn_rates))
+                summary = self._load(cid).summary
+                if summary is not None:  # its share as of its last close, again
+                    self._summarise(cid, CloseSummary(*summary))
 
     def revoke(self, partitions: Iterable[int]) -> Flush:
         """Hand over partitions another worker now owns.

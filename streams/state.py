@@ -26,7 +26,7 @@ class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
                  "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
-                 "closed_day", "churn", "feature_use", "paid", "offset", "held")
+                 "closed_day", "churn", "feature_use", "paid", "offset", "held", "summary")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -61,6 +61,8 @@ class CustomerState:
         self.offset: int | None = None
         # Events too far ahead of the partition's watermark, waiting for it (time.AHEAD).
         self.held: list[dict[str, Any]] = []
+        # Its share of the business aggregates at its last day close (see CloseSummary).
+        self.summary: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +74,7 @@ class CustomerState:
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
             "pm": self.pending_mv, "cd": self.closed_day, "cn": self.churn.to_dict(),
             "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(), "off": self.offset,
-            "held": self.held,
+            "held": self.held, "sm": self.summary,
         }
 
     @classmethod
@@ -102,6 +104,7 @@ class CustomerState:
         state.paid = PaidHistory.from_list(data.get("pd", ()))
         state.offset = data.get("off")
         state.held = list(data.get("held", ()))
+        state.summary = data.get("sm")
         return state
 
 

@@ -776,3 +776,21 @@ def test_summaries_follow_day_closes_and_each_month_end_is_reported() -> None:
     assert ends["segment:smb"]["sum"]["n"] == 1 and ends["segment:solo"]["sum"]["n"] == 0
     latest = [m for m in msgs if m["t"] == "part" and m["scope"] == "all"]
     assert latest[-1]["sum"]["n"] == 1
+
+
+def test_after_a_restart_the_summaries_are_those_of_the_last_close() -> None:
+    """Not a new evaluation of a state that already holds the next day's events: c-1 reaches
+    aha after its last close, so its time to value is not in the aggregates until the next."""
+    store: dict[str, CustomerState] = {}
+    proc, _ = make(store)
+    proc.apply(0, [signup("c-1", at(D, 9)), usage("c-1", at(D, 10), "u1")])
+    proc.apply(0, [usage("c-1", at(D + 1, 8), "u1"),                   # closes day D
+                   usage("c-1", at(D + 1, 9), "u1", action="report_created")])  # aha
+    proc.flush()
+    restored = {cid: decode_state(encode_state(s)) for cid, s in store.items()}
+    again, _ = make(restored)
+    again.assign([0])
+    parts = {orjson.loads(v)["scope"]: orjson.loads(v) for _, v in again.flush().business
+             if orjson.loads(v)["t"] == "part"}
+    assert parts["all"]["sum"]["n"] == 1 and parts["all"]["sum"]["ttv"] == {}
+    assert parts["segment:smb"]["sum"]["n"] == 1
