@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 WINDOWED = frozenset({"usage", "feature"})
 FEATURE_BACKFILL_DAYS = 30   # at most this many skipped days get feature contributions
 MAX_HELD_PER_CUSTOMER = 1000  # events held ahead of the watermark; more are future_ts
+AFTER_MIDNIGHT = 0.001        # seconds: the as_of of a record of an event at 00:00:00
 
 
 
@@ -75,6 +76,10 @@ def in_day_as_of(state: CustomerState) -> float:
     when the flush happens: the record of the same events would then differ between runs."""
     closed = -1.0 if state.closed_day is None else state.closed_day * DAY_SECONDS
     last = -1.0 if state.last_ts is None else state.last_ts
+    if last >= closed and last % DAY_SECONDS == 0:
+        # An event at exactly 00:00:00 belongs to the day it opens; a record stamped with that
+        # midnight would read as the close of the day before, without it.
+        return last + AFTER_MIDNIGHT
     return max(closed, last)
 
 

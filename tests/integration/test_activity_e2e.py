@@ -33,12 +33,13 @@ def test_exact_activity_with_duplicates_late_events_and_day_close(
     customers_out.wait_for(lambda o: o.latest[a]["activity"]["mau"] == 4)
     tick(produce, customers_out, "act", p + 6.25 * DAY)
 
+    # a's latest record is its day close as of day 6 00:00 (its events are older), over the
+    # complete days up to day 5. Days 0: {u1,u2}, 1: {u1}, 3: {u3,u4}: dau 0, wau = mau = 4
+    # users, 3 active days; n = min(30, 5 - 0 + 1) = 6, stickiness = (2 + 1 + 2) / 6 / 4 = 5/24.
     record = customers_out.wait_for(
-        lambda o: o.latest.get(a, {}).get("as_of") == iso(p + 6.25 * DAY) and o.latest[a])
-    # Days 0: {u1,u2}, 1: {u1}, 3: {u3,u4}. As of day 6: dau 0, wau = mau = 4 users,
-    # 3 active days; n = min(30, 6 - 0 + 1) = 7, stickiness = (2 + 1 + 2) / 7 / 4 = 5/28.
+        lambda o: o.latest.get(a, {}).get("as_of") == iso(p + 6 * DAY) and o.latest[a])
     assert record["activity"] == {"dau": 0, "wau": 4, "mau": 4, "active_days_30d": 3,
-                                  "stickiness": round(5 / 28, 6)}
+                                  "stickiness": round(5 / 24, 6)}
     assert record["segment"] == "smb" and record["plan"] == "pro"
     assert record["signup_at"] == iso(p + 0.5 * DAY)
     assert worker.metric("vitals_events_total", family="usage", outcome="duplicate") == dup_before + 1
@@ -47,7 +48,7 @@ def test_exact_activity_with_duplicates_late_events_and_day_close(
     # The quiet customer sends nothing more; day closes alone slide its window to empty.
     tick(produce, customers_out, "act", p + 40.5 * DAY)
     quiet_record = customers_out.wait_for(
-        lambda o: o.latest.get(quiet, {}).get("as_of") == iso(p + 40.5 * DAY) and o.latest[quiet])
+        lambda o: o.latest.get(quiet, {}).get("as_of") == iso(p + 40 * DAY) and o.latest[quiet])
     assert quiet_record["activity"] == {"dau": 0, "wau": 0, "mau": 0, "active_days_30d": 0,
                                         "stickiness": 0.0}
 

@@ -27,11 +27,12 @@ def test_green_yellow_red_one_firing_one_resolution_across_a_restart(broker, tmp
     alerts = Out(broker.address, "hl.alerts")
 
     def health_at(day: int) -> dict:
-        """Health as of just after the start of `day`: the tick closes the day before it."""
-        ts = p + (day + 0.01) * DAY
-        tick(prod, customers, "hl", ts, topic="hl.events.usage")
-        rec = customers.wait_for(lambda o: o.latest.get(c, {}).get("as_of") == iso(ts)
-                                 and o.latest[c])
+        """Health over the days up to `day`: its close, published as of day + 1 00:00 when the
+        tick enters the next day."""
+        tick(prod, customers, "hl", p + (day + 1.01) * DAY, topic="hl.events.usage")
+        rec = customers.wait_for(
+            lambda o: o.latest.get(c, {}).get("as_of") == iso(p + (day + 1) * DAY)
+            and o.latest[c])
         return rec["health"]
 
     try:

@@ -51,10 +51,10 @@ _apply, _flush = _p.CustomerProcessor.apply, _p.CustomerProcessor.flush
 _armed = []
 
 
-def apply(self, partition, batch):
+def apply(self, partition, batch, *args, **kwargs):
     if any(e.get("customer_id") == {MARKED_CUSTOMER!r} for e in batch):
         _armed.append(True)
-    return _apply(self, partition, batch)
+    return _apply(self, partition, batch, *args, **kwargs)
 
 
 def flush(self, *args, **kwargs):

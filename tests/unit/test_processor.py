@@ -794,3 +794,14 @@ def test_after_a_restart_the_summaries_are_those_of_the_last_close() -> None:
              if orjson.loads(v)["t"] == "part"}
     assert parts["all"]["sum"]["n"] == 1 and parts["all"]["sum"]["ttv"] == {}
     assert parts["segment:smb"]["sum"]["n"] == 1
+
+
+def test_an_event_at_midnight_is_in_its_own_days_record() -> None:
+    proc, _ = make()
+    proc.apply(0, [usage("c-1", at(D, 10), "u1")])
+    proc.flush()
+    proc.apply(0, [usage("c-1", at(D + 1, 0), "u2")])   # closes D, then opens D+1 with u2
+    recs = [orjson.loads(v) for c, v in proc.flush().records if c == "c-1"]
+    assert [r["as_of"] for r in recs] == ["2026-03-02T00:00:00Z", "2026-03-02T00:00:00.001Z"]
+    assert recs[0]["activity"]["dau"] == 1 and recs[1]["activity"]["dau"] == 1
+    assert recs[1]["activity"]["wau"] == 2
