@@ -11,23 +11,30 @@ Unix epoch (UTC). Four pieces, each owned by a different part of the service:
   as an ``Example``; the service sends those to the single-partition topic of labelled
   snapshots.
 * ``ChurnModel`` is the one model of the service. The learner (the only consumer of that
-  topic) calls ``learn``; ``dumps`` gives the bytes the learner publishes, under a version
-  number of its own, to the compacted model topic from which every worker ``loads`` and
-  scores. Learning therefore never depends on how customer
-  partitions are spread over workers.
+  topic) calls ``learn``; ``encode_snapshot`` gives the bytes the learner publishes, under a
+  version number of its own, to the compacted model topic from which every worker
+  ``decode_snapshot``s and scores. Learning therefore never depends on how customer
+  partitions are spread over workers. A published snapshot is data only: the logistic model
+  as JSON numbers, the forest (which only pickles) as a pickle signed with HMAC-SHA256 and
+  never unpickled unless the signature holds. ``dumps``/``loads`` (pickle) are for the
+  learner's own state only.
 * ``ProgressiveMetrics`` scores, when its label arrives, the prediction that was made at the
   snapshot (delayed progressive validation), in constant memory.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import math
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import base, compose, forest, linear_model, optim, preprocessing
+import orjson
+from river import base, compose, forest, linear_model, optim, preprocessing, utils
 
 # --------------------------------------------------------------------------------------------
 # Feature vector
@@ -438,6 +445,8 @@ class LabelBook:
 # --------------------------------------------------------------------------------------------
 
 MODEL_KINDS: tuple[str, ...] = ("logistic", "forest")
+# Who gives the published probability: the River model or the calibrated health score.
+CHAMPIONS: tuple[str, ...] = ("model", "health")
 _DUMP_FORMAT = "customer-vitals/churn-model/1"
 
 
@@ -644,10 +653,12 @@ class ChurnModel:
     # ---- snapshots -----------------------------------------------------------------------
 
     def dumps(self) -> bytes:
-        """Pickle of the whole model (estimator, counts, feature means).
+        """Pickle of the whole model (estimator, counts, feature means): the learner's state.
 
-        Pickle because River estimators are Python objects with no other lossless form; it is
-        only ever read back from the service's own compacted topic, never from outside.
+        Pickle because River estimators are Python objects with no other lossless form (the
+        optimiser's per-feature state included). Read back only from the learner's own
+        changelog table, which only the service writes; what the learner publishes to other
+        workers goes through ``encode_snapshot`` instead.
         """
         state = {"format": _DUMP_FORMAT, "kind": self.kind, "seed": self.seed,
                  "estimator": self.estimator, "learned": self.learned, "sums": self._sums}
@@ -656,13 +667,268 @@ class ChurnModel:
     @classmethod
     def loads(cls, data: bytes) -> ChurnModel:
         """Inverse of ``dumps``: predicts and goes on learning exactly like the original."""
-        state = pickle.loads(data)  # noqa: S301 - our own topic, see dumps
+        state = pickle.loads(data)  # noqa: S301 - the learner's own table, see dumps
         if not isinstance(state, dict) or state.get("format") != _DUMP_FORMAT:
             raise ValueError("not a churn model snapshot")
         model = cls(state["kind"], state["seed"], state["estimator"])
         model.learned = int(state["learned"])
         model._sums = dict(state["sums"])
         return model
+
+
+# --------------------------------------------------------------------------------------------
+# Published snapshots: data only
+# --------------------------------------------------------------------------------------------
+
+SNAPSHOT_FORMAT = "customer-vitals/churn-model/2"
+MIN_SECRET_CHARS = 16
+# Why a snapshot was refused (the ``reason`` of ``SnapshotRefused``, a metric label).
+REFUSAL_REASONS: tuple[str, ...] = (
+    "not_json", "bad_format", "bad_field", "no_secret", "unsigned", "bad_signature",
+    "bad_pickle",
+)
+_SIGNATURE = "hmac_sha256"
+_ENVELOPE_KEYS = {"format", "version", "learned", "metrics", "kind", "model", "pickle",
+                  "calibration", "champion", _SIGNATURE}
+_MODEL_KEYS = {"features", "features_version", "scaler", "clip", "weights", "intercept"}
+_METRIC_TEXT_CHARS = 32
+
+
+class SnapshotRefused(ValueError):
+    """A published model snapshot that must not be used. ``reason``: one of REFUSAL_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A decoded, trusted model version: what a scoring worker needs."""
+
+    version: int
+    learned: int
+    model: ChurnModel
+    metrics: dict[str, Any]
+    calibration: dict[str, list[float] | None]
+    champion: str
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of model snapshots, derived from ``churn.model_secret`` (a key of its own,
+    so that the same secret used elsewhere never signs these by accident)."""
+    return hmac.new(secret.encode(), b"customer-vitals churn-model snapshot",
+                    hashlib.sha256).digest()
+
+
+def _canonical(envelope: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in envelope.items() if k != _SIGNATURE},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SnapshotRefused("bad_field", f"{what} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SnapshotRefused("bad_field", f"{what} must be a count, got {value!r:.40}")
+    return value
+
+
+def _by_feature(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SnapshotRefused("bad_field", f"{what} must be an object")
+    unknown = [k for k in value if k not in _INDEX]
+    if unknown:
+        raise SnapshotRefused("bad_field", f"{what} names unknown features {unknown[:3]!r:.80}")
+    return value
+
+
+def model_data(model: ChurnModel) -> dict[str, Any]:
+    """The logistic model as plain numbers: scaler statistics, clip, weights, intercept.
+
+    Dicts keep River's own key order, so that a rebuilt model sums in the same order and
+    predicts bit for bit like this one.
+    """
+    if model.kind != "logistic":
+        raise ValueError("only the logistic model travels as data; the forest is signed")
+    steps = model.estimator.steps
+    scaler, clip, lr = steps["StandardScaler"], steps["Clip"], steps["LogisticRegression"]
+    return {
+        "features": list(FEATURES), "features_version": FEATURES_VERSION,
+        "scaler": {"counts": {k: int(v) for k, v in scaler.counts.items()},
+                   "means": {k: float(v) for k, v in scaler.means.items()},
+                   "vars": {k: float(v) for k, v in scaler.vars.items()}},
+        "clip": float(clip.limit),
+        "weights": {k: float(v) for k, v in lr.weights.items()},
+        "intercept": float(lr.intercept),
+    }
+
+
+def model_from_data(data: Any, learned: int) -> ChurnModel:
+    """Inverse of ``model_data``: a scoring-only logistic model rebuilt from checked numbers.
+
+    Every field is checked (exact key sets, known feature names, finite numbers, variances
+    >= 0, counts): anything else is ``SnapshotRefused("bad_field")`` or, for a model of
+    another feature list, ``"bad_format"``. The optimiser's state does not travel: the
+    rebuilt model predicts and explains like the learner's, it is not meant to learn.
+    """
+    if not isinstance(data, dict) or set(data) != _MODEL_KEYS:
+        raise SnapshotRefused("bad_field", "model must hold exactly "
+                                           f"{sorted(_MODEL_KEYS)}")
+    if data["features"] != list(FEATURES) or data["features_version"] != FEATURES_VERSION:
+        raise SnapshotRefused("bad_format", "model of another feature list")
+    scaler = data["scaler"]
+    if not isinstance(scaler, dict) or set(scaler) != {"counts", "means", "vars"}:
+        raise SnapshotRefused("bad_field", "scaler must hold exactly counts, means, vars")
+    counts = {k: _count(v, f"count of {k}")
+              for k, v in _by_feature(scaler["counts"], "counts").items()}
+    means = {k: _finite(v, f"mean of {k}")
+             for k, v in _by_feature(scaler["means"], "means").items()}
+    variances = {k: _finite(v, f"variance of {k}")
+                 for k, v in _by_feature(scaler["vars"], "vars").items()}
+    if any(v < 0 for v in variances.values()):
+        raise SnapshotRefused("bad_field", "a variance is negative")
+    clip = _finite(data["clip"], "clip")
+    if clip <= 0:
+        raise SnapshotRefused("bad_field", "clip must be > 0")
+    weights = {k: _finite(v, f"weight of {k}")
+               for k, v in _by_feature(data["weights"], "weights").items()}
+    intercept = _finite(data["intercept"], "intercept")
+    model = ChurnModel.create("logistic")
+    steps = model.estimator.steps
+    scaler_step = steps["StandardScaler"]
+    scaler_step.counts.update(counts)
+    scaler_step.means.update(means)
+    scaler_step.vars.update(variances)
+    steps["Clip"].limit = clip
+    lr = steps["LogisticRegression"]
+    lr._weights = utils.VectorDict(weights)
+    lr.intercept = intercept
+    model.learned = learned
+    return model
+
+
+def _metrics(value: Any) -> dict[str, Any]:
+    """A flat object of figures: numbers, null or short text (the ``churn_model`` block)."""
+    if not isinstance(value, dict) or len(value) > 64:
+        raise SnapshotRefused("bad_field", "metrics must be a small object")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if v is None or isinstance(v, bool):
+            out[k] = v
+        elif isinstance(v, str):
+            if len(v) > _METRIC_TEXT_CHARS:
+                raise SnapshotRefused("bad_field", f"metric {k!r:.40} is too long a text")
+            out[k] = v
+        else:
+            out[k] = _finite(v, f"metric {k!r:.40}")
+            if isinstance(v, int):
+                out[k] = v
+    return out
+
+
+def _calibration(value: Any) -> dict[str, list[float] | None]:
+    """{"model": [slope, intercept] | null, "health": [...] | null}: Platt parameters."""
+    if value is None:
+        return {"model": None, "health": None}
+    if not isinstance(value, dict) or not set(value) <= {"model", "health"}:
+        raise SnapshotRefused("bad_field", "calibration must hold model and health only")
+    out: dict[str, list[float] | None] = {"model": None, "health": None}
+    for k, v in value.items():
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != 2:
+            raise SnapshotRefused("bad_field", f"calibration of {k} must be [slope, intercept]")
+        out[k] = [_finite(x, f"calibration of {k}") for x in v]
+    return out
+
+
+def encode_snapshot(version: int, model: ChurnModel, metrics: Mapping[str, Any],
+                    secret: str = "", calibration: Mapping[str, Any] | None = None,
+                    champion: str = "model") -> bytes:
+    """The bytes of a published model version (JSON, one object).
+
+    The logistic model travels as numbers (``model_data``). The forest travels as its pickle
+    (base64) and needs ``secret``: without one it is not published at all (``ValueError``).
+    With a secret, every snapshot carries ``hmac_sha256`` over its canonical JSON (sorted
+    keys, the signature left out), so a reader holding the same secret refuses anything else.
+    """
+    envelope: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT, "version": int(version), "learned": int(model.learned),
+        "metrics": dict(metrics), "kind": model.kind,
+        "calibration": dict(calibration) if calibration is not None else None,
+        "champion": champion,
+    }
+    if model.kind == "logistic":
+        envelope["model"] = model_data(model)
+    else:
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError("the forest is published only signed: set churn.model_secret "
+                             f"(>= {MIN_SECRET_CHARS} characters)")
+        envelope["pickle"] = base64.b64encode(model.dumps()).decode()
+    if secret:
+        envelope[_SIGNATURE] = hmac.new(signing_key(secret), _canonical(envelope),
+                                        hashlib.sha256).hexdigest()
+    return orjson.dumps(envelope)
+
+
+def decode_snapshot(blob: bytes, secret: str = "") -> ModelSnapshot:
+    """Inverse of ``encode_snapshot``, trusting nothing: raises ``SnapshotRefused``.
+
+    Order matters: the bytes must be one JSON object of this format (a pickle or anything
+    else is ``not_json`` and never unpickled); with a ``secret`` the signature must be there
+    (``unsigned``) and right (``bad_signature``) before any field is looked at; a forest
+    without a secret to check it is ``no_secret``; then every field is checked; only then is
+    a signed forest unpickled (``bad_pickle`` if that fails or gives something else).
+    """
+    try:
+        envelope = orjson.loads(blob)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise SnapshotRefused("not_json", f"not a JSON snapshot ({exc})") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotRefused("bad_format", "not a churn model snapshot of format "
+                                            f"{SNAPSHOT_FORMAT}")
+    if secret:
+        signature = envelope.get(_SIGNATURE)
+        if not isinstance(signature, str):
+            raise SnapshotRefused("unsigned", "no hmac_sha256 signature")
+        expected = hmac.new(signing_key(secret), _canonical(envelope), hashlib.sha256)
+        if not hmac.compare_digest(signature, expected.hexdigest()):
+            raise SnapshotRefused("bad_signature", "hmac_sha256 does not match")
+    kind = envelope.get("kind")
+    if kind == "forest" and not secret:
+        raise SnapshotRefused("no_secret", "a forest snapshot needs churn.model_secret to be "
+                                           "checked")
+    unknown = set(envelope) - _ENVELOPE_KEYS
+    if unknown:
+        raise SnapshotRefused("bad_field", f"unknown fields {sorted(unknown)[:3]!r:.80}")
+    version = _count(envelope.get("version"), "version")
+    learned = _count(envelope.get("learned"), "learned")
+    metrics = _metrics(envelope.get("metrics"))
+    calibration = _calibration(envelope.get("calibration"))
+    champion = envelope.get("champion", "model")
+    if champion not in CHAMPIONS:
+        raise SnapshotRefused("bad_field", f"champion must be one of {CHAMPIONS}")
+    if kind == "logistic":
+        if "pickle" in envelope:
+            raise SnapshotRefused("bad_field", "a logistic snapshot holds no pickle")
+        model = model_from_data(envelope.get("model"), learned)
+    elif kind == "forest":
+        if "model" in envelope or not isinstance(envelope.get("pickle"), str):
+            raise SnapshotRefused("bad_field", "a forest snapshot holds its pickle only")
+        try:
+            model = ChurnModel.loads(base64.b64decode(envelope["pickle"], validate=True))
+        except Exception as exc:  # noqa: BLE001 - whatever the pickle raises, it is refused
+            raise SnapshotRefused("bad_pickle", f"{type(exc).__name__}: {exc}"[:200]) from None
+        if model.kind != "forest":
+            raise SnapshotRefused("bad_pickle", "the pickle is not a forest")
+    else:
+        raise SnapshotRefused("bad_field", f"kind must be one of {MODEL_KINDS}")
+    return ModelSnapshot(version, learned, model, metrics, calibration, champion)
 
 
 # --------------------------------------------------------------------------------------------

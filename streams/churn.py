@@ -6,26 +6,36 @@ published model, and keeps the snapshot in the customer's record until its label
 worker (the owner of that partition) learns, whatever the spread of customer partitions; it
 publishes versioned model snapshots to a compacted topic that every worker reads.
 
+Those snapshots are data, never code (docs/churn.md "Snapshot format and trust"): the logistic
+model is JSON numbers, the forest a pickle signed with ``churn.model_secret``. A worker refuses
+anything else (logged, counted in ``ChurnScorer.refused``) and keeps the model it had.
+
 Exactly once: a flush awaits the delivery of its labelled snapshots before it writes the
 customer records that no longer hold them, so a crash can only resend a snapshot, never lose
 one; the learner remembers the last learnt snapshot day per customer and skips resends. Its
 state (model, metrics, those days) is one changelog-backed table entry, written before the
-examples that changed it are acknowledged.
+examples that changed it are acknowledged. That entry is a pickle (River's optimiser state has
+no other lossless form): the table's changelog topic must be writable by the service only.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from models.activity import DAY_SECONDS
-from models.churn import (ChurnModel, Example, LabelBook, ProgressiveMetrics, decode, encode,
-                          churn_record, snapshot_vector)
+from models.churn import (REFUSAL_REASONS, ChurnModel, Example, LabelBook, ModelSnapshot,
+                          ProgressiveMetrics, SnapshotRefused, churn_record, decode,
+                          decode_snapshot, encode, encode_snapshot, snapshot_vector)
 from streams.settings import ChurnSettings
 
 if TYPE_CHECKING:
     from streams.state import CustomerState
+
+log = logging.getLogger(__name__)
 
 MRR_HISTORY_DAYS = 31
 
@@ -117,21 +127,14 @@ def example_value(cid: str, example: Example) -> dict[str, Any]:
             "p": example.probability, "v": example.model_version}
 
 
-@dataclass
-class Published:
-    """A model version as every worker sees it."""
-    version: int
-    learned: int
-    model: ChurnModel
-    metrics: dict[str, Any]
-
-
 class ChurnScorer:
     """The latest published model, held by every worker."""
 
     def __init__(self, settings: ChurnSettings) -> None:
         self.settings = settings
-        self.current: Published | None = None
+        self.current: ModelSnapshot | None = None
+        # Refused snapshots by reason (REFUSAL_REASONS); each reason is logged once at WARNING.
+        self.refused: Counter[str] = Counter()
 
     @property
     def version(self) -> int:
@@ -142,13 +145,35 @@ class ChurnScorer:
         return self.current is not None and self.current.learned >= self.settings.min_labelled
 
     def update(self, blob: bytes) -> bool:
-        """Take a published snapshot if it is newer than the one held."""
-        data = pickle.loads(blob)
-        if self.current is not None and data["version"] <= self.current.version:
+        """Take a published snapshot if it is trusted and newer than the one held.
+
+        A refused one (not JSON, e.g. a pickle; a bad field; a missing or wrong signature)
+        changes nothing: the model held stays, the refusal is counted and logged.
+        """
+        try:
+            snap = decode_snapshot(blob, self.settings.model_secret)
+        except SnapshotRefused as exc:
+            first = exc.reason not in self.refused
+            self.refused[exc.reason] += 1
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "churn model snapshot refused, model version %s stays: %s",
+                    self.version, exc)
             return False
-        self.current = Published(data["version"], data["learned"],
-                                 ChurnModel.loads(data["model"]), data["metrics"])
+        if self.current is not None and snap.version <= self.current.version:
+            return False
+        self.current = snap
         return True
+
+    def gauges(self) -> list[Any]:
+        """``vitals_churn_model_refused_total`` by reason (for ``Metrics.add_gauge_source``)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("vitals_churn_model_refused",
+                                     "Published churn model snapshots this worker refused",
+                                     labels=["reason"])
+        for reason in REFUSAL_REASONS:
+            family.add_metric([reason], float(self.refused.get(reason, 0)))
+        return [family]
 
     def score(self, vector: Mapping[str, float]) -> dict[str, Any]:
         """The `churn` block of a customer record; no model yet gives a null probability."""
@@ -218,6 +243,10 @@ class ChurnLearner:
     """The single learner: learns each labelled snapshot once and scores its prediction."""
 
     def __init__(self, settings: ChurnSettings, blob: bytes | None = None) -> None:
+        if settings.model == "forest" and not settings.model_secret:
+            # Its snapshots are pickles: unsigned, no worker may load them (docs/churn.md).
+            raise ValueError("churn.model = 'forest' needs churn.model_secret (e.g. "
+                             "VITALS_CHURN__MODEL_SECRET): forest snapshots travel only signed")
         self.settings = settings
         if blob:
             data = pickle.loads(blob)
@@ -266,8 +295,8 @@ class ChurnLearner:
         self.changed = True  # the version is part of the learner's state
         self.unpublished = False
         self.published_at = now
-        return pickle.dumps({"version": self.version, "learned": self.learned,
-                             "model": self.model.dumps(), "metrics": self.metrics_record()})
+        return encode_snapshot(self.version, self.model, self.metrics_record(),
+                               self.settings.model_secret)
 
     @property
     def learned(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -429,6 +430,127 @@ def test_loads_refuses_other_pickles() -> None:
 
     with pytest.raises(ValueError):
         ChurnModel.loads(pickle.dumps({"weights": [1, 2]}))
+
+
+# ---- published snapshots: data only --------------------------------------------------------
+
+SECRET = "s3cret-for-unit-tests-only"
+_SIDE_EFFECTS: list[str] = []
+
+
+class _Payload:
+    """Unpickling this records a side effect: proof that a pickle was (or was not) loaded."""
+
+    def __reduce__(self) -> tuple:
+        return (_SIDE_EFFECTS.append, ("unpickled",))
+
+
+def _refused(blob: bytes, reason: str, secret: str = "") -> None:
+    with pytest.raises(churn.SnapshotRefused) as info:
+        churn.decode_snapshot(blob, secret)
+    assert info.value.reason == reason, info.value
+
+
+def test_logistic_snapshot_is_json_and_predicts_like_the_learner() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(600, 1))
+    blob = churn.encode_snapshot(7, model, {"auc": 0.8, "labelled": 10, "champion": "model"})
+    data = orjson.loads(blob)                       # plain JSON, no pickle inside
+    assert data["kind"] == "logistic" and "pickle" not in data
+    assert set(data["model"]["weights"]) == set(FEATURES)
+    snap = churn.decode_snapshot(blob)
+    assert (snap.version, snap.learned, snap.metrics["auc"]) == (7, 600, 0.8)
+    for x, _ in payment_driven(200, 2):             # bit for bit, drivers included
+        assert snap.model.predict_explained(x, 3) == model.predict_explained(x, 3)
+        assert snap.model.predict(x) == model.predict(x)
+    # signed with a secret, it decodes with that secret only
+    signed = churn.encode_snapshot(8, model, {}, secret=SECRET)
+    assert churn.decode_snapshot(signed, SECRET).version == 8
+    _refused(signed, "bad_signature", "another-secret-of-16+")
+    _refused(blob, "unsigned", SECRET)              # a secret makes signatures compulsory
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda d: d["model"]["weights"].update(dau="1e3"),              # text, not a number
+    lambda d: d["model"]["weights"].update(dau=True),
+    lambda d: d["model"]["weights"].update({"__import__('os').system('id')": 1.0}),
+    lambda d: d["model"]["scaler"]["vars"].update(dau=-1.0),
+    lambda d: d["model"]["scaler"]["counts"].update(dau=2.5),
+    lambda d: d["model"].update(intercept=[0.1]),
+    lambda d: d["model"].update(code="lambda: exec('x')"),          # extra field
+    lambda d: d.update(exec="__import__('os')"),                     # extra field
+    lambda d: d.update(version=-1),
+    lambda d: d.update(metrics={"auc": "x" * 1000}),
+    lambda d: d.update(metrics={"nested": {"a": 1}}),
+    lambda d: d.update(calibration={"model": ["1", 0.0]}),
+    lambda d: d.update(champion="oracle"),
+    lambda d: d.update(kind="svm"),
+    lambda d: d.update(pickle="gASVAAAAAAAAAAB9lC4="),             # a pickle in a logistic
+])
+def test_tampered_json_snapshot_is_refused(tamper: Any) -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(300, 1))
+    data = orjson.loads(churn.encode_snapshot(3, model, {"auc": 0.7}))
+    tamper(data)
+    _refused(orjson.dumps(data), "bad_field")
+    # the same tampering of a signed snapshot fails its signature first
+    signed = orjson.loads(churn.encode_snapshot(3, model, {"auc": 0.7}, secret=SECRET))
+    tamper(signed)
+    _refused(orjson.dumps(signed), "bad_signature", SECRET)
+
+
+def test_other_feature_lists_and_formats_are_refused() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(300, 1))
+    data = orjson.loads(churn.encode_snapshot(3, model, {}))
+    _refused(orjson.dumps({**data, "format": "customer-vitals/churn-model/1"}), "bad_format")
+    _refused(orjson.dumps([data]), "bad_format")
+    older = {**data, "model": {**data["model"], "features_version": churn.FEATURES_VERSION - 1}}
+    _refused(orjson.dumps(older), "bad_format")
+    _refused(b'{"format": "customer-vitals/churn-model/2", "version": NaN}', "not_json")
+
+
+def test_a_pickle_where_json_is_expected_is_never_unpickled() -> None:
+    import pickle
+
+    _SIDE_EFFECTS.clear()
+    for secret in ("", SECRET):
+        _refused(pickle.dumps(_Payload()), "not_json", secret)
+        # what the service published before snapshots were data: a pickled dict
+        _refused(pickle.dumps({"version": 9, "model": pickle.dumps(_Payload())}), "not_json",
+                 secret)
+    assert _SIDE_EFFECTS == []
+
+
+def test_forest_snapshot_is_signed_and_checked_before_unpickling() -> None:
+    import base64
+    import pickle
+
+    model = fit(ChurnModel.create("forest", seed=5), payment_driven(300, 1))
+    with pytest.raises(ValueError, match="model_secret"):
+        churn.encode_snapshot(1, model, {})        # never published unsigned
+    with pytest.raises(ValueError, match="model_secret"):
+        churn.encode_snapshot(1, model, {}, secret="short")
+    blob = churn.encode_snapshot(4, model, {"auc": 0.6}, secret=SECRET)
+    snap = churn.decode_snapshot(blob, SECRET)
+    test = payment_driven(50, 2)
+    assert [snap.model.predict(x) for x, _ in test] == [model.predict(x) for x, _ in test]
+    data = orjson.loads(blob)
+    _SIDE_EFFECTS.clear()
+    _refused(blob, "no_secret", "")                 # nobody to check it: not loaded
+    _refused(blob, "bad_signature", "the-wrong-secret-123")
+    _refused(orjson.dumps({k: v for k, v in data.items() if k != "hmac_sha256"}), "unsigned",
+             SECRET)
+    evil = base64.b64encode(pickle.dumps(_Payload())).decode()
+    _refused(orjson.dumps({**data, "pickle": evil}), "bad_signature", SECRET)
+    assert _SIDE_EFFECTS == []
+    # a signed pickle that is not a churn model (the secret leaked, or a bug) is still refused
+    bad = churn.encode_snapshot(5, model, {}, secret=SECRET)
+    bad_data = orjson.loads(bad)
+    bad_data["pickle"] = base64.b64encode(pickle.dumps({"weights": [1]})).decode()
+    bad_data.pop("hmac_sha256")
+    import hashlib
+    import hmac
+    bad_data["hmac_sha256"] = hmac.new(churn.signing_key(SECRET), churn._canonical(bad_data),
+                                       hashlib.sha256).hexdigest()
+    _refused(orjson.dumps(bad_data), "bad_pickle", SECRET)
 
 
 def test_logistic_contributions_are_weight_times_standardised_value() -> None:

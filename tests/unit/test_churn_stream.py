@@ -1,12 +1,19 @@
-"""streams.churn: the raw figures of a day-close snapshot and the usage baseline."""
+"""streams.churn: the raw figures of a day-close snapshot, the usage baseline, and the model
+snapshots the learner publishes to every scorer."""
 from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from typing import Any
 
 import orjson
 import pytest
 
 from models.activity import DAY_SECONDS
-from models.churn import snapshot_vector
-from streams.churn import BASELINE_DAYS, BASELINE_LAG, ChurnTrack, raw_figures
+from models.churn import encode, snapshot_vector
+from streams.churn import (BASELINE_DAYS, BASELINE_LAG, ChurnLearner, ChurnScorer, ChurnTrack,
+                           raw_figures)
 from streams.state import CustomerState
 
 D = 20513  # as-of day of the day close (2026-03-01 00:00 UTC)
@@ -61,3 +68,84 @@ def test_no_baseline_before_the_first_active_day() -> None:
     track = ChurnTrack()
     track.remember_usage(customer({}), D)
     assert track.baseline_mean() is None
+
+
+# ---- model snapshots between the learner and the scorers ----------------------------------
+
+SECRET = "unit-test-secret-0123456789"
+
+
+def settings_with(**churn_keys: Any) -> Any:
+    from streams.settings import load_settings
+
+    s = load_settings(env={})
+    return dataclasses.replace(s.churn, publish_interval_seconds=0.0, **churn_keys)
+
+
+def learnt(settings: Any, n: int = 300) -> ChurnLearner:
+    rng = random.Random(3)
+    learner = ChurnLearner(settings)
+    examples = []
+    for i in range(n):
+        fails = rng.choice([0, 0, 0, 1, 2])
+        x = snapshot_vector({"failed_payments_90d": fails, "tenure_days": rng.randint(1, 400)})
+        examples.append({"c": f"c{i}", "d": D, "x": encode(x), "y": int(rng.random() < 0.3 * fails),
+                         "p": None, "v": 0})
+    learner.apply(examples)
+    return learner
+
+
+def test_scorer_takes_json_snapshots_and_refuses_the_rest(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    import pickle
+
+    settings = settings_with()
+    learner = learnt(settings)
+    first = learner.publish(now=1.0)
+    scorer = ChurnScorer(settings)
+    assert scorer.update(first) and scorer.version == 1
+    x = snapshot_vector({"failed_payments_90d": 2})
+    before = scorer.score(x)
+    assert before["probability"] == round(learner.model.predict(x), 4)
+    caplog.set_level(logging.DEBUG, logger="streams.churn")
+    hostile = [pickle.dumps({"version": 99, "learned": 10**6, "model": b"", "metrics": {}}),
+               b"\x80\x04junk", b'{"format": "customer-vitals/churn-model/2", "version": 2}',
+               orjson.dumps({**orjson.loads(first), "version": 5, "kind": "forest"})]
+    for blob in hostile + hostile:
+        assert scorer.update(blob) is False
+    assert scorer.version == 1 and scorer.score(x) == before          # the old model stays
+    assert scorer.refused == {"not_json": 4, "bad_field": 2, "no_secret": 2}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3                                         # once per reason
+    [family] = scorer.gauges()
+    assert family.name == "vitals_churn_model_refused"
+    assert {s.labels["reason"]: s.value for s in family.samples
+            if s.name.endswith("_total")}["not_json"] == 4.0
+    # an older or equal version is ignored, a newer one taken
+    learner.apply([{"c": "late", "d": D, "x": encode(x), "y": 1, "p": 0.5, "v": 1}])
+    second = learner.publish(now=2.0)
+    assert scorer.update(first) is False and scorer.update(second) and scorer.version == 2
+
+
+def test_a_forest_travels_only_signed_with_the_shared_secret() -> None:
+    with pytest.raises(ValueError, match="model_secret"):
+        ChurnLearner(settings_with(model="forest"))
+    signed = settings_with(model="forest", model_secret=SECRET)
+    blob = learnt(signed, 200).publish(now=1.0)
+    assert ChurnScorer(signed).update(blob)
+    other = ChurnScorer(settings_with(model_secret="a-different-secret-123"))
+    assert not other.update(blob) and other.refused == {"bad_signature": 1}
+    plain = ChurnScorer(settings_with())
+    assert not plain.update(blob) and plain.refused == {"no_secret": 1}
+
+
+def test_model_secret_setting() -> None:
+    from streams.settings import SettingsError, load_settings
+
+    digits = "12345678901234567890"   # would parse as a TOML integer: kept verbatim
+    s = load_settings(env={"VITALS_CHURN__MODEL_SECRET": digits})
+    assert s.churn.model_secret == digits
+    assert s.as_dict()["churn"]["model_secret"] == "<set>" and digits not in repr(s)
+    assert load_settings(env={}).as_dict()["churn"]["model_secret"] == ""
+    with pytest.raises(SettingsError, match="model_secret"):
+        load_settings(env={"VITALS_CHURN__MODEL_SECRET": "short"})
