@@ -258,12 +258,18 @@ class Example:
     # The ``encode``d vector when the example comes from a LabelBook (which stores snapshots
     # encoded): saves encoding it again for the examples topic. Not part of equality.
     encoded: list[float | int] | None = field(default=None, compare=False, repr=False)
+    # What each candidate said at the snapshot (``SCORE_KEYS``: the model's raw probability,
+    # the calibrated model, the calibrated health score; None where there was none).
+    scores: tuple[float | None, float | None, float | None] | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
         reordered feature list, and the topic is short-lived)."""
-        return {"day": self.day, "label": self.label, "probability": self.probability,
-                "model_version": self.model_version, "vector": dict(self.vector)}
+        out = {"day": self.day, "label": self.label, "probability": self.probability,
+               "model_version": self.model_version, "vector": dict(self.vector)}
+        if self.scores is not None:
+            out["scores"] = list(self.scores)
+        return out
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> Example:
@@ -272,7 +278,19 @@ class Example:
         return cls(day=int(data["day"]), vector={str(k): float(v) for k, v in
                                                  data["vector"].items()},
                    label=int(data["label"]), probability=None if p is None else float(p),
-                   model_version=int(data.get("model_version", 0)))
+                   model_version=int(data.get("model_version", 0)),
+                   scores=_scores(data.get("scores")))
+
+
+SCORE_KEYS: tuple[str, ...] = ("raw", "model", "health")
+
+
+def _scores(value: Any) -> tuple[float | None, float | None, float | None] | None:
+    """The three candidate scores of a snapshot from their stored list (None if absent)."""
+    if not value:
+        return None
+    raw, model, health = (None if v is None else float(v) for v in value)
+    return raw, model, health
 
 
 class LabelBook:
@@ -324,8 +342,8 @@ class LabelBook:
             raise ValueError("horizon must be >= 1 and settle_days >= 0")
         self.horizon = horizon
         self.settle_days = settle_days
-        # d0 -> (encoded vector, probability, model_version)
-        self._pending: dict[int, tuple[list[float | int], float | None, int]] = {}
+        # d0 -> (encoded vector, probability, model_version, candidate scores)
+        self._pending: dict[int, tuple[list[float | int], float | None, int, Any]] = {}
         self._final_through: int | None = None
 
     # ---- views ---------------------------------------------------------------------------
@@ -351,7 +369,8 @@ class LabelBook:
     # ---- changes -------------------------------------------------------------------------
 
     def add(self, d0: int, vector: Mapping[str, float], probability: float | None,
-            model_version: int) -> list[Example]:
+            model_version: int, scores: Sequence[float | None] | None = None
+            ) -> list[Example]:
         """Keep the snapshot as of day d0 (replacing one of the same day); see the class doc.
 
         Returns the examples settled on the way (closed day d0 - 1), usually none.
@@ -361,7 +380,9 @@ class LabelBook:
         if self._final_through is not None and d0 <= self._final_through:
             return settled
         prob = None if probability is None else round(float(probability), 6)
-        self._pending[d0] = (encode(vector), prob, int(model_version))
+        kept = None if scores is None else [None if v is None else round(float(v), 6)
+                                            for v in scores]
+        self._pending[d0] = (encode(vector), prob, int(model_version), kept)
         return settled
 
     def on_churn(self, dc: int) -> list[Example]:
@@ -393,9 +414,9 @@ class LabelBook:
         return len(drop)
 
     def _pop(self, d0: int, label: int) -> Example:
-        values, prob, version = self._pending.pop(d0)
+        values, prob, version, scores = self._pending.pop(d0)
         return Example(day=d0, vector=decode(values), label=label, probability=prob,
-                       model_version=version, encoded=values)
+                       model_version=version, encoded=values, scores=_scores(scores))
 
     def _finalise(self, day: int) -> None:
         if self._final_through is None or day > self._final_through:
@@ -404,12 +425,14 @@ class LabelBook:
     # ---- persistence ---------------------------------------------------------------------
 
     def to_state(self) -> list[Any]:
-        """Plain JSON form: [FEATURES_VERSION, final_through, [[d0, p, version, [x...]], ...]].
+        """Plain JSON form: [FEATURES_VERSION, final_through, [[d0, p, version, [x...]], ...]],
+        each entry followed by its candidate scores [raw, model, health] when it has them.
 
         horizon and settle_days are configuration, not state: they come to ``from_state``.
         """
         return [FEATURES_VERSION, self._final_through,
-                [[d0, p, v, list(x)] for d0, (x, p, v) in sorted(self._pending.items())]]
+                [[d0, p, v, list(x)] + ([s] if s is not None else [])
+                 for d0, (x, p, v, s) in sorted(self._pending.items())]]
 
     @classmethod
     def from_state(cls, state: Sequence[Any] | None, horizon: int = HORIZON_DAYS,
@@ -426,8 +449,9 @@ class LabelBook:
         book._final_through = None if final_through is None else int(final_through)
         if version != FEATURES_VERSION:
             return book
-        for d0, p, v, x in pending:
-            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v))
+        for d0, p, v, x, *rest in pending:
+            scores = list(rest[0]) if rest and rest[0] is not None else None
+            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v), scores)
         return book
 
     def __eq__(self, other: object) -> bool:
@@ -932,6 +956,167 @@ def decode_snapshot(blob: bytes, secret: str = "") -> ModelSnapshot:
 
 
 # --------------------------------------------------------------------------------------------
+# Calibration and the champion
+# --------------------------------------------------------------------------------------------
+
+_P_EDGE = 1e-6
+
+
+def logit(p: float) -> float:
+    """log(p / (1 - p)), p kept within [1e-6, 1 - 1e-6]."""
+    p = min(1.0 - _P_EDGE, max(_P_EDGE, float(p)))
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def platt(params: Sequence[float], score: float) -> float:
+    """A calibrated probability: sigmoid(slope · score + intercept)."""
+    return sigmoid(params[0] * score + params[1])
+
+
+class PlattCalibrator:
+    """Online Platt scaling of one score: p = sigmoid(a · score + b).
+
+    Scores are counted by label in ``bins`` equal bins over [lo, hi] (clamped); ``decay``
+    lets old counts fade, so the fit follows a model that changes. ``fit`` solves the
+    logistic regression of the label on the bin centre exactly (Newton), with Platt's
+    smoothed targets ((P + 1) / (P + 2) for churners, 1 / (N + 2) for the others) so that a
+    few labels never give 0 or 1. Being monotone, the calibration keeps the score's ranking
+    (its AUC) unless the fit finds the score ranks backwards (a < 0), which it then says.
+    Constant memory; the state is a few hundred numbers.
+    """
+
+    __slots__ = ("lo", "hi", "bins", "pos", "neg")
+
+    def __init__(self, lo: float, hi: float, bins: int) -> None:
+        if not hi > lo or bins < 2:
+            raise ValueError("need hi > lo and bins >= 2")
+        self.lo, self.hi, self.bins = float(lo), float(hi), int(bins)
+        self.pos = [0.0] * self.bins
+        self.neg = [0.0] * self.bins
+
+    def _bin(self, score: float) -> int:
+        i = int((score - self.lo) / (self.hi - self.lo) * self.bins)
+        return min(self.bins - 1, max(0, i))
+
+    def centre(self, i: int) -> float:
+        return self.lo + (i + 0.5) * (self.hi - self.lo) / self.bins
+
+    def learn(self, score: float, label: int) -> None:
+        (self.pos if label else self.neg)[self._bin(score)] += 1.0
+
+    def decay(self, factor: float) -> None:
+        """Multiply every count by ``factor`` (0..1): older labels weigh less."""
+        self.pos = [c * factor for c in self.pos]
+        self.neg = [c * factor for c in self.neg]
+
+    @property
+    def counts(self) -> tuple[float, float]:
+        return sum(self.pos), sum(self.neg)
+
+    def fit(self, min_each: float = 5.0) -> list[float] | None:
+        """[slope, intercept] on the raw score; None before ``min_each`` of each class."""
+        P, N = self.counts
+        if P < min_each or N < min_each:
+            return None
+        t_pos, t_neg = (P + 1.0) / (P + 2.0), 1.0 / (N + 2.0)
+        rows = []
+        for i in range(self.bins):
+            w = self.pos[i] + self.neg[i]
+            if w > 0:
+                rows.append((self.centre(i), w, (self.pos[i] * t_pos + self.neg[i] * t_neg) / w))
+        total = P + N
+        mu = sum(x * w for x, w, _ in rows) / total
+        sd = math.sqrt(sum(w * (x - mu) ** 2 for x, w, _ in rows) / total) or 1.0
+        a, b = 0.0, logit(P / total)
+        for _ in range(50):                       # Newton on standardised scores
+            ga = gb = haa = hab = hbb = 0.0
+            for x, w, t in rows:
+                u = (x - mu) / sd
+                p = sigmoid(a * u + b)
+                r = w * (p - t)
+                h = w * p * (1.0 - p)
+                ga += r * u
+                gb += r
+                haa += h * u * u
+                hab += h * u
+                hbb += h
+            haa += 1e-9 * total                   # a tiny ridge: a flat score stays solvable
+            hbb += 1e-9 * total
+            det = haa * hbb - hab * hab
+            if det <= 0:
+                break
+            da = (hbb * ga - hab * gb) / det
+            db = (haa * gb - hab * ga) / det
+            a, b = a - da, b - db
+            if abs(da) + abs(db) < 1e-10:
+                break
+        return [a / sd, b - a * mu / sd]
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain JSON form; counts sparse as [[bin, pos, neg], ...]."""
+        return {"lo": self.lo, "hi": self.hi, "bins": self.bins,
+                "c": [[i, round(p, 6), round(n, 6)] for i, (p, n) in
+                      enumerate(zip(self.pos, self.neg)) if p or n]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PlattCalibrator:
+        out = cls(state["lo"], state["hi"], state["bins"])
+        for i, p, n in state.get("c", ()):
+            out.pos[int(i)], out.neg[int(i)] = float(p), float(n)
+        return out
+
+
+def model_calibrator() -> PlattCalibrator:
+    """For the River model: its log-odds, 0.1 wide bins over [-12, 12]."""
+    return PlattCalibrator(-12.0, 12.0, 240)
+
+
+def health_calibrator() -> PlattCalibrator:
+    """For the health score (0-100, higher = healthier), one-point bins."""
+    return PlattCalibrator(0.0, 100.0, 100)
+
+
+def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """ROC AUC by ranks (ties count 1/2); None without both classes."""
+    P = sum(1 for y in labels if y)
+    N = len(labels) - P
+    if P == 0 or N == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mean_rank = (i + j) / 2.0 + 1.0
+        rank_sum += mean_rank * sum(1 for k in order[i:j + 1] if labels[k])
+        i = j + 1
+    return (rank_sum - P * (P + 1) / 2.0) / (P * N)
+
+
+def choose_champion(current: str, auc_model: float | None, auc_health: float | None,
+                    labelled: int, min_labels: int, margin: float) -> str:
+    """Who gives the published probability: the challenger takes over only when it beats the
+    champion by ``margin`` AUC over a window of at least ``min_labels`` labelled predictions
+    (no flip-flopping on noise); otherwise the champion stays."""
+    if labelled < min_labels or auc_model is None or auc_health is None:
+        return current
+    if current == "health" and auc_model >= auc_health + margin:
+        return "model"
+    if current == "model" and auc_health >= auc_model + margin:
+        return "health"
+    return current
+
+
+# --------------------------------------------------------------------------------------------
 # Progressive validation
 # --------------------------------------------------------------------------------------------
 
@@ -1023,6 +1208,36 @@ class ProgressiveMetrics:
     def log_loss(self) -> float | None:
         return None if self.count == 0 else self.log_loss_sum / self.count
 
+    def constant_log_loss(self) -> float | None:
+        """Log loss of the best constant predictor (the base rate of the labels scored): what
+        a probability must beat to carry any information."""
+        if self.count == 0:
+            return None
+        rate = self.positives / self.count
+        if rate in (0.0, 1.0):
+            return 0.0
+        return -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
+
+    def ece(self, bins: int = 10) -> float | None:
+        """Expected calibration error: Σ over ``bins`` equal bins of predicted probability of
+        (share of predictions) × |mean prediction − share of churners|. Mean predictions are
+        taken at the centres of the fine histogram bins (error <= 1 / (2 · self.bins))."""
+        if self.count == 0:
+            return None
+        n = [0] * bins
+        pos = [0] * bins
+        psum = [0.0] * bins
+        for b in range(self.bins):
+            total = self._neg[b] + self._pos[b]
+            if not total:
+                continue
+            centre = (b + 0.5) / self.bins
+            k = min(bins - 1, int(centre * bins))
+            n[k] += total
+            pos[k] += self._pos[b]
+            psum[k] += centre * total
+        return sum(abs(psum[k] - pos[k]) for k in range(bins) if n[k]) / self.count
+
     def auc(self) -> float | None:
         """ROC AUC from the histograms (same-bin pairs count 1/2); None without both classes."""
         P, N = self.positives, self.negatives
@@ -1068,7 +1283,8 @@ class ProgressiveMetrics:
 
         return {"labelled": self.count, "auc": r(self.auc()), "accuracy": r(self.accuracy()),
                 "log_loss": r(self.log_loss()),
-                "precision_top_decile": r(self.precision_top_decile())}
+                "precision_top_decile": r(self.precision_top_decile()),
+                "log_loss_constant": r(self.constant_log_loss()), "ece": r(self.ece())}
 
     # ---- persistence ---------------------------------------------------------------------
 

@@ -352,7 +352,22 @@ class BusinessAggregator:
             for field_name, values in ratios.items():
                 if record[field_name] is not None:
                     values[(label,)] = record[field_name]
+        # The churn model's candidates, from the owner of scope all (as its record is).
+        model = self.churn_model() if "all" in self.current() else None
+        baseline: dict[tuple[str, ...], float] = {}
+        champion: dict[tuple[str, ...], float] = {}
+        if model:
+            if model.get("health_auc") is not None:
+                baseline[()] = model["health_auc"]
+            if model.get("champion") is not None:
+                champion[(model["champion"],)] = 1.0
         return [
+            gauge("vitals_churn_model_baseline_auc",
+                  "Progressive ROC AUC of the calibrated health score as a churn predictor",
+                  (), baseline),
+            gauge("vitals_churn_model_champion",
+                  "Which churn predictor gives the published probability (1 = champion)",
+                  ("champion",), champion),
             gauge("vitals_mrr", "MRR now, by segment (all = every segment)", ("segment",), mrr),
             gauge("vitals_mrr_movement", "MRR movements of the current month",
                   ("segment", "movement"), moves),

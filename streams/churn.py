@@ -22,14 +22,16 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from models.activity import DAY_SECONDS
 from models.churn import (REFUSAL_REASONS, ChurnModel, Example, LabelBook, ModelSnapshot,
-                          ProgressiveMetrics, SnapshotRefused, churn_record, decode,
-                          decode_snapshot, encode, encode_snapshot, snapshot_vector)
+                          PlattCalibrator, ProgressiveMetrics, SnapshotRefused, auc_exact,
+                          choose_champion, churn_record, decode, decode_snapshot, encode,
+                          encode_snapshot, health_calibrator, logit, model_calibrator, platt,
+                          snapshot_vector)
 from streams.settings import ChurnSettings
 
 if TYPE_CHECKING:
@@ -123,8 +125,11 @@ def remember_mrr(history: list[list[float]], day: int, mrr: float) -> None:
 def example_value(cid: str, example: Example) -> dict[str, Any]:
     """A labelled snapshot on the examples topic (vector as a list in FEATURES order)."""
     x = example.encoded if example.encoded is not None else encode(example.vector)
-    return {"c": cid, "d": example.day, "x": x, "y": example.label,
-            "p": example.probability, "v": example.model_version}
+    out = {"c": cid, "d": example.day, "x": x, "y": example.label,
+           "p": example.probability, "v": example.model_version}
+    if example.scores is not None:
+        out["s"] = list(example.scores)
+    return out
 
 
 class ChurnScorer:
@@ -176,15 +181,29 @@ class ChurnScorer:
         return [family]
 
     def score(self, vector: Mapping[str, float]) -> dict[str, Any]:
-        """The `churn` block of a customer record; no model yet gives a null probability."""
+        """The `churn` block of a customer record; no model yet gives a null probability.
+
+        Both candidates are scored: the River model (calibrated once the learner has a
+        calibration for it) and the health score turned into a probability by its own
+        calibration. The published probability is the champion's (the model's while the
+        health score has no calibration yet). ``scores`` = [model raw, model calibrated,
+        health calibrated] is kept with the snapshot, so the learner can judge each
+        candidate on the label when it comes.
+        """
         if self.current is None:
             return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
-                    "model_version": 0}
-        p, drivers = self.current.model.predict_explained(vector, 3)
+                    "model_version": 0, "scores": None}
+        snap = self.current
+        raw, drivers = snap.model.predict_explained(vector, 3)
+        cal = snap.calibration
+        model_p = raw if cal["model"] is None else platt(cal["model"], logit(raw))
+        health_p = (None if cal["health"] is None
+                    else platt(cal["health"], float(vector.get("health_score", 50.0))))
+        p = health_p if snap.champion == "health" and health_p is not None else model_p
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
         return {**churn_record(p, self.ready, drivers, bands["high"], bands["medium"]),
-                "model_version": self.current.version}
+                "model_version": snap.version, "scores": [raw, model_p, health_p]}
 
     def model_record(self) -> dict[str, Any] | None:
         """`churn_model` of the business record (scope all)."""
@@ -240,7 +259,13 @@ class ChurnTrack:
 
 
 class ChurnLearner:
-    """The single learner: learns each labelled snapshot once and scores its prediction."""
+    """The single learner: learns each labelled snapshot once and scores its prediction.
+
+    Besides the model it keeps, on the same delayed labels: progressive metrics of the
+    published probability and of each candidate (the calibrated model, the calibrated health
+    score), the two online calibrations, a window of recent labelled predictions of both
+    candidates, and the champion chosen on that window (``choose_champion``).
+    """
 
     def __init__(self, settings: ChurnSettings, blob: bytes | None = None) -> None:
         if settings.model == "forest" and not settings.model_secret:
@@ -254,11 +279,27 @@ class ChurnLearner:
             self.metrics = ProgressiveMetrics.from_state(data["metrics"])
             self.last_day: dict[str, int] = data["last"]
             self.version: int = data["version"]
+            trust = data.get("trust") or {}
         else:
             self.model = ChurnModel.create(settings.model)
             self.metrics = ProgressiveMetrics()
             self.last_day = {}
             self.version = 0
+            trust = {}
+        self.metrics_model = ProgressiveMetrics.from_state(trust.get("mm"))
+        self.metrics_health = ProgressiveMetrics.from_state(trust.get("mh"))
+        self.cal_model: PlattCalibrator = (PlattCalibrator.from_state(trust["cm"])
+                                           if "cm" in trust else model_calibrator())
+        self.cal_health: PlattCalibrator = (PlattCalibrator.from_state(trust["ch"])
+                                            if "ch" in trust else health_calibrator())
+        # (calibrated model, calibrated health, label) of the latest labelled predictions
+        self.window: deque[tuple[float, float, int]] = deque(
+            (tuple(w) for w in trust.get("w", ())), maxlen=settings.champion_window)
+        # The health score is the incumbent: the model has to beat it first.
+        self.champion: str = trust.get("champion", "health")
+        # What the last published version applies (fitted at each publish).
+        self.calibration: dict[str, list[float] | None] = trust.get(
+            "cal", {"model": None, "health": None})
         self.duplicates = 0
         self.changed = False
         self.published_at = 0.0
@@ -273,18 +314,39 @@ class ChurnLearner:
                 self.duplicates += 1
                 continue
             self.last_day[cid] = day
+            y = ex["y"]
+            x = decode(ex["x"])
             if ex["p"] is not None:
-                self.metrics.update(ex["p"], ex["y"])
-            self.model.learn(decode(ex["x"]), ex["y"])
+                self.metrics.update(ex["p"], y)
+            scores = ex.get("s")
+            if scores:
+                raw, model_p, health_p = scores
+                if model_p is not None:
+                    self.metrics_model.update(model_p, y)
+                if health_p is not None:
+                    self.metrics_health.update(health_p, y)
+                if model_p is not None and health_p is not None:
+                    self.window.append((float(model_p), float(health_p), int(y)))
+                if raw is not None:   # a prediction made before this label: out of sample
+                    self.cal_model.learn(logit(raw), y)
+            self.cal_health.learn(x["health_score"], y)
+            self.model.learn(x, y)
             new += 1
         if new:
+            factor = 0.5 ** (new / self.settings.calibration_half_life)
+            self.cal_model.decay(factor)
+            self.cal_health.decay(factor)
             self.changed = self.unpublished = True
         return new
 
     def to_bytes(self) -> bytes:
         self.changed = False
+        trust = {"mm": self.metrics_model.to_state(), "mh": self.metrics_health.to_state(),
+                 "cm": self.cal_model.to_state(), "ch": self.cal_health.to_state(),
+                 "w": [list(w) for w in self.window], "champion": self.champion,
+                 "cal": self.calibration}
         return pickle.dumps({"model": self.model.dumps(), "metrics": self.metrics.to_state(),
-                             "last": self.last_day, "version": self.version})
+                             "last": self.last_day, "version": self.version, "trust": trust})
 
     def publish(self, now: float | None = None) -> bytes | None:
         """A new model version when something was learnt and the interval has passed."""
@@ -295,15 +357,50 @@ class ChurnLearner:
         self.changed = True  # the version is part of the learner's state
         self.unpublished = False
         self.published_at = now
+        self.refresh()
         return encode_snapshot(self.version, self.model, self.metrics_record(),
-                               self.settings.model_secret)
+                               self.settings.model_secret, self.calibration,
+                               self.published_champion)
+
+    def window_aucs(self) -> tuple[float | None, float | None]:
+        """(model AUC, health AUC) over the window of recent labelled predictions."""
+        labels = [w[2] for w in self.window]
+        return (auc_exact([w[0] for w in self.window], labels),
+                auc_exact([w[1] for w in self.window], labels))
+
+    def refresh(self) -> None:
+        """Fit both calibrations and choose the champion (at each publish)."""
+        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit()}
+        auc_model, auc_health = self.window_aucs()
+        s = self.settings
+        self.champion = choose_champion(self.champion, auc_model, auc_health, len(self.window),
+                                        s.champion_min_labels, s.champion_margin)
+
+    @property
+    def published_champion(self) -> str:
+        """The champion scorers apply: the model while the health score has no calibration."""
+        return "health" if self.champion == "health" and self.calibration["health"] else "model"
 
     @property
     def learned(self) -> int:
         return self.model.learned
 
     def metrics_record(self) -> dict[str, Any]:
-        return self.metrics.to_record()
+        """The ``churn_model`` block: the published probability's progressive figures
+        (``labelled`` = predictions scored, ``learned`` = labels learnt), the champion, each
+        candidate's progressive AUC, log loss and calibration error, and the window's AUCs."""
+        rec = self.metrics.to_record()
+        rec["learned"] = self.learned
+        rec["champion"] = self.published_champion
+        for name, m in (("model", self.metrics_model), ("health", self.metrics_health)):
+            part = m.to_record()
+            for key in ("auc", "log_loss", "ece", "labelled"):
+                rec[f"{name}_{key}"] = part[key]
+        auc_model, auc_health = self.window_aucs()
+        rec["window_labelled"] = len(self.window)
+        rec["window_model_auc"] = None if auc_model is None else round(auc_model, 4)
+        rec["window_health_auc"] = None if auc_health is None else round(auc_health, 4)
+        return rec
 
 
 def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
@@ -313,4 +410,5 @@ def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
     vector = snapshot_vector(raw_figures(state, record, day))
     block = scorer.score(vector)
     state.churn.last = block
-    return state.churn.book.add(day, vector, block["probability"], block["model_version"])
+    return state.churn.book.add(day, vector, block["probability"], block["model_version"],
+                                block.get("scores"))

@@ -167,6 +167,10 @@ class ChurnSettings:
     model: str
     publish_interval_seconds: float
     bands: dict[str, float]
+    champion_window: int
+    champion_min_labels: int
+    champion_margin: float
+    calibration_half_life: float
     # HMAC key of published model snapshots (docs/churn.md); never printed (``as_dict``).
     model_secret: str = field(default="", repr=False)
 
@@ -406,6 +410,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError("setting 'health.grades': green must be above yellow")
     if not s.churn.bands["high"] > s.churn.bands["medium"]:
         raise SettingsError("setting 'churn.bands': high must be above medium")
+    c = s.churn
+    if not (c.champion_window >= c.champion_min_labels >= 1 and c.champion_margin >= 0
+            and c.calibration_half_life > 0):
+        raise SettingsError("settings 'churn.champion_*': need champion_window >= "
+                            "champion_min_labels >= 1, champion_margin >= 0 and "
+                            "calibration_half_life > 0")
     from models.churn import MIN_SECRET_CHARS
 
     secret = s.churn.model_secret

@@ -648,7 +648,8 @@ def test_precision_top_decile_interpolates_in_the_boundary_bin() -> None:
 def test_metrics_edge_cases() -> None:
     m = ProgressiveMetrics()
     assert m.to_record() == {"labelled": 0, "auc": None, "accuracy": None, "log_loss": None,
-                             "precision_top_decile": None}
+                             "precision_top_decile": None, "log_loss_constant": None,
+                             "ece": None}
     m.update(None, 1)  # no model when this snapshot was taken: not scored
     assert m.count == 0 and m.unscored == 1 and m.to_record()["labelled"] == 0
     m.update(0.5, 1)  # the threshold itself predicts churn
@@ -707,3 +708,89 @@ def test_churn_record_bands_the_published_probability() -> None:
     rec = churn_record(0.49996, True, drivers)
     assert rec == {"probability": 0.5, "risk": "high", "model_ready": True, "drivers": drivers}
     assert churn_record(0.1234567, False, [])["probability"] == 0.1235
+
+
+# ---- calibration and the champion ---------------------------------------------------------
+
+
+def test_platt_calibrator_recovers_a_known_calibration() -> None:
+    rng = random.Random(5)
+    cal = churn.PlattCalibrator(-6.0, 6.0, 240)
+    assert cal.fit() is None                       # nothing learnt: no calibration
+    for _ in range(40000):
+        s = rng.uniform(-4.0, 3.0)
+        cal.learn(s, int(rng.random() < churn.sigmoid(1.5 * s - 2.0)))
+    a, b = cal.fit()
+    assert a == pytest.approx(1.5, abs=0.08) and b == pytest.approx(-2.0, abs=0.08)
+    back = churn.PlattCalibrator.from_state(orjson.loads(orjson.dumps(cal.to_state())))
+    assert back.fit() == pytest.approx([a, b])
+    cal.decay(0.5)
+    assert cal.counts[0] == pytest.approx(back.counts[0] / 2)
+    assert cal.fit() == pytest.approx([a, b], abs=1e-3)  # halving every count: the same fit
+
+
+def test_platt_of_a_backwards_score_has_a_negative_slope() -> None:
+    rng = random.Random(6)
+    cal = churn.health_calibrator()
+    for _ in range(5000):
+        h = rng.uniform(0, 100)
+        cal.learn(h, int(rng.random() < 0.4 * (1 - h / 100)))
+    a, _ = cal.fit()
+    assert a < 0
+    assert churn.platt(cal.fit(), 10.0) > churn.platt(cal.fit(), 90.0)
+
+
+def test_auc_exact_matches_sklearn_with_ties() -> None:
+    rng = random.Random(2)
+    scores = [rng.choice([0.1, 0.2, 0.2, 0.5, 0.9]) for _ in range(300)]
+    labels = [int(rng.random() < s) for s in scores]
+    assert churn.auc_exact(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert churn.auc_exact([0.3, 0.4], [1, 1]) is None
+
+
+@pytest.mark.parametrize("current,auc_model,auc_health,n,expected", [
+    ("health", 0.80, 0.70, 999, "health"),        # too few labels: no change
+    ("health", 0.705, 0.70, 1000, "health"),       # within the margin: the champion stays
+    ("health", 0.711, 0.70, 1000, "model"),
+    ("model", 0.70, 0.705, 5000, "model"),
+    ("model", 0.70, 0.711, 5000, "health"),
+    ("model", None, 0.9, 5000, "model"),           # one class only in the window
+])
+def test_choose_champion(current: str, auc_model: float | None, auc_health: float | None,
+                         n: int, expected: str) -> None:
+    assert churn.choose_champion(current, auc_model, auc_health, n, 1000, 0.01) == expected
+
+
+def test_ece_and_constant_log_loss() -> None:
+    rng = random.Random(4)
+    calibrated, overconfident = ProgressiveMetrics(), ProgressiveMetrics()
+    pairs = []
+    for _ in range(20000):
+        p = rng.uniform(0.0, 0.5)
+        y = int(rng.random() < p)
+        pairs.append((p, y))
+        calibrated.update(p, y)
+        overconfident.update(min(1.0, 2 * p), y)
+    assert calibrated.ece() < 0.02 and overconfident.ece() > 0.2
+    # ECE by hand over 10 equal bins (the histogram's bin centres, 1/2000 at most apart)
+    by_bin: dict[int, list[tuple[float, int]]] = {}
+    for p, y in pairs:
+        by_bin.setdefault(min(9, int(p * 10)), []).append((p, y))
+    direct = sum(abs(sum(p for p, _ in v) - sum(y for _, y in v)) for v in by_bin.values())
+    assert calibrated.ece() == pytest.approx(direct / len(pairs), abs=1e-3)
+    rate = sum(y for _, y in pairs) / len(pairs)
+    assert calibrated.constant_log_loss() == pytest.approx(
+        log_loss([y for _, y in pairs], [rate] * len(pairs)))
+    record = calibrated.to_record()
+    assert record["log_loss"] < record["log_loss_constant"] and record["ece"] < 0.02
+
+
+def test_book_keeps_the_candidate_scores_of_each_snapshot() -> None:
+    book = LabelBook()
+    book.add(100, {}, 0.3, 2, [0.5, 0.3, 0.2])
+    book.add(101, {}, None, 0)
+    back = LabelBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
+    assert back == book
+    out = back.on_churn(110)
+    assert [e.scores for e in out] == [(0.5, 0.3, 0.2), None]
+    assert Example.from_record(orjson.loads(orjson.dumps(out[0].to_record()))) == out[0]

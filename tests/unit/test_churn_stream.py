@@ -106,7 +106,7 @@ def test_scorer_takes_json_snapshots_and_refuses_the_rest(caplog: pytest.LogCapt
     assert scorer.update(first) and scorer.version == 1
     x = snapshot_vector({"failed_payments_90d": 2})
     before = scorer.score(x)
-    assert before["probability"] == round(learner.model.predict(x), 4)
+    assert before["scores"][0] == learner.model.predict(x)   # the model, as learnt
     caplog.set_level(logging.DEBUG, logger="streams.churn")
     hostile = [pickle.dumps({"version": 99, "learned": 10**6, "model": b"", "metrics": {}}),
                b"\x80\x04junk", b'{"format": "customer-vitals/churn-model/2", "version": 2}',
@@ -149,3 +149,54 @@ def test_model_secret_setting() -> None:
     assert load_settings(env={}).as_dict()["churn"]["model_secret"] == ""
     with pytest.raises(SettingsError, match="model_secret"):
         load_settings(env={"VITALS_CHURN__MODEL_SECRET": "short"})
+
+
+def run_stream(label_of: Any, days: int = 40, per_day: int = 250, seed: int = 9
+               ) -> tuple[ChurnLearner, ChurnScorer]:
+    """Score, then learn, day after day: the scorer holds the learner's latest version."""
+    rng = random.Random(seed)
+    settings = settings_with()
+    learner, scorer = ChurnLearner(settings), ChurnScorer(settings)
+    for day in range(days):
+        batch = []
+        for i in range(per_day):
+            raw = {"failed_payments_90d": rng.choice([0, 0, 0, 0, 1, 2]),
+                   "health_score": rng.uniform(10, 100), "tenure_days": rng.randint(1, 500),
+                   "tickets_30d": rng.randint(0, 3)}
+            x = snapshot_vector(raw)
+            block = scorer.score(x)
+            batch.append({"c": f"c{day}-{i}", "d": D + day, "x": encode(x),
+                          "y": int(rng.random() < label_of(raw)), "p": block["probability"],
+                          "v": block["model_version"], "s": block["scores"]})
+        learner.apply(batch)
+        blob = learner.publish(now=float(day + 1))
+        assert blob is not None and scorer.update(blob)
+    return learner, scorer
+
+
+def test_the_model_takes_over_when_it_beats_the_health_score() -> None:
+    learner, scorer = run_stream(lambda r: 0.02 + 0.25 * r["failed_payments_90d"])
+    rec = scorer.model_record()
+    assert rec["champion"] == "model" and scorer.current.champion == "model"
+    assert rec["window_model_auc"] > rec["window_health_auc"] + 0.01
+    assert rec["model_auc"] > 0.7 and 0.4 < rec["health_auc"] < 0.6   # health is noise here
+    # calibrated: better than the constant base rate, and close to the truth
+    assert rec["log_loss"] < rec["log_loss_constant"] and rec["model_ece"] < 0.05
+    assert rec["learned"] == 40 * 250 and rec["labelled"] < rec["learned"]
+
+
+def test_the_health_score_stays_champion_when_the_model_is_no_better() -> None:
+    learner, scorer = run_stream(lambda r: 0.3 * (1 - r["health_score"] / 100) ** 2)
+    rec = scorer.model_record()
+    assert rec["champion"] == "health"
+    assert rec["health_auc"] > 0.65
+    assert rec["log_loss"] < rec["log_loss_constant"] and rec["health_ece"] < 0.05
+    # the published probability is the calibrated health score's
+    x = snapshot_vector({"health_score": 20.0})
+    block = scorer.score(x)
+    assert block["probability"] == round(block["scores"][2], 4)
+    assert block["scores"][2] > scorer.score(snapshot_vector({"health_score": 90.0}))["scores"][2]
+    # the learner's trust state survives a restart
+    again = ChurnLearner(learner.settings, learner.to_bytes())
+    assert again.metrics_record() == learner.metrics_record()
+    assert again.window == learner.window and again.champion == learner.champion
