@@ -992,12 +992,14 @@ class PlattCalibrator:
     Constant memory; the state is a few hundred numbers.
     """
 
-    __slots__ = ("lo", "hi", "bins", "pos", "neg")
+    __slots__ = ("lo", "hi", "bins", "pos", "neg", "slope_bounds")
 
-    def __init__(self, lo: float, hi: float, bins: int) -> None:
+    def __init__(self, lo: float, hi: float, bins: int,
+                 slope_bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
         if not hi > lo or bins < 2:
             raise ValueError("need hi > lo and bins >= 2")
         self.lo, self.hi, self.bins = float(lo), float(hi), int(bins)
+        self.slope_bounds = slope_bounds
         self.pos = [0.0] * self.bins
         self.neg = [0.0] * self.bins
 
@@ -1057,30 +1059,53 @@ class PlattCalibrator:
             a, b = a - da, b - db
             if abs(da) + abs(db) < 1e-10:
                 break
-        return [a / sd, b - a * mu / sd]
+        slope = a / sd
+        lo, hi = self.slope_bounds
+        if lo <= slope <= hi:
+            return [slope, b - a * mu / sd]
+        # Out of bounds (a fit on too narrow or stale a range of scores would extrapolate
+        # wildly): the slope is clamped and the intercept refitted for it. The gradient is
+        # increasing in the intercept: bisection, which cannot overshoot as Newton can here.
+        slope = min(hi, max(lo, slope))
+        lo_c, hi_c = -60.0, 60.0
+        for _ in range(80):
+            c = (lo_c + hi_c) / 2.0
+            g = sum(w * (sigmoid(slope * x + c) - t) for x, w, t in rows)
+            if g > 0:
+                hi_c = c
+            else:
+                lo_c = c
+        c = (lo_c + hi_c) / 2.0
+        return [slope, c]
 
     def to_state(self) -> dict[str, Any]:
         """Plain JSON form; counts sparse as [[bin, pos, neg], ...]."""
         return {"lo": self.lo, "hi": self.hi, "bins": self.bins,
+                "slope": [self.slope_bounds[0] if math.isfinite(self.slope_bounds[0]) else None,
+                          self.slope_bounds[1] if math.isfinite(self.slope_bounds[1]) else None],
                 "c": [[i, round(p, 6), round(n, 6)] for i, (p, n) in
                       enumerate(zip(self.pos, self.neg)) if p or n]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> PlattCalibrator:
-        out = cls(state["lo"], state["hi"], state["bins"])
+        lo, hi = state.get("slope") or (None, None)
+        out = cls(state["lo"], state["hi"], state["bins"],
+                  (-math.inf if lo is None else lo, math.inf if hi is None else hi))
         for i, p, n in state.get("c", ()):
             out.pos[int(i)], out.neg[int(i)] = float(p), float(n)
         return out
 
 
 def model_calibrator() -> PlattCalibrator:
-    """For the River model: its log-odds, 0.1 wide bins over [-12, 12]."""
-    return PlattCalibrator(-12.0, 12.0, 240)
+    """For the River model: its log-odds, 0.1 wide bins over [-12, 12]; the slope within
+    [0, 2] (never reversing the model's ranking; at most doubling its confidence)."""
+    return PlattCalibrator(-12.0, 12.0, 240, (0.0, 2.0))
 
 
 def health_calibrator() -> PlattCalibrator:
-    """For the health score (0-100, higher = healthier), one-point bins."""
-    return PlattCalibrator(0.0, 100.0, 100)
+    """For the health score (0-100, higher = healthier), one-point bins; the slope <= 0
+    (a healthier customer is never said to be more likely to churn)."""
+    return PlattCalibrator(0.0, 100.0, 100, (-1.0, 0.0))
 
 
 def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:

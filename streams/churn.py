@@ -19,6 +19,7 @@ no other lossless form): the table's changelog topic must be writable by the ser
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import pickle
 import time
@@ -196,10 +197,15 @@ class ChurnScorer:
         snap = self.current
         raw, drivers = snap.model.predict_explained(vector, 3)
         cal = snap.calibration
-        model_p = raw if cal["model"] is None else platt(cal["model"], logit(raw))
+        model_p = None if cal["model"] is None else platt(cal["model"], logit(raw))
         health_p = (None if cal["health"] is None
                     else platt(cal["health"], float(vector.get("health_score", 50.0))))
-        p = health_p if snap.champion == "health" and health_p is not None else model_p
+        p = health_p if snap.champion == "health" else model_p
+        if p is None:
+            # The champion has no calibration yet: an uncalibrated probability is not
+            # published (nor alerted on); the raw score is kept to learn the calibration.
+            return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
+                    "model_version": snap.version, "scores": [raw, model_p, health_p]}
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
         return {**churn_record(p, self.ready, drivers, bands["high"], bands["medium"]),
@@ -292,9 +298,18 @@ class ChurnLearner:
                                            if "cm" in trust else model_calibrator())
         self.cal_health: PlattCalibrator = (PlattCalibrator.from_state(trust["ch"])
                                             if "ch" in trust else health_calibrator())
-        # (calibrated model, calibrated health, label) of the latest labelled predictions
+        # (model's raw probability, minus the health score, label) of the latest labelled
+        # predictions: rankings, so that the calibrations' drift does not decide the champion
         self.window: deque[tuple[float, float, int]] = deque(
             (tuple(w) for w in trust.get("w", ())), maxlen=settings.champion_window)
+        # Labelled churners waiting until the non-churners of their snapshot day are labelled
+        # too: (day, order, encoded vector, [raw, model, health]), and the latest snapshot day
+        # with a non-churner labelled (see _mature).
+        self.waiting: list[tuple[int, int, list[float | int], Any]] = [
+            (int(w[0]), i, w[1], w[2]) for i, w in enumerate(trust.get("q", ()))]
+        heapq.heapify(self.waiting)
+        self._order = len(self.waiting)
+        self.frontier: int | None = trust.get("f")
         # The health score is the incumbent: the model has to beat it first.
         self.champion: str = trust.get("champion", "health")
         # What the last published version applies (fitted at each publish).
@@ -308,6 +323,7 @@ class ChurnLearner:
     def apply(self, examples: list[dict[str, Any]]) -> int:
         """Learn the examples not learnt before; returns how many were new."""
         new = 0
+        matured: list[tuple[int, int, list[float | int], Any]] = []
         for ex in examples:
             cid, day = ex["c"], ex["d"]
             if self.last_day.get(cid, -1) >= day:
@@ -315,35 +331,67 @@ class ChurnLearner:
                 continue
             self.last_day[cid] = day
             y = ex["y"]
-            x = decode(ex["x"])
             if ex["p"] is not None:
                 self.metrics.update(ex["p"], y)
             scores = ex.get("s")
             if scores:
-                raw, model_p, health_p = scores
+                _, model_p, health_p = scores
                 if model_p is not None:
                     self.metrics_model.update(model_p, y)
                 if health_p is not None:
                     self.metrics_health.update(health_p, y)
-                if model_p is not None and health_p is not None:
-                    self.window.append((float(model_p), float(health_p), int(y)))
-                if raw is not None:   # a prediction made before this label: out of sample
-                    self.cal_model.learn(logit(raw), y)
-            self.cal_health.learn(x["health_score"], y)
-            self.model.learn(x, y)
+            self._order += 1
+            item = (int(day), self._order, ex["x"], scores)
+            if y:
+                heapq.heappush(self.waiting, item)
+            else:
+                matured.append(item)
+                self.frontier = day if self.frontier is None else max(self.frontier, day)
             new += 1
-        if new:
-            factor = 0.5 ** (new / self.settings.calibration_half_life)
+        for item in matured:
+            self._mature(item, 0)
+        n = len(matured)
+        while self.waiting and self.frontier is not None and self.waiting[0][0] <= self.frontier:
+            self._mature(heapq.heappop(self.waiting), 1)
+            n += 1
+        if n:
+            factor = 0.5 ** (n / self.settings.calibration_half_life)
             self.cal_model.decay(factor)
             self.cal_health.decay(factor)
+        if new:
             self.changed = self.unpublished = True
         return new
+
+    def _mature(self, item: tuple[int, int, list[float | int], Any], label: int) -> None:
+        """Learn one labelled snapshot: the model, the calibrations, the champion's window.
+
+        Labels come late and unevenly: a churn labels its snapshots within days, a "no churn"
+        only after the horizon (33 days). Fed as they come, the calibrations would see the
+        churners of the last month without their non-churners, over-estimate the churn rate
+        and drift, and the window would compare recent churners with older non-churners. So a
+        churner waits until a non-churner of its snapshot day (or a later one) was labelled:
+        both classes then go in snapshot-day order. The same holds for the model: learning the
+        churners a month before their non-churners made its probabilities swing high, then
+        low. A churner waits at most the horizon plus ``churn.settle_days``.
+        """
+        _, _, encoded, scores = item
+        x = decode(encoded)
+        self.model.learn(x, label)
+        health_score = x["health_score"]
+        raw = scores[0] if scores else None
+        if raw is not None:   # the prediction made at the snapshot: out of sample
+            self.cal_model.learn(logit(raw), label)
+        self.cal_health.learn(health_score, label)
+        if raw is not None:
+            self.window.append((float(raw), -health_score, label))
 
     def to_bytes(self) -> bytes:
         self.changed = False
         trust = {"mm": self.metrics_model.to_state(), "mh": self.metrics_health.to_state(),
                  "cm": self.cal_model.to_state(), "ch": self.cal_health.to_state(),
                  "w": [list(w) for w in self.window], "champion": self.champion,
+                 "q": [[d, x, sc] for d, _, x, sc in sorted(self.waiting)],
+                 "f": self.frontier,
                  "cal": self.calibration}
         return pickle.dumps({"model": self.model.dumps(), "metrics": self.metrics.to_state(),
                              "last": self.last_day, "version": self.version, "trust": trust})
@@ -363,7 +411,8 @@ class ChurnLearner:
                                self.published_champion)
 
     def window_aucs(self) -> tuple[float | None, float | None]:
-        """(model AUC, health AUC) over the window of recent labelled predictions."""
+        """(model AUC, health AUC) over the window of recent labelled predictions, on their
+        rankings (a calibration never changes a ranking at one time, but it drifts)."""
         labels = [w[2] for w in self.window]
         return (auc_exact([w[0] for w in self.window], labels),
                 auc_exact([w[1] for w in self.window], labels))
@@ -378,8 +427,8 @@ class ChurnLearner:
 
     @property
     def published_champion(self) -> str:
-        """The champion scorers apply: the model while the health score has no calibration."""
-        return "health" if self.champion == "health" and self.calibration["health"] else "model"
+        """The champion scorers apply."""
+        return self.champion
 
     @property
     def learned(self) -> int:

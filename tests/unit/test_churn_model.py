@@ -794,3 +794,22 @@ def test_book_keeps_the_candidate_scores_of_each_snapshot() -> None:
     out = back.on_churn(110)
     assert [e.scores for e in out] == [(0.5, 0.3, 0.2), None]
     assert Example.from_record(orjson.loads(orjson.dumps(out[0].to_record()))) == out[0]
+
+
+def test_platt_slope_bounds_clamp_and_refit_the_intercept() -> None:
+    rng = random.Random(8)
+    cal = churn.PlattCalibrator(-6.0, 6.0, 240, (0.0, 1.0))
+    for _ in range(20000):
+        s = rng.uniform(-3.0, 3.0)
+        cal.learn(s, int(rng.random() < churn.sigmoid(2.5 * s - 1.0)))
+    a, b = cal.fit()
+    assert a == 1.0                                  # clamped from ~2.5
+    # the intercept is the best one for that slope: the predicted churners match the count
+    predicted = sum((p + n) * churn.platt([a, b], cal.centre(i))
+                    for i, (p, n) in enumerate(zip(cal.pos, cal.neg)))
+    assert predicted == pytest.approx(cal.counts[0], rel=0.01)
+    backwards = churn.model_calibrator()
+    for _ in range(2000):
+        s = rng.uniform(-3.0, 3.0)
+        backwards.learn(s, int(rng.random() < churn.sigmoid(-s)))
+    assert backwards.fit()[0] == 0.0                 # never reverses the model's ranking

@@ -200,3 +200,20 @@ def test_the_health_score_stays_champion_when_the_model_is_no_better() -> None:
     again = ChurnLearner(learner.settings, learner.to_bytes())
     assert again.metrics_record() == learner.metrics_record()
     assert again.window == learner.window and again.champion == learner.champion
+
+
+def test_churners_wait_for_the_non_churners_of_their_day() -> None:
+    learner = ChurnLearner(settings_with())
+    x = encode(snapshot_vector({"failed_payments_90d": 1}))
+    learner.apply([{"c": "a", "d": D + 10, "x": x, "y": 1, "p": None, "v": 0,
+                    "s": [0.4, None, None]}])
+    assert learner.learned == 0 and len(learner.waiting) == 1     # churn labels come first
+    assert len(ChurnLearner(learner.settings, learner.to_bytes()).waiting) == 1
+    learner.apply([{"c": "b", "d": D + 9, "x": x, "y": 0, "p": None, "v": 0}])
+    assert learner.learned == 1 and len(learner.waiting) == 1     # day 9 is not day 10
+    learner.apply([{"c": "c", "d": D + 10, "x": x, "y": 0, "p": None, "v": 0}])
+    assert learner.learned == 3 and not learner.waiting
+    # the churner's raw score went to the model's calibration (the others had none), every
+    # health score to the health score's
+    assert learner.cal_model.counts[0] > 0.99 and learner.cal_model.counts[1] == 0.0
+    assert learner.cal_health.counts[0] > 0.99 and learner.cal_health.counts[1] > 1.99
