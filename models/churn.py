@@ -539,10 +539,32 @@ def _split_features(estimator: Any) -> set[str] | None:
         return None
 
 
+# The direction of a feature's effect where it is known: +1 = more of it can only raise the
+# risk (trouble: tickets, failed payments, idle days), -1 = more of it can only lower it
+# (activity, adoption, health, growth). The logistic model's weights are kept to these signs
+# (projected after each step): without them, correlated activity features take opposite
+# weights and "healthy activity" shows up as a reason to churn. Not listed: the data decides
+# (tenure, MRR, segment, stage, the previous week's activity, which with the last week's
+# makes the trend).
+FEATURE_SIGNS: dict[str, int] = {
+    **{name: 1 for name in ("tickets_7d", "tickets_30d", "weighted_tickets_30d",
+                            "open_urgent_tickets", "failed_payments_90d",
+                            "days_since_activity")},
+    **{name: -1 for name in ("dau", "wau", "mau", "stickiness", "active_days_7d",
+                             "active_days_trend", "active_days_30d", "active_user_days_7d",
+                             "usage_7d_vs_28d", "usage_vs_baseline", "feature_breadth",
+                             "mrr_change_ratio", "health_score", "health_trend_7d",
+                             *(f"health_{c}" for c in HEALTH_COMPONENTS))},
+}
+# Never shown as drivers: true, but nothing a customer-success manager can act on.
+NOT_DRIVERS: frozenset[str] = frozenset(
+    {"log_tenure_days", "log_mrr", *(f"segment={s}" for s in SEGMENTS)})
+
+
 def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
     """``drivers`` from the contributions: the top k positive ones (rounded to 4), largest
-    first, ties by name."""
-    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5
+    first, ties by name; features in ``NOT_DRIVERS`` are left out."""
+    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5 and n not in NOT_DRIVERS
                     for r in (round(c, 4),) if r > 0)
     return [{"feature": n, "contribution": -r} for r, n in ranked[: max(0, k)]]
 
@@ -620,6 +642,12 @@ class ChurnModel:
         """Learn one labelled snapshot (the learner calls this once per ``Example``)."""
         x = dict(vector)
         self.estimator.learn_one(x, bool(label))
+        if self.kind == "logistic":
+            weights = self.estimator.steps["LogisticRegression"]._weights
+            for name, sign in FEATURE_SIGNS.items():
+                w = weights[name]
+                if w * sign < 0:
+                    weights[name] = 0.0
         self.learned += 1
         for name, value in x.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value)

@@ -813,3 +813,25 @@ def test_platt_slope_bounds_clamp_and_refit_the_intercept() -> None:
         s = rng.uniform(-3.0, 3.0)
         backwards.learn(s, int(rng.random() < churn.sigmoid(-s)))
     assert backwards.fit()[0] == 0.0                 # never reverses the model's ranking
+
+
+def test_weights_keep_their_known_signs_and_drivers_are_actionable() -> None:
+    rng = random.Random(12)
+    data = []
+    for _ in range(3000):   # churn from failed payments; activity features strongly correlated
+        days = rng.randint(0, 7)
+        raw = {**FULL_RAW, "active_days_7d": days, "dau": days + rng.randint(0, 1),
+               "active_days_30d": 4 * days + rng.randint(0, 2),
+               "tenure_days": rng.randint(1, 1500), "failed_payments_90d": rng.choice([0, 0, 1, 2])}
+        data.append((snapshot_vector(raw), int(rng.random() < 0.05 + 0.25 * raw["failed_payments_90d"]
+                                               + 0.002 * raw["tenure_days"] / 15)))
+    model = fit(ChurnModel.create("logistic"), data)
+    weights = model.estimator["LogisticRegression"].weights
+    for name, sign in churn.FEATURE_SIGNS.items():
+        assert weights.get(name, 0.0) * sign >= 0, name
+    assert weights["log_tenure_days"] > 0        # the data decides tenure: here it is a risk
+    healthy_veteran = snapshot_vector({**FULL_RAW, "tenure_days": 1500, "active_days_7d": 7,
+                                       "dau": 7, "active_days_30d": 29, "failed_payments_90d": 0})
+    names = [d["feature"] for d in model.drivers(healthy_veteran, k=5)]
+    assert not set(names) & churn.NOT_DRIVERS
+    assert not {"active_days_7d", "dau", "active_days_30d"} & set(names)
