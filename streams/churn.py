@@ -432,7 +432,10 @@ class ChurnLearner:
 
     @property
     def learned(self) -> int:
-        return self.model.learned
+        """Labelled snapshots taken in, each once: learnt by the model, or churners queued to
+        be learnt in snapshot-day order (``waiting``). The model's own count, which decides
+        ``model_ready``, is ``model.learned``."""
+        return self.model.learned + len(self.waiting)
 
     def metrics_record(self) -> dict[str, Any]:
         """The ``churn_model`` block: the published probability's progressive figures

@@ -207,12 +207,13 @@ def test_churners_wait_for_the_non_churners_of_their_day() -> None:
     x = encode(snapshot_vector({"failed_payments_90d": 1}))
     learner.apply([{"c": "a", "d": D + 10, "x": x, "y": 1, "p": None, "v": 0,
                     "s": [0.4, None, None]}])
-    assert learner.learned == 0 and len(learner.waiting) == 1     # churn labels come first
+    assert learner.model.learned == 0 and len(learner.waiting) == 1   # churn labels come first
+    assert learner.learned == 1                                       # taken in, once
     assert len(ChurnLearner(learner.settings, learner.to_bytes()).waiting) == 1
     learner.apply([{"c": "b", "d": D + 9, "x": x, "y": 0, "p": None, "v": 0}])
-    assert learner.learned == 1 and len(learner.waiting) == 1     # day 9 is not day 10
+    assert learner.model.learned == 1 and len(learner.waiting) == 1   # day 9 is not day 10
     learner.apply([{"c": "c", "d": D + 10, "x": x, "y": 0, "p": None, "v": 0}])
-    assert learner.learned == 3 and not learner.waiting
+    assert learner.model.learned == 3 == learner.learned and not learner.waiting
     # the churner's raw score went to the model's calibration (the others had none), every
     # health score to the health score's
     assert learner.cal_model.counts[0] > 0.99 and learner.cal_model.counts[1] == 0.0
