@@ -11,23 +11,30 @@ Unix epoch (UTC). Four pieces, each owned by a different part of the service:
   as an ``Example``; the service sends those to the single-partition topic of labelled
   snapshots.
 * ``ChurnModel`` is the one model of the service. The learner (the only consumer of that
-  topic) calls ``learn``; ``dumps`` gives the bytes the learner publishes, under a version
-  number of its own, to the compacted model topic from which every worker ``loads`` and
-  scores. Learning therefore never depends on how customer
-  partitions are spread over workers.
+  topic) calls ``learn``; ``encode_snapshot`` gives the bytes the learner publishes, under a
+  version number of its own, to the compacted model topic from which every worker
+  ``decode_snapshot``s and scores. Learning therefore never depends on how customer
+  partitions are spread over workers. A published snapshot is data only: the logistic model
+  as JSON numbers, the forest (which only pickles) as a pickle signed with HMAC-SHA256 and
+  never unpickled unless the signature holds. ``dumps``/``loads`` (pickle) are for the
+  learner's own state only.
 * ``ProgressiveMetrics`` scores, when its label arrives, the prediction that was made at the
   snapshot (delayed progressive validation), in constant memory.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import math
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import base, compose, forest, linear_model, optim, preprocessing
+import orjson
+from river import base, compose, forest, linear_model, optim, preprocessing, utils
 
 # --------------------------------------------------------------------------------------------
 # Feature vector
@@ -251,12 +258,18 @@ class Example:
     # The ``encode``d vector when the example comes from a LabelBook (which stores snapshots
     # encoded): saves encoding it again for the examples topic. Not part of equality.
     encoded: list[float | int] | None = field(default=None, compare=False, repr=False)
+    # What each candidate said at the snapshot (``SCORE_KEYS``: the model's raw probability,
+    # the calibrated model, the calibrated health score; None where there was none).
+    scores: tuple[float | None, float | None, float | None] | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
         reordered feature list, and the topic is short-lived)."""
-        return {"day": self.day, "label": self.label, "probability": self.probability,
-                "model_version": self.model_version, "vector": dict(self.vector)}
+        out = {"day": self.day, "label": self.label, "probability": self.probability,
+               "model_version": self.model_version, "vector": dict(self.vector)}
+        if self.scores is not None:
+            out["scores"] = list(self.scores)
+        return out
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> Example:
@@ -265,7 +278,19 @@ class Example:
         return cls(day=int(data["day"]), vector={str(k): float(v) for k, v in
                                                  data["vector"].items()},
                    label=int(data["label"]), probability=None if p is None else float(p),
-                   model_version=int(data.get("model_version", 0)))
+                   model_version=int(data.get("model_version", 0)),
+                   scores=_scores(data.get("scores")))
+
+
+SCORE_KEYS: tuple[str, ...] = ("raw", "model", "health")
+
+
+def _scores(value: Any) -> tuple[float | None, float | None, float | None] | None:
+    """The three candidate scores of a snapshot from their stored list (None if absent)."""
+    if not value:
+        return None
+    raw, model, health = (None if v is None else float(v) for v in value)
+    return raw, model, health
 
 
 class LabelBook:
@@ -317,8 +342,8 @@ class LabelBook:
             raise ValueError("horizon must be >= 1 and settle_days >= 0")
         self.horizon = horizon
         self.settle_days = settle_days
-        # d0 -> (encoded vector, probability, model_version)
-        self._pending: dict[int, tuple[list[float | int], float | None, int]] = {}
+        # d0 -> (encoded vector, probability, model_version, candidate scores)
+        self._pending: dict[int, tuple[list[float | int], float | None, int, Any]] = {}
         self._final_through: int | None = None
 
     # ---- views ---------------------------------------------------------------------------
@@ -344,7 +369,8 @@ class LabelBook:
     # ---- changes -------------------------------------------------------------------------
 
     def add(self, d0: int, vector: Mapping[str, float], probability: float | None,
-            model_version: int) -> list[Example]:
+            model_version: int, scores: Sequence[float | None] | None = None
+            ) -> list[Example]:
         """Keep the snapshot as of day d0 (replacing one of the same day); see the class doc.
 
         Returns the examples settled on the way (closed day d0 - 1), usually none.
@@ -354,7 +380,9 @@ class LabelBook:
         if self._final_through is not None and d0 <= self._final_through:
             return settled
         prob = None if probability is None else round(float(probability), 6)
-        self._pending[d0] = (encode(vector), prob, int(model_version))
+        kept = None if scores is None else [None if v is None else round(float(v), 6)
+                                            for v in scores]
+        self._pending[d0] = (encode(vector), prob, int(model_version), kept)
         return settled
 
     def on_churn(self, dc: int) -> list[Example]:
@@ -386,9 +414,9 @@ class LabelBook:
         return len(drop)
 
     def _pop(self, d0: int, label: int) -> Example:
-        values, prob, version = self._pending.pop(d0)
+        values, prob, version, scores = self._pending.pop(d0)
         return Example(day=d0, vector=decode(values), label=label, probability=prob,
-                       model_version=version, encoded=values)
+                       model_version=version, encoded=values, scores=_scores(scores))
 
     def _finalise(self, day: int) -> None:
         if self._final_through is None or day > self._final_through:
@@ -397,12 +425,14 @@ class LabelBook:
     # ---- persistence ---------------------------------------------------------------------
 
     def to_state(self) -> list[Any]:
-        """Plain JSON form: [FEATURES_VERSION, final_through, [[d0, p, version, [x...]], ...]].
+        """Plain JSON form: [FEATURES_VERSION, final_through, [[d0, p, version, [x...]], ...]],
+        each entry followed by its candidate scores [raw, model, health] when it has them.
 
         horizon and settle_days are configuration, not state: they come to ``from_state``.
         """
         return [FEATURES_VERSION, self._final_through,
-                [[d0, p, v, list(x)] for d0, (x, p, v) in sorted(self._pending.items())]]
+                [[d0, p, v, list(x)] + ([s] if s is not None else [])
+                 for d0, (x, p, v, s) in sorted(self._pending.items())]]
 
     @classmethod
     def from_state(cls, state: Sequence[Any] | None, horizon: int = HORIZON_DAYS,
@@ -419,8 +449,9 @@ class LabelBook:
         book._final_through = None if final_through is None else int(final_through)
         if version != FEATURES_VERSION:
             return book
-        for d0, p, v, x in pending:
-            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v))
+        for d0, p, v, x, *rest in pending:
+            scores = list(rest[0]) if rest and rest[0] is not None else None
+            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v), scores)
         return book
 
     def __eq__(self, other: object) -> bool:
@@ -438,6 +469,8 @@ class LabelBook:
 # --------------------------------------------------------------------------------------------
 
 MODEL_KINDS: tuple[str, ...] = ("logistic", "forest")
+# Who gives the published probability: the River model or the calibrated health score.
+CHAMPIONS: tuple[str, ...] = ("model", "health")
 _DUMP_FORMAT = "customer-vitals/churn-model/1"
 
 
@@ -506,10 +539,32 @@ def _split_features(estimator: Any) -> set[str] | None:
         return None
 
 
+# The direction of a feature's effect where it is known: +1 = more of it can only raise the
+# risk (trouble: tickets, failed payments, idle days), -1 = more of it can only lower it
+# (activity, adoption, health, growth). The logistic model's weights are kept to these signs
+# (projected after each step): without them, correlated activity features take opposite
+# weights and "healthy activity" shows up as a reason to churn. Not listed: the data decides
+# (tenure, MRR, segment, stage, the previous week's activity, which with the last week's
+# makes the trend).
+FEATURE_SIGNS: dict[str, int] = {
+    **{name: 1 for name in ("tickets_7d", "tickets_30d", "weighted_tickets_30d",
+                            "open_urgent_tickets", "failed_payments_90d",
+                            "days_since_activity")},
+    **{name: -1 for name in ("dau", "wau", "mau", "stickiness", "active_days_7d",
+                             "active_days_trend", "active_days_30d", "active_user_days_7d",
+                             "usage_7d_vs_28d", "usage_vs_baseline", "feature_breadth",
+                             "mrr_change_ratio", "health_score", "health_trend_7d",
+                             *(f"health_{c}" for c in HEALTH_COMPONENTS))},
+}
+# Never shown as drivers: true, but nothing a customer-success manager can act on.
+NOT_DRIVERS: frozenset[str] = frozenset(
+    {"log_tenure_days", "log_mrr", *(f"segment={s}" for s in SEGMENTS)})
+
+
 def _top(contrib: Mapping[str, float], k: int) -> list[dict[str, Any]]:
     """``drivers`` from the contributions: the top k positive ones (rounded to 4), largest
-    first, ties by name."""
-    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5
+    first, ties by name; features in ``NOT_DRIVERS`` are left out."""
+    ranked = sorted((-r, n) for n, c in contrib.items() if c > 4e-5 and n not in NOT_DRIVERS
                     for r in (round(c, 4),) if r > 0)
     return [{"feature": n, "contribution": -r} for r, n in ranked[: max(0, k)]]
 
@@ -587,6 +642,12 @@ class ChurnModel:
         """Learn one labelled snapshot (the learner calls this once per ``Example``)."""
         x = dict(vector)
         self.estimator.learn_one(x, bool(label))
+        if self.kind == "logistic":
+            weights = self.estimator.steps["LogisticRegression"]._weights
+            for name, sign in FEATURE_SIGNS.items():
+                w = weights[name]
+                if w * sign < 0:
+                    weights[name] = 0.0
         self.learned += 1
         for name, value in x.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value)
@@ -644,10 +705,12 @@ class ChurnModel:
     # ---- snapshots -----------------------------------------------------------------------
 
     def dumps(self) -> bytes:
-        """Pickle of the whole model (estimator, counts, feature means).
+        """Pickle of the whole model (estimator, counts, feature means): the learner's state.
 
-        Pickle because River estimators are Python objects with no other lossless form; it is
-        only ever read back from the service's own compacted topic, never from outside.
+        Pickle because River estimators are Python objects with no other lossless form (the
+        optimiser's per-feature state included). Read back only from the learner's own
+        changelog table, which only the service writes; what the learner publishes to other
+        workers goes through ``encode_snapshot`` instead.
         """
         state = {"format": _DUMP_FORMAT, "kind": self.kind, "seed": self.seed,
                  "estimator": self.estimator, "learned": self.learned, "sums": self._sums}
@@ -656,13 +719,454 @@ class ChurnModel:
     @classmethod
     def loads(cls, data: bytes) -> ChurnModel:
         """Inverse of ``dumps``: predicts and goes on learning exactly like the original."""
-        state = pickle.loads(data)  # noqa: S301 - our own topic, see dumps
+        state = pickle.loads(data)  # noqa: S301 - the learner's own table, see dumps
         if not isinstance(state, dict) or state.get("format") != _DUMP_FORMAT:
             raise ValueError("not a churn model snapshot")
         model = cls(state["kind"], state["seed"], state["estimator"])
         model.learned = int(state["learned"])
         model._sums = dict(state["sums"])
         return model
+
+
+# --------------------------------------------------------------------------------------------
+# Published snapshots: data only
+# --------------------------------------------------------------------------------------------
+
+SNAPSHOT_FORMAT = "customer-vitals/churn-model/2"
+MIN_SECRET_CHARS = 16
+# Why a snapshot was refused (the ``reason`` of ``SnapshotRefused``, a metric label).
+REFUSAL_REASONS: tuple[str, ...] = (
+    "not_json", "bad_format", "bad_field", "no_secret", "unsigned", "bad_signature",
+    "bad_pickle",
+)
+_SIGNATURE = "hmac_sha256"
+_ENVELOPE_KEYS = {"format", "version", "learned", "metrics", "kind", "model", "pickle",
+                  "calibration", "champion", _SIGNATURE}
+_MODEL_KEYS = {"features", "features_version", "scaler", "clip", "weights", "intercept"}
+_METRIC_TEXT_CHARS = 32
+
+
+class SnapshotRefused(ValueError):
+    """A published model snapshot that must not be used. ``reason``: one of REFUSAL_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A decoded, trusted model version: what a scoring worker needs."""
+
+    version: int
+    learned: int
+    model: ChurnModel
+    metrics: dict[str, Any]
+    calibration: dict[str, list[float] | None]
+    champion: str
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of model snapshots, derived from ``churn.model_secret`` (a key of its own,
+    so that the same secret used elsewhere never signs these by accident)."""
+    return hmac.new(secret.encode(), b"customer-vitals churn-model snapshot",
+                    hashlib.sha256).digest()
+
+
+def _canonical(envelope: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in envelope.items() if k != _SIGNATURE},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SnapshotRefused("bad_field", f"{what} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SnapshotRefused("bad_field", f"{what} must be a count, got {value!r:.40}")
+    return value
+
+
+def _by_feature(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SnapshotRefused("bad_field", f"{what} must be an object")
+    unknown = [k for k in value if k not in _INDEX]
+    if unknown:
+        raise SnapshotRefused("bad_field", f"{what} names unknown features {unknown[:3]!r:.80}")
+    return value
+
+
+def model_data(model: ChurnModel) -> dict[str, Any]:
+    """The logistic model as plain numbers: scaler statistics, clip, weights, intercept.
+
+    Dicts keep River's own key order, so that a rebuilt model sums in the same order and
+    predicts bit for bit like this one.
+    """
+    if model.kind != "logistic":
+        raise ValueError("only the logistic model travels as data; the forest is signed")
+    steps = model.estimator.steps
+    scaler, clip, lr = steps["StandardScaler"], steps["Clip"], steps["LogisticRegression"]
+    return {
+        "features": list(FEATURES), "features_version": FEATURES_VERSION,
+        "scaler": {"counts": {k: int(v) for k, v in scaler.counts.items()},
+                   "means": {k: float(v) for k, v in scaler.means.items()},
+                   "vars": {k: float(v) for k, v in scaler.vars.items()}},
+        "clip": float(clip.limit),
+        "weights": {k: float(v) for k, v in lr.weights.items()},
+        "intercept": float(lr.intercept),
+    }
+
+
+def model_from_data(data: Any, learned: int) -> ChurnModel:
+    """Inverse of ``model_data``: a scoring-only logistic model rebuilt from checked numbers.
+
+    Every field is checked (exact key sets, known feature names, finite numbers, variances
+    >= 0, counts): anything else is ``SnapshotRefused("bad_field")`` or, for a model of
+    another feature list, ``"bad_format"``. The optimiser's state does not travel: the
+    rebuilt model predicts and explains like the learner's, it is not meant to learn.
+    """
+    if not isinstance(data, dict) or set(data) != _MODEL_KEYS:
+        raise SnapshotRefused("bad_field", "model must hold exactly "
+                                           f"{sorted(_MODEL_KEYS)}")
+    if data["features"] != list(FEATURES) or data["features_version"] != FEATURES_VERSION:
+        raise SnapshotRefused("bad_format", "model of another feature list")
+    scaler = data["scaler"]
+    if not isinstance(scaler, dict) or set(scaler) != {"counts", "means", "vars"}:
+        raise SnapshotRefused("bad_field", "scaler must hold exactly counts, means, vars")
+    counts = {k: _count(v, f"count of {k}")
+              for k, v in _by_feature(scaler["counts"], "counts").items()}
+    means = {k: _finite(v, f"mean of {k}")
+             for k, v in _by_feature(scaler["means"], "means").items()}
+    variances = {k: _finite(v, f"variance of {k}")
+                 for k, v in _by_feature(scaler["vars"], "vars").items()}
+    if any(v < 0 for v in variances.values()):
+        raise SnapshotRefused("bad_field", "a variance is negative")
+    clip = _finite(data["clip"], "clip")
+    if clip <= 0:
+        raise SnapshotRefused("bad_field", "clip must be > 0")
+    weights = {k: _finite(v, f"weight of {k}")
+               for k, v in _by_feature(data["weights"], "weights").items()}
+    intercept = _finite(data["intercept"], "intercept")
+    model = ChurnModel.create("logistic")
+    steps = model.estimator.steps
+    scaler_step = steps["StandardScaler"]
+    scaler_step.counts.update(counts)
+    scaler_step.means.update(means)
+    scaler_step.vars.update(variances)
+    steps["Clip"].limit = clip
+    lr = steps["LogisticRegression"]
+    lr._weights = utils.VectorDict(weights)
+    lr.intercept = intercept
+    model.learned = learned
+    return model
+
+
+def _metrics(value: Any) -> dict[str, Any]:
+    """A flat object of figures: numbers, null or short text (the ``churn_model`` block)."""
+    if not isinstance(value, dict) or len(value) > 64:
+        raise SnapshotRefused("bad_field", "metrics must be a small object")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if v is None or isinstance(v, bool):
+            out[k] = v
+        elif isinstance(v, str):
+            if len(v) > _METRIC_TEXT_CHARS:
+                raise SnapshotRefused("bad_field", f"metric {k!r:.40} is too long a text")
+            out[k] = v
+        else:
+            out[k] = _finite(v, f"metric {k!r:.40}")
+            if isinstance(v, int):
+                out[k] = v
+    return out
+
+
+def _calibration(value: Any) -> dict[str, list[float] | None]:
+    """{"model": [slope, intercept] | null, "health": [...] | null}: Platt parameters."""
+    if value is None:
+        return {"model": None, "health": None}
+    if not isinstance(value, dict) or not set(value) <= {"model", "health"}:
+        raise SnapshotRefused("bad_field", "calibration must hold model and health only")
+    out: dict[str, list[float] | None] = {"model": None, "health": None}
+    for k, v in value.items():
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != 2:
+            raise SnapshotRefused("bad_field", f"calibration of {k} must be [slope, intercept]")
+        out[k] = [_finite(x, f"calibration of {k}") for x in v]
+    return out
+
+
+def encode_snapshot(version: int, model: ChurnModel, metrics: Mapping[str, Any],
+                    secret: str = "", calibration: Mapping[str, Any] | None = None,
+                    champion: str = "model") -> bytes:
+    """The bytes of a published model version (JSON, one object).
+
+    The logistic model travels as numbers (``model_data``). The forest travels as its pickle
+    (base64) and needs ``secret``: without one it is not published at all (``ValueError``).
+    With a secret, every snapshot carries ``hmac_sha256`` over its canonical JSON (sorted
+    keys, the signature left out), so a reader holding the same secret refuses anything else.
+    """
+    envelope: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT, "version": int(version), "learned": int(model.learned),
+        "metrics": dict(metrics), "kind": model.kind,
+        "calibration": dict(calibration) if calibration is not None else None,
+        "champion": champion,
+    }
+    if model.kind == "logistic":
+        envelope["model"] = model_data(model)
+    else:
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError("the forest is published only signed: set churn.model_secret "
+                             f"(>= {MIN_SECRET_CHARS} characters)")
+        envelope["pickle"] = base64.b64encode(model.dumps()).decode()
+    if secret:
+        envelope[_SIGNATURE] = hmac.new(signing_key(secret), _canonical(envelope),
+                                        hashlib.sha256).hexdigest()
+    return orjson.dumps(envelope)
+
+
+def decode_snapshot(blob: bytes, secret: str = "") -> ModelSnapshot:
+    """Inverse of ``encode_snapshot``, trusting nothing: raises ``SnapshotRefused``.
+
+    Order matters: the bytes must be one JSON object of this format (a pickle or anything
+    else is ``not_json`` and never unpickled); with a ``secret`` the signature must be there
+    (``unsigned``) and right (``bad_signature``) before any field is looked at; a forest
+    without a secret to check it is ``no_secret``; then every field is checked; only then is
+    a signed forest unpickled (``bad_pickle`` if that fails or gives something else).
+    """
+    try:
+        envelope = orjson.loads(blob)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise SnapshotRefused("not_json", f"not a JSON snapshot ({exc})") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotRefused("bad_format", "not a churn model snapshot of format "
+                                            f"{SNAPSHOT_FORMAT}")
+    if secret:
+        signature = envelope.get(_SIGNATURE)
+        if not isinstance(signature, str):
+            raise SnapshotRefused("unsigned", "no hmac_sha256 signature")
+        expected = hmac.new(signing_key(secret), _canonical(envelope), hashlib.sha256)
+        if not hmac.compare_digest(signature, expected.hexdigest()):
+            raise SnapshotRefused("bad_signature", "hmac_sha256 does not match")
+    kind = envelope.get("kind")
+    if kind == "forest" and not secret:
+        raise SnapshotRefused("no_secret", "a forest snapshot needs churn.model_secret to be "
+                                           "checked")
+    unknown = set(envelope) - _ENVELOPE_KEYS
+    if unknown:
+        raise SnapshotRefused("bad_field", f"unknown fields {sorted(unknown)[:3]!r:.80}")
+    version = _count(envelope.get("version"), "version")
+    learned = _count(envelope.get("learned"), "learned")
+    metrics = _metrics(envelope.get("metrics"))
+    calibration = _calibration(envelope.get("calibration"))
+    champion = envelope.get("champion", "model")
+    if champion not in CHAMPIONS:
+        raise SnapshotRefused("bad_field", f"champion must be one of {CHAMPIONS}")
+    if kind == "logistic":
+        if "pickle" in envelope:
+            raise SnapshotRefused("bad_field", "a logistic snapshot holds no pickle")
+        model = model_from_data(envelope.get("model"), learned)
+    elif kind == "forest":
+        if "model" in envelope or not isinstance(envelope.get("pickle"), str):
+            raise SnapshotRefused("bad_field", "a forest snapshot holds its pickle only")
+        try:
+            model = ChurnModel.loads(base64.b64decode(envelope["pickle"], validate=True))
+        except Exception as exc:  # noqa: BLE001 - whatever the pickle raises, it is refused
+            raise SnapshotRefused("bad_pickle", f"{type(exc).__name__}: {exc}"[:200]) from None
+        if model.kind != "forest":
+            raise SnapshotRefused("bad_pickle", "the pickle is not a forest")
+    else:
+        raise SnapshotRefused("bad_field", f"kind must be one of {MODEL_KINDS}")
+    return ModelSnapshot(version, learned, model, metrics, calibration, champion)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration and the champion
+# --------------------------------------------------------------------------------------------
+
+_P_EDGE = 1e-6
+
+
+def logit(p: float) -> float:
+    """log(p / (1 - p)), p kept within [1e-6, 1 - 1e-6]."""
+    p = min(1.0 - _P_EDGE, max(_P_EDGE, float(p)))
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def platt(params: Sequence[float], score: float) -> float:
+    """A calibrated probability: sigmoid(slope · score + intercept)."""
+    return sigmoid(params[0] * score + params[1])
+
+
+class PlattCalibrator:
+    """Online Platt scaling of one score: p = sigmoid(a · score + b).
+
+    Scores are counted by label in ``bins`` equal bins over [lo, hi] (clamped); ``decay``
+    lets old counts fade, so the fit follows a model that changes. ``fit`` solves the
+    logistic regression of the label on the bin centre exactly (Newton), with Platt's
+    smoothed targets ((P + 1) / (P + 2) for churners, 1 / (N + 2) for the others) so that a
+    few labels never give 0 or 1. Being monotone, the calibration keeps the score's ranking
+    (its AUC) unless the fit finds the score ranks backwards (a < 0), which it then says.
+    Constant memory; the state is a few hundred numbers.
+    """
+
+    __slots__ = ("lo", "hi", "bins", "pos", "neg", "slope_bounds")
+
+    def __init__(self, lo: float, hi: float, bins: int,
+                 slope_bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+        if not hi > lo or bins < 2:
+            raise ValueError("need hi > lo and bins >= 2")
+        self.lo, self.hi, self.bins = float(lo), float(hi), int(bins)
+        self.slope_bounds = slope_bounds
+        self.pos = [0.0] * self.bins
+        self.neg = [0.0] * self.bins
+
+    def _bin(self, score: float) -> int:
+        i = int((score - self.lo) / (self.hi - self.lo) * self.bins)
+        return min(self.bins - 1, max(0, i))
+
+    def centre(self, i: int) -> float:
+        return self.lo + (i + 0.5) * (self.hi - self.lo) / self.bins
+
+    def learn(self, score: float, label: int) -> None:
+        (self.pos if label else self.neg)[self._bin(score)] += 1.0
+
+    def decay(self, factor: float) -> None:
+        """Multiply every count by ``factor`` (0..1): older labels weigh less."""
+        self.pos = [c * factor for c in self.pos]
+        self.neg = [c * factor for c in self.neg]
+
+    @property
+    def counts(self) -> tuple[float, float]:
+        return sum(self.pos), sum(self.neg)
+
+    def fit(self, min_each: float = 5.0) -> list[float] | None:
+        """[slope, intercept] on the raw score; None before ``min_each`` of each class."""
+        P, N = self.counts
+        if P < min_each or N < min_each:
+            return None
+        t_pos, t_neg = (P + 1.0) / (P + 2.0), 1.0 / (N + 2.0)
+        rows = []
+        for i in range(self.bins):
+            w = self.pos[i] + self.neg[i]
+            if w > 0:
+                rows.append((self.centre(i), w, (self.pos[i] * t_pos + self.neg[i] * t_neg) / w))
+        total = P + N
+        mu = sum(x * w for x, w, _ in rows) / total
+        sd = math.sqrt(sum(w * (x - mu) ** 2 for x, w, _ in rows) / total) or 1.0
+        a, b = 0.0, logit(P / total)
+        for _ in range(50):                       # Newton on standardised scores
+            ga = gb = haa = hab = hbb = 0.0
+            for x, w, t in rows:
+                u = (x - mu) / sd
+                p = sigmoid(a * u + b)
+                r = w * (p - t)
+                h = w * p * (1.0 - p)
+                ga += r * u
+                gb += r
+                haa += h * u * u
+                hab += h * u
+                hbb += h
+            haa += 1e-9 * total                   # a tiny ridge: a flat score stays solvable
+            hbb += 1e-9 * total
+            det = haa * hbb - hab * hab
+            if det <= 0:
+                break
+            da = (hbb * ga - hab * gb) / det
+            db = (haa * gb - hab * ga) / det
+            a, b = a - da, b - db
+            if abs(da) + abs(db) < 1e-10:
+                break
+        slope = a / sd
+        lo, hi = self.slope_bounds
+        if lo <= slope <= hi:
+            return [slope, b - a * mu / sd]
+        # Out of bounds (a fit on too narrow or stale a range of scores would extrapolate
+        # wildly): the slope is clamped and the intercept refitted for it. The gradient is
+        # increasing in the intercept: bisection, which cannot overshoot as Newton can here.
+        slope = min(hi, max(lo, slope))
+        lo_c, hi_c = -60.0, 60.0
+        for _ in range(80):
+            c = (lo_c + hi_c) / 2.0
+            g = sum(w * (sigmoid(slope * x + c) - t) for x, w, t in rows)
+            if g > 0:
+                hi_c = c
+            else:
+                lo_c = c
+        c = (lo_c + hi_c) / 2.0
+        return [slope, c]
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain JSON form; counts sparse as [[bin, pos, neg], ...]."""
+        return {"lo": self.lo, "hi": self.hi, "bins": self.bins,
+                "slope": [self.slope_bounds[0] if math.isfinite(self.slope_bounds[0]) else None,
+                          self.slope_bounds[1] if math.isfinite(self.slope_bounds[1]) else None],
+                "c": [[i, round(p, 6), round(n, 6)] for i, (p, n) in
+                      enumerate(zip(self.pos, self.neg)) if p or n]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PlattCalibrator:
+        lo, hi = state.get("slope") or (None, None)
+        out = cls(state["lo"], state["hi"], state["bins"],
+                  (-math.inf if lo is None else lo, math.inf if hi is None else hi))
+        for i, p, n in state.get("c", ()):
+            out.pos[int(i)], out.neg[int(i)] = float(p), float(n)
+        return out
+
+
+def model_calibrator() -> PlattCalibrator:
+    """For the River model: its log-odds, 0.1 wide bins over [-12, 12]; the slope within
+    [0, 2] (never reversing the model's ranking; at most doubling its confidence)."""
+    return PlattCalibrator(-12.0, 12.0, 240, (0.0, 2.0))
+
+
+def health_calibrator() -> PlattCalibrator:
+    """For the health score (0-100, higher = healthier), one-point bins; the slope <= 0
+    (a healthier customer is never said to be more likely to churn)."""
+    return PlattCalibrator(0.0, 100.0, 100, (-1.0, 0.0))
+
+
+def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """ROC AUC by ranks (ties count 1/2); None without both classes."""
+    P = sum(1 for y in labels if y)
+    N = len(labels) - P
+    if P == 0 or N == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mean_rank = (i + j) / 2.0 + 1.0
+        rank_sum += mean_rank * sum(1 for k in order[i:j + 1] if labels[k])
+        i = j + 1
+    return (rank_sum - P * (P + 1) / 2.0) / (P * N)
+
+
+def choose_champion(current: str, auc_model: float | None, auc_health: float | None,
+                    labelled: int, min_labels: int, margin: float) -> str:
+    """Who gives the published probability: the challenger takes over only when it beats the
+    champion by ``margin`` AUC over a window of at least ``min_labels`` labelled predictions
+    (no flip-flopping on noise); otherwise the champion stays."""
+    if labelled < min_labels or auc_model is None or auc_health is None:
+        return current
+    if current == "health" and auc_model >= auc_health + margin:
+        return "model"
+    if current == "model" and auc_health >= auc_model + margin:
+        return "health"
+    return current
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,6 +1261,36 @@ class ProgressiveMetrics:
     def log_loss(self) -> float | None:
         return None if self.count == 0 else self.log_loss_sum / self.count
 
+    def constant_log_loss(self) -> float | None:
+        """Log loss of the best constant predictor (the base rate of the labels scored): what
+        a probability must beat to carry any information."""
+        if self.count == 0:
+            return None
+        rate = self.positives / self.count
+        if rate in (0.0, 1.0):
+            return 0.0
+        return -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
+
+    def ece(self, bins: int = 10) -> float | None:
+        """Expected calibration error: Σ over ``bins`` equal bins of predicted probability of
+        (share of predictions) × |mean prediction − share of churners|. Mean predictions are
+        taken at the centres of the fine histogram bins (error <= 1 / (2 · self.bins))."""
+        if self.count == 0:
+            return None
+        n = [0] * bins
+        pos = [0] * bins
+        psum = [0.0] * bins
+        for b in range(self.bins):
+            total = self._neg[b] + self._pos[b]
+            if not total:
+                continue
+            centre = (b + 0.5) / self.bins
+            k = min(bins - 1, int(centre * bins))
+            n[k] += total
+            pos[k] += self._pos[b]
+            psum[k] += centre * total
+        return sum(abs(psum[k] - pos[k]) for k in range(bins) if n[k]) / self.count
+
     def auc(self) -> float | None:
         """ROC AUC from the histograms (same-bin pairs count 1/2); None without both classes."""
         P, N = self.positives, self.negatives
@@ -802,7 +1336,8 @@ class ProgressiveMetrics:
 
         return {"labelled": self.count, "auc": r(self.auc()), "accuracy": r(self.accuracy()),
                 "log_loss": r(self.log_loss()),
-                "precision_top_decile": r(self.precision_top_decile())}
+                "precision_top_decile": r(self.precision_top_decile()),
+                "log_loss_constant": r(self.constant_log_loss()), "ece": r(self.ece())}
 
     # ---- persistence ---------------------------------------------------------------------
 

@@ -6,26 +6,39 @@ published model, and keeps the snapshot in the customer's record until its label
 worker (the owner of that partition) learns, whatever the spread of customer partitions; it
 publishes versioned model snapshots to a compacted topic that every worker reads.
 
+Those snapshots are data, never code (docs/churn.md "Snapshot format and trust"): the logistic
+model is JSON numbers, the forest a pickle signed with ``churn.model_secret``. A worker refuses
+anything else (logged, counted in ``ChurnScorer.refused``) and keeps the model it had.
+
 Exactly once: a flush awaits the delivery of its labelled snapshots before it writes the
 customer records that no longer hold them, so a crash can only resend a snapshot, never lose
 one; the learner remembers the last learnt snapshot day per customer and skips resends. Its
 state (model, metrics, those days) is one changelog-backed table entry, written before the
-examples that changed it are acknowledged.
+examples that changed it are acknowledged. That entry is a pickle (River's optimiser state has
+no other lossless form): the table's changelog topic must be writable by the service only.
 """
 from __future__ import annotations
 
+import heapq
+import logging
 import pickle
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from models.activity import DAY_SECONDS
-from models.churn import (ChurnModel, Example, LabelBook, ProgressiveMetrics, decode, encode,
-                          churn_record, snapshot_vector)
+from models.churn import (REFUSAL_REASONS, ChurnModel, Example, LabelBook, ModelSnapshot,
+                          PlattCalibrator, ProgressiveMetrics, SnapshotRefused, auc_exact,
+                          choose_champion, churn_record, decode, decode_snapshot, encode,
+                          encode_snapshot, health_calibrator, logit, model_calibrator, platt,
+                          snapshot_vector)
 from streams.settings import ChurnSettings
 
 if TYPE_CHECKING:
     from streams.state import CustomerState
+
+log = logging.getLogger(__name__)
 
 MRR_HISTORY_DAYS = 31
 
@@ -113,17 +126,11 @@ def remember_mrr(history: list[list[float]], day: int, mrr: float) -> None:
 def example_value(cid: str, example: Example) -> dict[str, Any]:
     """A labelled snapshot on the examples topic (vector as a list in FEATURES order)."""
     x = example.encoded if example.encoded is not None else encode(example.vector)
-    return {"c": cid, "d": example.day, "x": x, "y": example.label,
-            "p": example.probability, "v": example.model_version}
-
-
-@dataclass
-class Published:
-    """A model version as every worker sees it."""
-    version: int
-    learned: int
-    model: ChurnModel
-    metrics: dict[str, Any]
+    out = {"c": cid, "d": example.day, "x": x, "y": example.label,
+           "p": example.probability, "v": example.model_version}
+    if example.scores is not None:
+        out["s"] = list(example.scores)
+    return out
 
 
 class ChurnScorer:
@@ -131,7 +138,9 @@ class ChurnScorer:
 
     def __init__(self, settings: ChurnSettings) -> None:
         self.settings = settings
-        self.current: Published | None = None
+        self.current: ModelSnapshot | None = None
+        # Refused snapshots by reason (REFUSAL_REASONS); each reason is logged once at WARNING.
+        self.refused: Counter[str] = Counter()
 
     @property
     def version(self) -> int:
@@ -142,24 +151,65 @@ class ChurnScorer:
         return self.current is not None and self.current.learned >= self.settings.min_labelled
 
     def update(self, blob: bytes) -> bool:
-        """Take a published snapshot if it is newer than the one held."""
-        data = pickle.loads(blob)
-        if self.current is not None and data["version"] <= self.current.version:
+        """Take a published snapshot if it is trusted and newer than the one held.
+
+        A refused one (not JSON, e.g. a pickle; a bad field; a missing or wrong signature)
+        changes nothing: the model held stays, the refusal is counted and logged.
+        """
+        try:
+            snap = decode_snapshot(blob, self.settings.model_secret)
+        except SnapshotRefused as exc:
+            first = exc.reason not in self.refused
+            self.refused[exc.reason] += 1
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "churn model snapshot refused, model version %s stays: %s",
+                    self.version, exc)
             return False
-        self.current = Published(data["version"], data["learned"],
-                                 ChurnModel.loads(data["model"]), data["metrics"])
+        if self.current is not None and snap.version <= self.current.version:
+            return False
+        self.current = snap
         return True
 
+    def gauges(self) -> list[Any]:
+        """``vitals_churn_model_refused_total`` by reason (for ``Metrics.add_gauge_source``)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("vitals_churn_model_refused",
+                                     "Published churn model snapshots this worker refused",
+                                     labels=["reason"])
+        for reason in REFUSAL_REASONS:
+            family.add_metric([reason], float(self.refused.get(reason, 0)))
+        return [family]
+
     def score(self, vector: Mapping[str, float]) -> dict[str, Any]:
-        """The `churn` block of a customer record; no model yet gives a null probability."""
+        """The `churn` block of a customer record; no model yet gives a null probability.
+
+        Both candidates are scored: the River model (calibrated once the learner has a
+        calibration for it) and the health score turned into a probability by its own
+        calibration. The published probability is the champion's (the model's while the
+        health score has no calibration yet). ``scores`` = [model raw, model calibrated,
+        health calibrated] is kept with the snapshot, so the learner can judge each
+        candidate on the label when it comes.
+        """
         if self.current is None:
             return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
-                    "model_version": 0}
-        p, drivers = self.current.model.predict_explained(vector, 3)
+                    "model_version": 0, "scores": None}
+        snap = self.current
+        raw, drivers = snap.model.predict_explained(vector, 3)
+        cal = snap.calibration
+        model_p = None if cal["model"] is None else platt(cal["model"], logit(raw))
+        health_p = (None if cal["health"] is None
+                    else platt(cal["health"], float(vector.get("health_score", 50.0))))
+        p = health_p if snap.champion == "health" else model_p
+        if p is None:
+            # The champion has no calibration yet: an uncalibrated probability is not
+            # published (nor alerted on); the raw score is kept to learn the calibration.
+            return {"probability": None, "risk": None, "model_ready": False, "drivers": [],
+                    "model_version": snap.version, "scores": [raw, model_p, health_p]}
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
         return {**churn_record(p, self.ready, drivers, bands["high"], bands["medium"]),
-                "model_version": self.current.version}
+                "model_version": snap.version, "scores": [raw, model_p, health_p]}
 
     def model_record(self) -> dict[str, Any] | None:
         """`churn_model` of the business record (scope all)."""
@@ -215,9 +265,19 @@ class ChurnTrack:
 
 
 class ChurnLearner:
-    """The single learner: learns each labelled snapshot once and scores its prediction."""
+    """The single learner: learns each labelled snapshot once and scores its prediction.
+
+    Besides the model it keeps, on the same delayed labels: progressive metrics of the
+    published probability and of each candidate (the calibrated model, the calibrated health
+    score), the two online calibrations, a window of recent labelled predictions of both
+    candidates, and the champion chosen on that window (``choose_champion``).
+    """
 
     def __init__(self, settings: ChurnSettings, blob: bytes | None = None) -> None:
+        if settings.model == "forest" and not settings.model_secret:
+            # Its snapshots are pickles: unsigned, no worker may load them (docs/churn.md).
+            raise ValueError("churn.model = 'forest' needs churn.model_secret (e.g. "
+                             "VITALS_CHURN__MODEL_SECRET): forest snapshots travel only signed")
         self.settings = settings
         if blob:
             data = pickle.loads(blob)
@@ -225,11 +285,36 @@ class ChurnLearner:
             self.metrics = ProgressiveMetrics.from_state(data["metrics"])
             self.last_day: dict[str, int] = data["last"]
             self.version: int = data["version"]
+            trust = data.get("trust") or {}
         else:
             self.model = ChurnModel.create(settings.model)
             self.metrics = ProgressiveMetrics()
             self.last_day = {}
             self.version = 0
+            trust = {}
+        self.metrics_model = ProgressiveMetrics.from_state(trust.get("mm"))
+        self.metrics_health = ProgressiveMetrics.from_state(trust.get("mh"))
+        self.cal_model: PlattCalibrator = (PlattCalibrator.from_state(trust["cm"])
+                                           if "cm" in trust else model_calibrator())
+        self.cal_health: PlattCalibrator = (PlattCalibrator.from_state(trust["ch"])
+                                            if "ch" in trust else health_calibrator())
+        # (model's raw probability, minus the health score, label) of the latest labelled
+        # predictions: rankings, so that the calibrations' drift does not decide the champion
+        self.window: deque[tuple[float, float, int]] = deque(
+            (tuple(w) for w in trust.get("w", ())), maxlen=settings.champion_window)
+        # Labelled churners waiting until the non-churners of their snapshot day are labelled
+        # too: (day, order, encoded vector, [raw, model, health]), and the latest snapshot day
+        # with a non-churner labelled (see _mature).
+        self.waiting: list[tuple[int, int, list[float | int], Any]] = [
+            (int(w[0]), i, w[1], w[2]) for i, w in enumerate(trust.get("q", ()))]
+        heapq.heapify(self.waiting)
+        self._order = len(self.waiting)
+        self.frontier: int | None = trust.get("f")
+        # The health score is the incumbent: the model has to beat it first.
+        self.champion: str = trust.get("champion", "health")
+        # What the last published version applies (fitted at each publish).
+        self.calibration: dict[str, list[float] | None] = trust.get(
+            "cal", {"model": None, "health": None})
         self.duplicates = 0
         self.changed = False
         self.published_at = 0.0
@@ -238,24 +323,78 @@ class ChurnLearner:
     def apply(self, examples: list[dict[str, Any]]) -> int:
         """Learn the examples not learnt before; returns how many were new."""
         new = 0
+        matured: list[tuple[int, int, list[float | int], Any]] = []
         for ex in examples:
             cid, day = ex["c"], ex["d"]
             if self.last_day.get(cid, -1) >= day:
                 self.duplicates += 1
                 continue
             self.last_day[cid] = day
+            y = ex["y"]
             if ex["p"] is not None:
-                self.metrics.update(ex["p"], ex["y"])
-            self.model.learn(decode(ex["x"]), ex["y"])
+                self.metrics.update(ex["p"], y)
+            scores = ex.get("s")
+            if scores:
+                _, model_p, health_p = scores
+                if model_p is not None:
+                    self.metrics_model.update(model_p, y)
+                if health_p is not None:
+                    self.metrics_health.update(health_p, y)
+            self._order += 1
+            item = (int(day), self._order, ex["x"], scores)
+            if y:
+                heapq.heappush(self.waiting, item)
+            else:
+                matured.append(item)
+                self.frontier = day if self.frontier is None else max(self.frontier, day)
             new += 1
+        for item in matured:
+            self._mature(item, 0)
+        n = len(matured)
+        while self.waiting and self.frontier is not None and self.waiting[0][0] <= self.frontier:
+            self._mature(heapq.heappop(self.waiting), 1)
+            n += 1
+        if n:
+            factor = 0.5 ** (n / self.settings.calibration_half_life)
+            self.cal_model.decay(factor)
+            self.cal_health.decay(factor)
         if new:
             self.changed = self.unpublished = True
         return new
 
+    def _mature(self, item: tuple[int, int, list[float | int], Any], label: int) -> None:
+        """Learn one labelled snapshot: the model, the calibrations, the champion's window.
+
+        Labels come late and unevenly: a churn labels its snapshots within days, a "no churn"
+        only after the horizon (33 days). Fed as they come, the calibrations would see the
+        churners of the last month without their non-churners, over-estimate the churn rate
+        and drift, and the window would compare recent churners with older non-churners. So a
+        churner waits until a non-churner of its snapshot day (or a later one) was labelled:
+        both classes then go in snapshot-day order. The same holds for the model: learning the
+        churners a month before their non-churners made its probabilities swing high, then
+        low. A churner waits at most the horizon plus ``churn.settle_days``.
+        """
+        _, _, encoded, scores = item
+        x = decode(encoded)
+        self.model.learn(x, label)
+        health_score = x["health_score"]
+        raw = scores[0] if scores else None
+        if raw is not None:   # the prediction made at the snapshot: out of sample
+            self.cal_model.learn(logit(raw), label)
+        self.cal_health.learn(health_score, label)
+        if raw is not None:
+            self.window.append((float(raw), -health_score, label))
+
     def to_bytes(self) -> bytes:
         self.changed = False
+        trust = {"mm": self.metrics_model.to_state(), "mh": self.metrics_health.to_state(),
+                 "cm": self.cal_model.to_state(), "ch": self.cal_health.to_state(),
+                 "w": [list(w) for w in self.window], "champion": self.champion,
+                 "q": [[d, x, sc] for d, _, x, sc in sorted(self.waiting)],
+                 "f": self.frontier,
+                 "cal": self.calibration}
         return pickle.dumps({"model": self.model.dumps(), "metrics": self.metrics.to_state(),
-                             "last": self.last_day, "version": self.version})
+                             "last": self.last_day, "version": self.version, "trust": trust})
 
     def publish(self, now: float | None = None) -> bytes | None:
         """A new model version when something was learnt and the interval has passed."""
@@ -266,15 +405,54 @@ class ChurnLearner:
         self.changed = True  # the version is part of the learner's state
         self.unpublished = False
         self.published_at = now
-        return pickle.dumps({"version": self.version, "learned": self.learned,
-                             "model": self.model.dumps(), "metrics": self.metrics_record()})
+        self.refresh()
+        return encode_snapshot(self.version, self.model, self.metrics_record(),
+                               self.settings.model_secret, self.calibration,
+                               self.published_champion)
+
+    def window_aucs(self) -> tuple[float | None, float | None]:
+        """(model AUC, health AUC) over the window of recent labelled predictions, on their
+        rankings (a calibration never changes a ranking at one time, but it drifts)."""
+        labels = [w[2] for w in self.window]
+        return (auc_exact([w[0] for w in self.window], labels),
+                auc_exact([w[1] for w in self.window], labels))
+
+    def refresh(self) -> None:
+        """Fit both calibrations and choose the champion (at each publish)."""
+        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit()}
+        auc_model, auc_health = self.window_aucs()
+        s = self.settings
+        self.champion = choose_champion(self.champion, auc_model, auc_health, len(self.window),
+                                        s.champion_min_labels, s.champion_margin)
+
+    @property
+    def published_champion(self) -> str:
+        """The champion scorers apply."""
+        return self.champion
 
     @property
     def learned(self) -> int:
-        return self.model.learned
+        """Labelled snapshots taken in, each once: learnt by the model, or churners queued to
+        be learnt in snapshot-day order (``waiting``). The model's own count, which decides
+        ``model_ready``, is ``model.learned``."""
+        return self.model.learned + len(self.waiting)
 
     def metrics_record(self) -> dict[str, Any]:
-        return self.metrics.to_record()
+        """The ``churn_model`` block: the published probability's progressive figures
+        (``labelled`` = predictions scored, ``learned`` = labels learnt), the champion, each
+        candidate's progressive AUC, log loss and calibration error, and the window's AUCs."""
+        rec = self.metrics.to_record()
+        rec["learned"] = self.learned
+        rec["champion"] = self.published_champion
+        for name, m in (("model", self.metrics_model), ("health", self.metrics_health)):
+            part = m.to_record()
+            for key in ("auc", "log_loss", "ece", "labelled"):
+                rec[f"{name}_{key}"] = part[key]
+        auc_model, auc_health = self.window_aucs()
+        rec["window_labelled"] = len(self.window)
+        rec["window_model_auc"] = None if auc_model is None else round(auc_model, 4)
+        rec["window_health_auc"] = None if auc_health is None else round(auc_health, 4)
+        return rec
 
 
 def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
@@ -284,4 +462,5 @@ def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
     vector = snapshot_vector(raw_figures(state, record, day))
     block = scorer.score(vector)
     state.churn.last = block
-    return state.churn.book.add(day, vector, block["probability"], block["model_version"])
+    return state.churn.book.add(day, vector, block["probability"], block["model_version"],
+                                block.get("scores"))

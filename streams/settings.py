@@ -200,6 +200,12 @@ class ChurnSettings:
     model: str
     publish_interval_seconds: float
     bands: dict[str, float]
+    champion_window: int
+    champion_min_labels: int
+    champion_margin: float
+    calibration_half_life: float
+    # HMAC key of published model snapshots (docs/churn.md); never printed (``as_dict``).
+    model_secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -242,9 +248,13 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("sources")
+        if data["churn"]["model_secret"]:
+            data["churn"]["model_secret"] = "<set>"
         return data
 
 
+# Settings taken verbatim from the environment (a secret of digits stays a string).
+RAW_STRING_KEYS = {("churn", "model_secret")}
 # Maps whose keys are data (feature names, currencies), not a fixed schema.
 OPEN_MAPS = {("features", "released"), ("features", "eligible"), ("revenue", "currency_rates"),
              ("alerts", "rules")}
@@ -289,7 +299,8 @@ def load_settings(overlay: str | os.PathLike[str] | None = None,
             # Keys of open maps are data (a currency code, a feature name): keep their case.
             parts.append(part if tuple(parts) in OPEN_MAPS else part.lower())
         keypath = tuple(parts)
-        _merge(merged, _nest(keypath, _parse_env_value(raw)), defaults, ())
+        value = raw if keypath in RAW_STRING_KEYS else _parse_env_value(raw)
+        _merge(merged, _nest(keypath, value), defaults, ())
         sources.append(f"env {name}")
     settings = _build(merged)
     _validate(settings)
@@ -454,6 +465,18 @@ def _validate(s: Settings) -> None:
         raise SettingsError("setting 'health.grades': green must be above yellow")
     if not s.churn.bands["high"] > s.churn.bands["medium"]:
         raise SettingsError("setting 'churn.bands': high must be above medium")
+    c = s.churn
+    if not (c.champion_window >= c.champion_min_labels >= 1 and c.champion_margin >= 0
+            and c.calibration_half_life > 0):
+        raise SettingsError("settings 'churn.champion_*': need champion_window >= "
+                            "champion_min_labels >= 1, champion_margin >= 0 and "
+                            "calibration_half_life > 0")
+    from models.churn import MIN_SECRET_CHARS
+
+    secret = s.churn.model_secret
+    if secret and len(secret) < MIN_SECRET_CHARS:
+        raise SettingsError(f"setting 'churn.model_secret' must have at least "
+                            f"{MIN_SECRET_CHARS} characters")
     positive = {
         "app.partitions": s.app.partitions, "topics.input_partitions": s.topics.input_partitions,
         "app.session_timeout_seconds": s.app.session_timeout_seconds,

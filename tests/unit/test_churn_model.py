@@ -8,6 +8,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -431,6 +432,127 @@ def test_loads_refuses_other_pickles() -> None:
         ChurnModel.loads(pickle.dumps({"weights": [1, 2]}))
 
 
+# ---- published snapshots: data only --------------------------------------------------------
+
+SECRET = "s3cret-for-unit-tests-only"
+_SIDE_EFFECTS: list[str] = []
+
+
+class _Payload:
+    """Unpickling this records a side effect: proof that a pickle was (or was not) loaded."""
+
+    def __reduce__(self) -> tuple:
+        return (_SIDE_EFFECTS.append, ("unpickled",))
+
+
+def _refused(blob: bytes, reason: str, secret: str = "") -> None:
+    with pytest.raises(churn.SnapshotRefused) as info:
+        churn.decode_snapshot(blob, secret)
+    assert info.value.reason == reason, info.value
+
+
+def test_logistic_snapshot_is_json_and_predicts_like_the_learner() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(600, 1))
+    blob = churn.encode_snapshot(7, model, {"auc": 0.8, "labelled": 10, "champion": "model"})
+    data = orjson.loads(blob)                       # plain JSON, no pickle inside
+    assert data["kind"] == "logistic" and "pickle" not in data
+    assert set(data["model"]["weights"]) == set(FEATURES)
+    snap = churn.decode_snapshot(blob)
+    assert (snap.version, snap.learned, snap.metrics["auc"]) == (7, 600, 0.8)
+    for x, _ in payment_driven(200, 2):             # bit for bit, drivers included
+        assert snap.model.predict_explained(x, 3) == model.predict_explained(x, 3)
+        assert snap.model.predict(x) == model.predict(x)
+    # signed with a secret, it decodes with that secret only
+    signed = churn.encode_snapshot(8, model, {}, secret=SECRET)
+    assert churn.decode_snapshot(signed, SECRET).version == 8
+    _refused(signed, "bad_signature", "another-secret-of-16+")
+    _refused(blob, "unsigned", SECRET)              # a secret makes signatures compulsory
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda d: d["model"]["weights"].update(dau="1e3"),              # text, not a number
+    lambda d: d["model"]["weights"].update(dau=True),
+    lambda d: d["model"]["weights"].update({"__import__('os').system('id')": 1.0}),
+    lambda d: d["model"]["scaler"]["vars"].update(dau=-1.0),
+    lambda d: d["model"]["scaler"]["counts"].update(dau=2.5),
+    lambda d: d["model"].update(intercept=[0.1]),
+    lambda d: d["model"].update(code="lambda: exec('x')"),          # extra field
+    lambda d: d.update(exec="__import__('os')"),                     # extra field
+    lambda d: d.update(version=-1),
+    lambda d: d.update(metrics={"auc": "x" * 1000}),
+    lambda d: d.update(metrics={"nested": {"a": 1}}),
+    lambda d: d.update(calibration={"model": ["1", 0.0]}),
+    lambda d: d.update(champion="oracle"),
+    lambda d: d.update(kind="svm"),
+    lambda d: d.update(pickle="gASVAAAAAAAAAAB9lC4="),             # a pickle in a logistic
+])
+def test_tampered_json_snapshot_is_refused(tamper: Any) -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(300, 1))
+    data = orjson.loads(churn.encode_snapshot(3, model, {"auc": 0.7}))
+    tamper(data)
+    _refused(orjson.dumps(data), "bad_field")
+    # the same tampering of a signed snapshot fails its signature first
+    signed = orjson.loads(churn.encode_snapshot(3, model, {"auc": 0.7}, secret=SECRET))
+    tamper(signed)
+    _refused(orjson.dumps(signed), "bad_signature", SECRET)
+
+
+def test_other_feature_lists_and_formats_are_refused() -> None:
+    model = fit(ChurnModel.create("logistic"), payment_driven(300, 1))
+    data = orjson.loads(churn.encode_snapshot(3, model, {}))
+    _refused(orjson.dumps({**data, "format": "customer-vitals/churn-model/1"}), "bad_format")
+    _refused(orjson.dumps([data]), "bad_format")
+    older = {**data, "model": {**data["model"], "features_version": churn.FEATURES_VERSION - 1}}
+    _refused(orjson.dumps(older), "bad_format")
+    _refused(b'{"format": "customer-vitals/churn-model/2", "version": NaN}', "not_json")
+
+
+def test_a_pickle_where_json_is_expected_is_never_unpickled() -> None:
+    import pickle
+
+    _SIDE_EFFECTS.clear()
+    for secret in ("", SECRET):
+        _refused(pickle.dumps(_Payload()), "not_json", secret)
+        # what the service published before snapshots were data: a pickled dict
+        _refused(pickle.dumps({"version": 9, "model": pickle.dumps(_Payload())}), "not_json",
+                 secret)
+    assert _SIDE_EFFECTS == []
+
+
+def test_forest_snapshot_is_signed_and_checked_before_unpickling() -> None:
+    import base64
+    import pickle
+
+    model = fit(ChurnModel.create("forest", seed=5), payment_driven(300, 1))
+    with pytest.raises(ValueError, match="model_secret"):
+        churn.encode_snapshot(1, model, {})        # never published unsigned
+    with pytest.raises(ValueError, match="model_secret"):
+        churn.encode_snapshot(1, model, {}, secret="short")
+    blob = churn.encode_snapshot(4, model, {"auc": 0.6}, secret=SECRET)
+    snap = churn.decode_snapshot(blob, SECRET)
+    test = payment_driven(50, 2)
+    assert [snap.model.predict(x) for x, _ in test] == [model.predict(x) for x, _ in test]
+    data = orjson.loads(blob)
+    _SIDE_EFFECTS.clear()
+    _refused(blob, "no_secret", "")                 # nobody to check it: not loaded
+    _refused(blob, "bad_signature", "the-wrong-secret-123")
+    _refused(orjson.dumps({k: v for k, v in data.items() if k != "hmac_sha256"}), "unsigned",
+             SECRET)
+    evil = base64.b64encode(pickle.dumps(_Payload())).decode()
+    _refused(orjson.dumps({**data, "pickle": evil}), "bad_signature", SECRET)
+    assert _SIDE_EFFECTS == []
+    # a signed pickle that is not a churn model (the secret leaked, or a bug) is still refused
+    bad = churn.encode_snapshot(5, model, {}, secret=SECRET)
+    bad_data = orjson.loads(bad)
+    bad_data["pickle"] = base64.b64encode(pickle.dumps({"weights": [1]})).decode()
+    bad_data.pop("hmac_sha256")
+    import hashlib
+    import hmac
+    bad_data["hmac_sha256"] = hmac.new(churn.signing_key(SECRET), churn._canonical(bad_data),
+                                       hashlib.sha256).hexdigest()
+    _refused(orjson.dumps(bad_data), "bad_pickle", SECRET)
+
+
 def test_logistic_contributions_are_weight_times_standardised_value() -> None:
     model = fit(ChurnModel.create("logistic"), payment_driven(500, 1))
     x = payment_driven(1, 9)[0][0]
@@ -526,7 +648,8 @@ def test_precision_top_decile_interpolates_in_the_boundary_bin() -> None:
 def test_metrics_edge_cases() -> None:
     m = ProgressiveMetrics()
     assert m.to_record() == {"labelled": 0, "auc": None, "accuracy": None, "log_loss": None,
-                             "precision_top_decile": None}
+                             "precision_top_decile": None, "log_loss_constant": None,
+                             "ece": None}
     m.update(None, 1)  # no model when this snapshot was taken: not scored
     assert m.count == 0 and m.unscored == 1 and m.to_record()["labelled"] == 0
     m.update(0.5, 1)  # the threshold itself predicts churn
@@ -585,3 +708,130 @@ def test_churn_record_bands_the_published_probability() -> None:
     rec = churn_record(0.49996, True, drivers)
     assert rec == {"probability": 0.5, "risk": "high", "model_ready": True, "drivers": drivers}
     assert churn_record(0.1234567, False, [])["probability"] == 0.1235
+
+
+# ---- calibration and the champion ---------------------------------------------------------
+
+
+def test_platt_calibrator_recovers_a_known_calibration() -> None:
+    rng = random.Random(5)
+    cal = churn.PlattCalibrator(-6.0, 6.0, 240)
+    assert cal.fit() is None                       # nothing learnt: no calibration
+    for _ in range(40000):
+        s = rng.uniform(-4.0, 3.0)
+        cal.learn(s, int(rng.random() < churn.sigmoid(1.5 * s - 2.0)))
+    a, b = cal.fit()
+    assert a == pytest.approx(1.5, abs=0.08) and b == pytest.approx(-2.0, abs=0.08)
+    back = churn.PlattCalibrator.from_state(orjson.loads(orjson.dumps(cal.to_state())))
+    assert back.fit() == pytest.approx([a, b])
+    cal.decay(0.5)
+    assert cal.counts[0] == pytest.approx(back.counts[0] / 2)
+    assert cal.fit() == pytest.approx([a, b], abs=1e-3)  # halving every count: the same fit
+
+
+def test_platt_of_a_backwards_score_has_a_negative_slope() -> None:
+    rng = random.Random(6)
+    cal = churn.health_calibrator()
+    for _ in range(5000):
+        h = rng.uniform(0, 100)
+        cal.learn(h, int(rng.random() < 0.4 * (1 - h / 100)))
+    a, _ = cal.fit()
+    assert a < 0
+    assert churn.platt(cal.fit(), 10.0) > churn.platt(cal.fit(), 90.0)
+
+
+def test_auc_exact_matches_sklearn_with_ties() -> None:
+    rng = random.Random(2)
+    scores = [rng.choice([0.1, 0.2, 0.2, 0.5, 0.9]) for _ in range(300)]
+    labels = [int(rng.random() < s) for s in scores]
+    assert churn.auc_exact(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert churn.auc_exact([0.3, 0.4], [1, 1]) is None
+
+
+@pytest.mark.parametrize("current,auc_model,auc_health,n,expected", [
+    ("health", 0.80, 0.70, 999, "health"),        # too few labels: no change
+    ("health", 0.705, 0.70, 1000, "health"),       # within the margin: the champion stays
+    ("health", 0.711, 0.70, 1000, "model"),
+    ("model", 0.70, 0.705, 5000, "model"),
+    ("model", 0.70, 0.711, 5000, "health"),
+    ("model", None, 0.9, 5000, "model"),           # one class only in the window
+])
+def test_choose_champion(current: str, auc_model: float | None, auc_health: float | None,
+                         n: int, expected: str) -> None:
+    assert churn.choose_champion(current, auc_model, auc_health, n, 1000, 0.01) == expected
+
+
+def test_ece_and_constant_log_loss() -> None:
+    rng = random.Random(4)
+    calibrated, overconfident = ProgressiveMetrics(), ProgressiveMetrics()
+    pairs = []
+    for _ in range(20000):
+        p = rng.uniform(0.0, 0.5)
+        y = int(rng.random() < p)
+        pairs.append((p, y))
+        calibrated.update(p, y)
+        overconfident.update(min(1.0, 2 * p), y)
+    assert calibrated.ece() < 0.02 and overconfident.ece() > 0.2
+    # ECE by hand over 10 equal bins (the histogram's bin centres, 1/2000 at most apart)
+    by_bin: dict[int, list[tuple[float, int]]] = {}
+    for p, y in pairs:
+        by_bin.setdefault(min(9, int(p * 10)), []).append((p, y))
+    direct = sum(abs(sum(p for p, _ in v) - sum(y for _, y in v)) for v in by_bin.values())
+    assert calibrated.ece() == pytest.approx(direct / len(pairs), abs=1e-3)
+    rate = sum(y for _, y in pairs) / len(pairs)
+    assert calibrated.constant_log_loss() == pytest.approx(
+        log_loss([y for _, y in pairs], [rate] * len(pairs)))
+    record = calibrated.to_record()
+    assert record["log_loss"] < record["log_loss_constant"] and record["ece"] < 0.02
+
+
+def test_book_keeps_the_candidate_scores_of_each_snapshot() -> None:
+    book = LabelBook()
+    book.add(100, {}, 0.3, 2, [0.5, 0.3, 0.2])
+    book.add(101, {}, None, 0)
+    back = LabelBook.from_state(orjson.loads(orjson.dumps(book.to_state())))
+    assert back == book
+    out = back.on_churn(110)
+    assert [e.scores for e in out] == [(0.5, 0.3, 0.2), None]
+    assert Example.from_record(orjson.loads(orjson.dumps(out[0].to_record()))) == out[0]
+
+
+def test_platt_slope_bounds_clamp_and_refit_the_intercept() -> None:
+    rng = random.Random(8)
+    cal = churn.PlattCalibrator(-6.0, 6.0, 240, (0.0, 1.0))
+    for _ in range(20000):
+        s = rng.uniform(-3.0, 3.0)
+        cal.learn(s, int(rng.random() < churn.sigmoid(2.5 * s - 1.0)))
+    a, b = cal.fit()
+    assert a == 1.0                                  # clamped from ~2.5
+    # the intercept is the best one for that slope: the predicted churners match the count
+    predicted = sum((p + n) * churn.platt([a, b], cal.centre(i))
+                    for i, (p, n) in enumerate(zip(cal.pos, cal.neg)))
+    assert predicted == pytest.approx(cal.counts[0], rel=0.01)
+    backwards = churn.model_calibrator()
+    for _ in range(2000):
+        s = rng.uniform(-3.0, 3.0)
+        backwards.learn(s, int(rng.random() < churn.sigmoid(-s)))
+    assert backwards.fit()[0] == 0.0                 # never reverses the model's ranking
+
+
+def test_weights_keep_their_known_signs_and_drivers_are_actionable() -> None:
+    rng = random.Random(12)
+    data = []
+    for _ in range(3000):   # churn from failed payments; activity features strongly correlated
+        days = rng.randint(0, 7)
+        raw = {**FULL_RAW, "active_days_7d": days, "dau": days + rng.randint(0, 1),
+               "active_days_30d": 4 * days + rng.randint(0, 2),
+               "tenure_days": rng.randint(1, 1500), "failed_payments_90d": rng.choice([0, 0, 1, 2])}
+        data.append((snapshot_vector(raw), int(rng.random() < 0.05 + 0.25 * raw["failed_payments_90d"]
+                                               + 0.002 * raw["tenure_days"] / 15)))
+    model = fit(ChurnModel.create("logistic"), data)
+    weights = model.estimator["LogisticRegression"].weights
+    for name, sign in churn.FEATURE_SIGNS.items():
+        assert weights.get(name, 0.0) * sign >= 0, name
+    assert weights["log_tenure_days"] > 0        # the data decides tenure: here it is a risk
+    healthy_veteran = snapshot_vector({**FULL_RAW, "tenure_days": 1500, "active_days_7d": 7,
+                                       "dau": 7, "active_days_30d": 29, "failed_payments_90d": 0})
+    names = [d["feature"] for d in model.drivers(healthy_veteran, k=5)]
+    assert not set(names) & churn.NOT_DRIVERS
+    assert not {"active_days_7d", "dau", "active_days_30d"} & set(names)
