@@ -366,6 +366,10 @@ class LabelBook:
         """The bound on pending snapshots: horizon + settle_days + 1."""
         return self.horizon + self.settle_days + 1
 
+    def latest_vector(self) -> dict[str, float] | None:
+        """The features of the newest pending snapshot (to score it again with a new model)."""
+        return decode(self._pending[max(self._pending)][0]) if self._pending else None
+
     # ---- changes -------------------------------------------------------------------------
 
     def add(self, d0: int, vector: Mapping[str, float], probability: float | None,

@@ -205,7 +205,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
 
     def on_models(records: list[Any]) -> None:
         if any([processor.scorer.update(v) for v in values(records)]):
-            log.info("churn model version %s", processor.scorer.version)
+            log.info("churn model version %s: %d customers scored again",
+                     processor.scorer.version, processor.rescore())
             on_model()
 
     def on_catalog(records: list[Any]) -> None:
@@ -368,6 +369,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
                       (), {(): float(learner.learned)})]
 
     metrics.add_gauge_source(learner_gauges)
+    metrics.add_gauge_source(processor.scorer.gauges)   # refused model snapshots
 
     def lag_gauges() -> list[Any]:
         """Offset lag of both consumer groups over the partitions this worker owns."""

@@ -737,6 +737,23 @@ class CustomerProcessor:
         out.features, self.features_out = self.features_out, []
         return out
 
+    def rescore(self) -> int:
+        """A new model version: every owned paying customer is scored again now, from its
+        latest snapshot, not at its next day close (after a backfill that close may be far
+        off). The snapshot keeps the prediction it was taken with; returns how many."""
+        n = 0
+        for partition, cids in self.members.items():
+            for cid in cids:
+                state = self._load(cid)
+                vector = state.churn.book.latest_vector() if state.churn.last else None
+                if vector is None:
+                    continue
+                state.churn.last = self.scorer.score(vector)
+                self.to_emit[cid] = partition
+                self.dirty[cid] = partition
+                n += 1
+        return n
+
     # -- gauges ---------------------------------------------------------------------------
 
     def oldest_watermark(self) -> float | None:

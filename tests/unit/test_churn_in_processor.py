@@ -194,3 +194,21 @@ def test_mrr_history_looks_30_days_back() -> None:
         expected = mrr_by_day[day - 30] if day >= 30 else 0.0
         assert mrr_days_ago(history, day, 30) == expected, day
         assert len(history) <= 3                 # only changes, older ones pruned
+
+
+def test_a_new_model_version_scores_every_paying_customer_at_once() -> None:
+    """After a backfill the next day close may be far off: a new version rescores now."""
+    trained = Driver()
+    for k in range(0, 45):
+        trained.day(k)
+    run = Driver()
+    for k in range(0, 3):                          # scored by no model yet: probability null
+        run.day(k)
+    assert run.records["p-31"]["churn"]["probability"] is None
+    before = dict(run.proc.store["p-31"].churn.book._pending)
+    run.proc.scorer = trained.proc.scorer          # as if a version arrived now
+    assert run.proc.rescore() >= 1
+    out = run.proc.flush()
+    record = {c: orjson.loads(v) for c, v in out.records}["p-31"]
+    assert record["churn"]["probability"] is not None
+    assert run.proc.store["p-31"].churn.book._pending == before   # snapshots untouched
