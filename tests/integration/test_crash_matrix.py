@@ -1,6 +1,10 @@
 """Crash safety, small matrix: SIGKILLs at seeded random moments give the uninterrupted outputs.
 
-The full matrix (more kills, 1-3 workers, both stores, several seeds) is `make chaos`.
+On the production store (rocksdb://), against an uninterrupted memory:// run: the last record
+of every key of every output topic and the dead letters must be identical. Customer alert
+transitions and a business record's customer aggregates are still open (docs/chaos.md): they
+are listed, not asserted. The full matrix (more kills, 1-3 workers, both stores, arrival
+modes, worker counts) is `make chaos`.
 """
 from __future__ import annotations
 
@@ -44,4 +48,7 @@ def test_sigkills_at_random_moments_change_no_output(broker, tmp_path):
     result = compare(expected, actual)
     assert crash.kills == KILLS
     assert result.keys > 40, "the reference produced too little to compare"
+    # Every record of every output topic and every dead letter is the reference's; the known
+    # open differences (customer alert transitions, business customer aggregates) are listed.
+    print(report("sigkill x5, one worker, rocksdb://", result))
     assert result.ok, report("sigkill x5, one worker, rocksdb://", result)
