@@ -27,6 +27,7 @@ from streams.time import rfc3339
 
 TTV_BIN_DAYS = 0.1  # ttv_median_days is the median of 0.1-day bins (within ±0.05 day)
 OPEN_MONTHS_KEPT = 3
+PUBLISHED_RATIOS = ("nrr", "grr", "expansion_rate", "logo_retention")
 MONTH_SUMMARIES_KEPT = OPEN_MONTHS_KEPT + 1
 
 
@@ -271,8 +272,7 @@ class BusinessAggregator:
     def record(self, state: ScopeState, month: str) -> dict[str, Any]:
         as_of = self.as_of(state)
         final = as_of is not None and as_of >= month_end(month) + self.lateness
-        revenue = (state.books[month].to_record() if month in state.books
-                   else dict(state.closed[month]))
+        revenue = self._revenue(state, month)
         summary = self.summary(state, month)
         r = self.settings.revenue
         c = self.churn_rate(state, month)
@@ -282,14 +282,14 @@ class BusinessAggregator:
             "scope": state.scope, "period": month,
             "as_of": None if as_of is None else rfc3339(min(as_of, month_end(month))),
             "final": final, **revenue,
-            "clv": None if scope_clv is None else round(scope_clv, 2),
+            "clv": scope_clv,
             "clv_to_cac": None if scope_clv is None else _round(clv_to_cac(scope_clv, mean_cac)),
-            "churn_rate": round(c, 6),
+            "churn_rate": round(c, 4),
             "avg_health": (round(summary["health_sum"] / summary["health_n"], 2)
                            if summary["health_n"] else None),
             "at_risk_customers": summary["at_risk"],
             "ttv_median_days": ttv_median(summary["ttv"]),
-            "success_rate_90d": (round(summary["success"] / summary["eligible"], 6)
+            "success_rate_90d": (round(summary["success"] / summary["eligible"], 4)
                                  if summary["eligible"] else None),
             "churn_model": self.churn_model() if state.scope == "all" else None,
         }
@@ -369,8 +369,12 @@ class BusinessAggregator:
         return max(finals) if finals else None
 
     def _revenue(self, state: ScopeState, month: str) -> dict[str, Any]:
-        return (state.books[month].to_record() if month in state.books
-                else dict(state.closed[month]))
+        """A month's revenue figures as published: ratios to 4 decimals, money unrounded."""
+        revenue = (state.books[month].to_record() if month in state.books
+                   else dict(state.closed[month]))
+        for name in PUBLISHED_RATIOS:
+            revenue[name] = _round(revenue.get(name))
+        return revenue
 
     def gauges(self) -> list[Any]:
         """The scopes this worker owns, so that sum() across workers is right.

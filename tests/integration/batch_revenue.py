@@ -62,6 +62,7 @@ MOVEMENTS = ("new", "reactivation", "expansion", "contraction", "churn")
 FLOAT_FIELDS = ("mrr_start", "mrr_end", *MOVEMENTS, "nrr", "grr", "expansion_rate",
                 "logo_retention", "arpa", "nrr_expansion", "nrr_contraction", "nrr_churn")
 INT_FIELDS = ("customers_start", "customers_end", "customers_churned")
+RATIO_FIELDS = ("nrr", "grr", "expansion_rate", "logo_retention")
 REVENUE_FIELDS = FLOAT_FIELDS + INT_FIELDS
 
 
@@ -393,6 +394,9 @@ def differences(expected: Mapping[str, Any], actual: Mapping[str, Any],
         e, a = expected.get(name), actual.get(name)
         if name in INT_FIELDS:
             if e != a:
+                out[name] = (e, a)
+        elif name in RATIO_FIELDS:   # published to 4 decimals
+            if (e is None) != (a is None) or (e is not None and abs(e - a) > 5e-5 + 1e-12):
                 out[name] = (e, a)
         elif not close(e, a, rel):
             out[name] = (e, a)
