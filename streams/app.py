@@ -501,19 +501,15 @@ async def _rewind_uncommitted(consumer: Any, topics: set[str]) -> None:
     `seek_to_committed` leaves a partition without one (or at 0) where the consumer stands.
     Records fetched around the rebalance and dropped (Faust discards what it fetches while a
     rebalance suspends the flow) can already have moved that position, so the new owner of a
-    partition nobody had committed yet skipped its first records. In the two-worker test that
-    lost a scope's first month of movements, or thousands of events, in about one run in four.
-    A first owner under load can go long without a commit (Faust's commit timer overlaps).
+    partition nobody had committed yet would skip its first records. A first owner under load
+    can go long without a commit (Faust's commit timer overlaps).
 
-    This runs from `on_rebalance_complete`, while the stream partitions are still paused.
-    A first version wrapped Faust's `perform_seek` instead, which Faust awaits only *after*
-    resuming them: the agent then read from the wrong position meanwhile, and Faust drops any
-    record below the last offset it delivered, so the rewind silently skipped what it was for
-    (one partition's week of events in the SIGKILL test under load, about 1 run in 4).
+    This runs from `on_rebalance_complete`, while the stream partitions are still paused: Faust
+    awaits `perform_seek` only after resuming them, and drops any record below the last offset
+    it delivered, so a rewind from there would skip what it is for.
 
-    Replaying from the beginning changes no state: customer and business records recognise
-    what they already hold. Usage and feature events older than the dedup horizon are
-    dead-lettered as `too_late` again, though (see README, "Scaling out").
+    Replaying from the beginning changes no state: each customer record knows the last internal
+    position it holds, and business records recognise what they already hold.
     """
     if not consumer.assignment():
         return  # a worker with no partitions (more workers than partitions) has nothing to seek
@@ -521,8 +517,8 @@ async def _rewind_uncommitted(consumer: Any, topics: set[str]) -> None:
     fresh = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
     if fresh:
         # seek_wait, not seek: Faust's `seek` calls aiokafka's from this thread while the
-        # consumer thread's fetcher walks its records, and the two `del` the same entry.
-        # That crashed a worker (KeyError in `fetched_records`) in 1 of 29 two-worker runs.
+        # consumer thread's fetcher walks its records, and the two `del` the same entry
+        # (a KeyError in `fetched_records` that crashes the worker).
         await consumer.seek_wait(dict(await consumer.earliest_offsets(*fresh)))
         log.info("no committed offset yet, reading from the beginning: %s",
                  sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
