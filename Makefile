@@ -37,7 +37,7 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.matrix --seeds 1,2 --kills 6 --markdown
 
-# The churn model against the health score and an offline yardstick (about 20 minutes).
+# The churn model against the health score and an offline yardstick, on each churn profile.
 bench-churn: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_churn
 
