@@ -82,9 +82,12 @@ def test_sigkill_and_restart_gives_the_same_figures(broker, tmp_path):
         time.sleep(1.5)  # a few flush intervals for the last records
         expected = _figures(clean, customers)
         actual = _figures(crash, customers)
+        # `churn` follows the model version each worker held when it scored the customer:
+        # versions reach workers asynchronously, so it is compared nowhere (docs/chaos.md).
         diffs = {c: {k: (expected[c][k], actual[c][k]) for k in expected[c]
-                     if expected[c][k] != actual[c][k]}
-                 for c in customers if expected[c] != actual[c]}
+                     if expected[c][k] != actual[c][k] and k != "churn"}
+                 for c in customers}
+        diffs = {c: d for c, d in diffs.items() if d}
         assert not diffs, diffs
         # Nothing lost on the output topic either: every customer was published.
         out.wait_for(lambda o: set(customers) <= set(o.latest), timeout=30)
