@@ -129,10 +129,6 @@ class Service:
             log.info("skipped %d events of partitions not owned (rebalance)", self.strays)
         return False
 
-    def ready(self) -> bool:
-        return self.ingest.ready and not self.app.rebalancing and bool(
-            self.app.tables.recovery.completed.is_set())
-
 
 def build_app(settings: Settings, broker_url: str) -> Service:
     s = settings

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.activity import ActivityFigures, day_of
+from models.activity import ActivityFigures
 from streams.state import CustomerState
 from streams.time import rfc3339
 
@@ -11,11 +11,6 @@ from streams.time import rfc3339
 def customer_status(state: CustomerState) -> str:
     """trial (never paid), active, churned, reactivated: from subscription events."""
     return state.revenue.status
-
-
-def activity_figures(state: CustomerState, as_of: float, window: int) -> ActivityFigures:
-    first = state.signup_ts if state.signup_ts is not None else state.first_ts
-    return state.activity.figures(day_of(as_of), None if first is None else day_of(first), window)
 
 
 def customer_record(state: CustomerState, as_of: float, figures: ActivityFigures,
