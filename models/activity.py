@@ -152,7 +152,7 @@ class ActivityWindow:
         return {"u": self.users, "m": [[d, format(m, "x")] for d, m in sorted(self.masks.items())]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ActivityWindow":
+    def from_dict(cls, data: dict[str, Any]) -> ActivityWindow:
         window = cls()
         window.users = list(data.get("u", ()))
         window._index = {u: i for i, u in enumerate(window.users)}

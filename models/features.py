@@ -46,8 +46,9 @@ How the stages use it:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from models.activity import DAY_SECONDS, day_of, intern, window_days
 
@@ -397,7 +398,7 @@ class CustomerFeatures:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CustomerFeatures":
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerFeatures:
         def spans(days: Iterable[Any]) -> dict[int, dict[int, list[float]]]:
             out: dict[int, dict[int, list[float]]] = {}
             for d, *flat in days:
@@ -461,7 +462,7 @@ class PaidHistory:
         return [[at, 1 if paying else 0] for at, paying in self.changes]
 
     @classmethod
-    def from_list(cls, data: Iterable[Iterable[float]]) -> "PaidHistory":
+    def from_list(cls, data: Iterable[Iterable[float]]) -> PaidHistory:
         history = cls()
         history.changes = [(float(at), bool(paying)) for at, paying in data]
         return history
@@ -552,7 +553,7 @@ class FeatureContribution:
         summed over its eligible customers)."""
         self.after = (float(released_at), int(users), int(active))
 
-    def merge(self, other: "FeatureContribution") -> "FeatureContribution":
+    def merge(self, other: FeatureContribution) -> FeatureContribution:
         """Sum of two contributions (a new object); as of the older of the two days."""
         if other.feature != self.feature:
             raise ValueError(f"cannot merge feature {other.feature!r} into {self.feature!r}")
@@ -587,7 +588,7 @@ class FeatureContribution:
                 **({} if self.after is None else {"ar": list(self.after)})}
 
     @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> "FeatureContribution":
+    def from_state(cls, data: Mapping[str, Any]) -> FeatureContribution:
         wk, wt, nk, nt = (int(x) for x in data.get("r", (0, 0, 0, 0)))
         fs = data.get("fs")
         return cls(feature=str(data["f"]), day=int(data["d"]),
@@ -744,7 +745,7 @@ class FeatureBook:
                 **({"bd": list(self.by_days)} if self.by_days else {})}
 
     @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> "FeatureBook":
+    def from_state(cls, data: Mapping[str, Any]) -> FeatureBook:
         book = cls(str(data["f"]))
         book.parts = {int(p): FeatureContribution.from_state(c) for p, c in data.get("p", ())}
         book.history = {int(p): {int(d): (int(u), int(a)) for d, u, a in days}

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 # --------------------------------------------------------------------------------------------
 # Calendar months (UTC)
@@ -46,14 +47,14 @@ def month_of(ts: float) -> str:
     >>> month_of(1772323199.5)
     '2026-02'
     """
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return f"{dt.year:04d}-{dt.month:02d}"
 
 
 def month_start(month: str) -> float:
     """Epoch seconds of the month's first instant (inclusive)."""
     year, mon = _parse_month(month)
-    return datetime(year, mon, 1, tzinfo=timezone.utc).timestamp()
+    return datetime(year, mon, 1, tzinfo=UTC).timestamp()
 
 
 def month_end(month: str) -> float:
@@ -155,7 +156,7 @@ class Movement:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Movement":
+    def from_dict(cls, data: Mapping[str, Any]) -> Movement:
         kind = str(data["kind"])
         if kind not in MOVEMENT_SIGN:
             raise ValueError(f"unknown movement kind {kind!r}")
@@ -310,7 +311,7 @@ class CustomerRevenue:
                 "late": self.ignored_late, "ids": list(self.recent_ids)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CustomerRevenue":
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerRevenue:
         state = cls()
         state.mrr = float(data.get("mrr", 0.0))
         state.paid_before = bool(data.get("paid", state.mrr > 0))
@@ -411,7 +412,7 @@ class MonthBook:
         self.max_ids = int(max_ids)
         self._ids: dict[str, None] = {}      # insertion-ordered set, oldest first
 
-    def opening_like(self, month: str) -> "MonthBook":
+    def opening_like(self, month: str) -> MonthBook:
         """An empty book of ``month`` that opens with this book's opening balance."""
         book = MonthBook(month, 0.0, self.customers_start, self.max_ids)
         book.start_units = book.end_units = self.start_units
@@ -468,7 +469,7 @@ class MonthBook:
         self.customers_end += count
         return True
 
-    def next_month(self) -> "MonthBook":
+    def next_month(self) -> MonthBook:
         """The following month's book: it opens with this month's closing MRR and customers."""
         book = MonthBook(next_month(self.month), 0.0, self.customers_end, self.max_ids)
         book.start_units = book.end_units = self.end_units
@@ -584,7 +585,7 @@ class MonthBook:
                 "nrr": list(self.cohort_units), "max": self.max_ids, "ids": list(self._ids)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MonthBook":
+    def from_dict(cls, data: Mapping[str, Any]) -> MonthBook:
         units = (lambda v: int(v)) if data.get("u") == MONEY_SCALE else to_units
         book = cls(str(data["month"]), 0.0, int(data.get("cs", 0)),
                    int(data.get("max", DEFAULT_BOOK_IDS)))

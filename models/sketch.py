@@ -27,8 +27,8 @@ hash is a 64-bit blake2b digest, identical in every process and on every machine
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from hashlib import blake2b
-from typing import Iterable
 
 DEFAULT_P = 14
 _DENSE = 1
@@ -112,14 +112,14 @@ class HyperLogLog:
             if rank > regs[index]:
                 regs[index] = rank
 
-    def merge(self, other: "HyperLogLog") -> "HyperLogLog":
+    def merge(self, other: HyperLogLog) -> HyperLogLog:
         """Union in place (register max); returns self."""
         if other.p != self.p:
             raise ValueError(f"cannot merge precision {other.p} into {self.p}")
         self.registers = bytearray(map(max, self.registers, other.registers))
         return self
 
-    def copy(self) -> "HyperLogLog":
+    def copy(self) -> HyperLogLog:
         sketch = HyperLogLog(self.p)
         sketch.registers = bytearray(self.registers)
         return sketch
@@ -168,7 +168,7 @@ class HyperLogLog:
         return bytes((_DENSE, self.p)) + bytes(regs)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "HyperLogLog":
+    def from_bytes(cls, data: bytes) -> HyperLogLog:
         if len(data) < 2:
             raise ValueError("not a serialised HyperLogLog: too short")
         kind, p = data[0], data[1]

@@ -8,8 +8,9 @@ already fired: a restart neither fires twice nor forgets to resolve.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from models.activity import DAY_SECONDS
 from streams.settings import AlertRule

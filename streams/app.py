@@ -17,20 +17,19 @@ from faust.serializers import codecs
 from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
-from streams.business import (BusinessAggregator, ScopeState, StageFlush, decode_scope,
-                              encode_scope)
+from streams.business import BusinessAggregator, ScopeState, StageFlush, decode_scope, encode_scope
 from streams.churn import ChurnLearner
 from streams.exporters.metrics import INTERNAL, Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
+from streams.follow import Follower, values
 from streams.health import Health
 from streams.ingest import IngestService
 from streams.kafka_config import aiokafka_kwargs, faust_kwargs
-from streams.follow import Follower, values
 from streams.processor import CustomerProcessor, Flush
 from streams.quarantine import quarantine
 from streams.settings import Settings
-from streams.stores import PartitionedStore
 from streams.state import CustomerState, decode_state, encode_state
+from streams.stores import PartitionedStore
 from streams.topics import MODEL_MESSAGE_BYTES, Partitioner
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.protocol import (ConsumerProtocolMemberAssignment,
-                                           ConsumerProtocolMemberMetadata)
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 
 
 class CoPartitionedAssignor(AbstractPartitionAssignor):

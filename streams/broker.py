@@ -61,7 +61,7 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"kafka://{self.address}"
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         listener = f"tcp://{self.address}"
         advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -108,7 +108,7 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait(timeout=5)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -14,13 +14,23 @@ Kept free of Faust; `streams/app.py` wires it to a stream and a changelog table 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
-from models.revenue import (MOVEMENT_KINDS, MonthBook, Movement, clv, clv_to_cac, month_end,
-                            month_of, monthly_churn_rate, next_month)
+from models.revenue import (
+    MOVEMENT_KINDS,
+    MonthBook,
+    Movement,
+    clv,
+    clv_to_cac,
+    month_end,
+    month_of,
+    monthly_churn_rate,
+    next_month,
+)
 from streams.alerts import AlertBook, alert_record
 from streams.settings import Settings
 from streams.time import rfc3339
@@ -109,7 +119,7 @@ class ScopeState:
                 "month_parts": self.month_parts}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScopeState":
+    def from_dict(cls, data: dict[str, Any]) -> ScopeState:
         return cls(data["scope"], {b["month"]: MonthBook.from_dict(b) for b in data["books"]},
                    data.get("closed", {}), data.get("samples", {}), data.get("parts", {}),
                    AlertBook(data.get("alerts")), list(data.get("final", ())),

@@ -24,15 +24,33 @@ import logging
 import pickle
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from models.activity import DAY_SECONDS
-from models.churn import (REFUSAL_REASONS, ChurnModel, Example, LabelBook, ModelSnapshot,
-                          PlattCalibrator, ProgressiveMetrics, SnapshotRefused, auc_exact,
-                          choose_champion, churn_record, decode, decode_snapshot, encode,
-                          encode_snapshot, health_calibrator, logit, model_calibrator, platt,
-                          snapshot_vector)
+from models.churn import (
+    REFUSAL_REASONS,
+    ChurnModel,
+    Example,
+    LabelBook,
+    ModelSnapshot,
+    PlattCalibrator,
+    ProgressiveMetrics,
+    SnapshotRefused,
+    auc_exact,
+    choose_champion,
+    churn_record,
+    decode,
+    decode_snapshot,
+    encode,
+    encode_snapshot,
+    health_calibrator,
+    logit,
+    model_calibrator,
+    platt,
+    snapshot_vector,
+)
 from streams.settings import ChurnSettings
 
 if TYPE_CHECKING:
@@ -257,7 +275,7 @@ class ChurnTrack:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ChurnTrack":
+    def from_dict(cls, data: Mapping[str, Any]) -> ChurnTrack:
         book = data.get("b")
         return cls(LabelBook() if book is None else LabelBook.from_state(book),
                    [list(x) for x in data.get("m", ())], data.get("s"),

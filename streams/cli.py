@@ -8,9 +8,10 @@ import gc
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 import orjson
 from pythonjsonlogger.json import JsonFormatter
@@ -38,7 +39,7 @@ class JsonLogFormatter(JsonFormatter):
                                         "message": "msg"})
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        ts = datetime.fromtimestamp(record.created, timezone.utc)
+        ts = datetime.fromtimestamp(record.created, UTC)
         return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -132,7 +133,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
                               "bad_fraction": args.bad_fraction,
                               "duplicate_fraction": args.duplicate_fraction}
     if args.start:
-        fields["start"] = datetime.fromisoformat(args.start).astimezone(timezone.utc)
+        fields["start"] = datetime.fromisoformat(args.start).astimezone(UTC)
     return SimConfig(**fields)
 
 

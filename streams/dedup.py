@@ -81,7 +81,7 @@ class SeenIds:
                 "d": [[d, _pack(ids)] for d, ids in sorted(self.by_day.items())]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SeenIds":
+    def from_dict(cls, data: dict[str, Any]) -> SeenIds:
         seen = cls()
         seen.lifetime = _unpack(data.get("l", ""))
         seen.by_day = {int(d): _unpack(text) for d, text in data.get("d", ())}

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -45,7 +45,7 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
     for labels, v in metrics.get("vitals_events_total", []):
         by_outcome[labels["outcome"]] += v
     wm = metrics.get("vitals_watermark_timestamp_seconds")
-    watermark = (datetime.fromtimestamp(wm[0][1], timezone.utc).strftime("%Y-%m-%d %H:%M")
+    watermark = (datetime.fromtimestamp(wm[0][1], UTC).strftime("%Y-%m-%d %H:%M")
                  if wm else "-")
     segments: dict[str, float] = defaultdict(float)
     for labels, v in metrics.get("vitals_customers", []):
@@ -90,11 +90,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.cli import _sim_config
     from streams.produce import produce
     from streams.simulator import generate
     from streams.topics import bootstrap_servers, ensure_topics
-
-    from streams.cli import _sim_config
 
     # Ctrl-C and SIGTERM stop the demo even when it was started with SIGINT ignored
     # (background jobs of a non-interactive shell inherit that).

@@ -6,9 +6,10 @@ without any new event.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from models.activity import DAY_SECONDS, day_of, is_close, last_day, window_days
 from models.health import HealthParams, weakest_components

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import reprlib
 import sys
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from ciso8601 import parse_rfc3339 as _parse_rfc3339
@@ -145,7 +146,7 @@ def parse_ts(value: Any, min_ts: float = DEFAULT_MIN_TS, max_ts: float = MAX_TS)
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def unframe(raw: bytes) -> bytes:

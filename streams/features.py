@@ -8,15 +8,21 @@ resend after a restart changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
 from models.activity import DAY_SECONDS
-from models.features import (FeatureBook, FeatureContribution, adoption_30d_after_release,
-                             feature_record, stickiness_days)
+from models.features import (
+    FeatureBook,
+    FeatureContribution,
+    adoption_30d_after_release,
+    feature_record,
+    stickiness_days,
+)
 from streams.alerts import AlertBook, alert_record
 from streams.business import StageFlush, count_alert
 from streams.evaluate import release_times
@@ -36,7 +42,7 @@ class FeatureState:
         return {"book": self.book.to_state(), "alerts": self.alerts.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureState":
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureState:
         return cls(FeatureBook.from_state(data["book"]), AlertBook(data.get("alerts")))
 
 

@@ -15,7 +15,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mode import OneForOneSupervisor
 from mode.types import ServiceT
@@ -88,18 +89,18 @@ class Health:
         """The process's exit status: EXIT_SERVICE_DIED after a failure, else `code`."""
         return EXIT_SERVICE_DIED if self.reason is not None else code
 
-    def supervisor(self, *services: ServiceT, **kwargs: Any) -> "ReportingSupervisor":
+    def supervisor(self, *services: ServiceT, **kwargs: Any) -> ReportingSupervisor:
         """A supervisor that reports any of `services` dying to this health."""
         sup = ReportingSupervisor(**kwargs)
         sup.health = self
         sup.add(*services)
         return sup
 
-    def agent_supervisor(self) -> type["ReportingSupervisor"]:
+    def agent_supervisor(self) -> type[ReportingSupervisor]:
         """A supervisor class for Faust's `agent_supervisor` setting, bound to this health."""
         return type("AgentReportingSupervisor", (ReportingSupervisor,), {"health": self})
 
-    def supervise(self, app: Any, *services: ServiceT) -> "ReportingSupervisor":
+    def supervise(self, app: Any, *services: ServiceT) -> ReportingSupervisor:
         """Watch the Faust app, its agents and `services` (started by the supervisor's start).
 
         The app is not started by it (it is running when the supervisor starts) and nothing is

@@ -23,7 +23,8 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from typing import Any, Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -32,8 +33,14 @@ from mode import Service
 
 from streams.assignor import CoPartitionedAssignor
 from streams.deadletter import bounded_key, deadletter_value, raw_excerpt
-from streams.events import (EventValidator, InvalidEvent, NOT_JSON, PROCESSING_ERROR,
-                            event_hash, unframe)
+from streams.events import (
+    NOT_JSON,
+    PROCESSING_ERROR,
+    EventValidator,
+    InvalidEvent,
+    event_hash,
+    unframe,
+)
 from streams.exporters.metrics import Metrics
 from streams.kafka_config import aiokafka_kwargs
 from streams.settings import Settings

@@ -17,7 +17,8 @@ import socket
 import ssl
 import struct
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from streams.settings import KafkaSettings
 
@@ -141,7 +142,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     try:
         await writer.drain()
         head = await asyncio.wait_for(reader.readexactly(4), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _Final(f"no answer to a Kafka request within {timeout:.0f} s: {hint}") from None
     except asyncio.IncompleteReadError as exc:
         if exc.partial[:1] == b"\x15":
@@ -160,7 +161,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         raise _Final(f"answered bytes that are not Kafka ({head!r}): {hint}")
     try:
         body = await asyncio.wait_for(reader.readexactly(size), timeout)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
         raise _Final(f"answered bytes that are not Kafka: {hint}") from None
     if struct.unpack(">i", body[:4])[0] != correlation_id:
         raise _Final(f"answered bytes that are not Kafka: {hint}")
@@ -189,7 +190,7 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
 
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _Transient(f"timed out connecting after {timeout:.0f} s (wrong address, or a "
                          f"firewall drops the packets)") from None
     except ConnectionRefusedError:
@@ -203,7 +204,7 @@ async def _probe_one(host: str, port: int, k: KafkaSettings, timeout: float) -> 
         if ctx is not None:
             try:
                 await asyncio.wait_for(writer.start_tls(ctx, server_hostname=host), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise _Final(f"no TLS handshake within {timeout:.0f} s: the listener is not TLS "
                              f"(set kafka.security_protocol = PLAINTEXT or SASL_PLAINTEXT) or "
                              f"not Kafka") from None
@@ -249,7 +250,7 @@ async def _login(host: str, port: int, k: KafkaSettings, timeout: float) -> None
             conn = await asyncio.wait_for(create_conn(
                 host, port, request_timeout_ms=int(timeout * 1000), **aiokafka_kwargs(k)),
                 timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Final(f"no SASL login within {timeout:.0f} s") from None
         except KafkaStartupError:
             raise
@@ -262,7 +263,7 @@ class quiet_aiokafka:
     """Hold back aiokafka's own ERROR lines while a start-up connection is tried: a failure
     is reported once, as the KafkaStartupError line."""
 
-    def __enter__(self) -> "quiet_aiokafka":
+    def __enter__(self) -> quiet_aiokafka:
         import logging
 
         self.logger = logging.getLogger("aiokafka")

@@ -11,21 +11,22 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, MutableMapping, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
 from models.activity import DAY_SECONDS, day_of, last_day
 from models.features import BASE_HISTORY_DAYS, FeatureContribution, after_release_fix_day
-from streams import events as ev
-from streams.deadletter import deadletter_value
-from streams.quarantine import quarantine
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
+from streams import events as ev
 from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
+from streams.deadletter import deadletter_value
 from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, watermark_gauges
+from streams.quarantine import quarantine
 from streams.settings import Settings, eligibility_group
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import AHEAD, FUTURE, LATE, TOO_LATE, PartitionClock, TimePolicy
@@ -66,7 +67,7 @@ class CloseSummary(NamedTuple):
     cac: float | None
 
     @classmethod
-    def of(cls, e: Evaluation) -> "CloseSummary":
+    def of(cls, e: Evaluation) -> CloseSummary:
         return cls(e.segment, e.score, e.grade, e.ttv_days, e.succeeded, e.eligible, e.cac)
 
 
@@ -137,6 +138,7 @@ class CustomerProcessor:
         # Event times are kept this many days beyond the window: [R, R+30d) is fixed at the
         # close of R + 30d + lateness, and counted from the events of day(R) on.
         self.after_margin = math.ceil(settings.time.lateness_days) + 3
+        self.after_tried: dict[tuple[int, str], float] = {}   # (partition, f) -> R last counted
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -485,7 +487,12 @@ class CustomerProcessor:
                                       retention_window_days=fs.retention_window_days)
             part.set_base(*base[group])
             fix = after_release_fix_day(release, lateness)
-            if fix <= closed <= fix + self.after_margin:
+            if fix <= closed and (closed <= fix + self.after_margin
+                                  or self.after_tried.get((partition, feature)) != release):
+                # Also once when the release becomes known (or moves earlier) only after the
+                # margin: another partition of this worker saw f late, and _prune kept the
+                # event times of that partition's slowest sibling.
+                self.after_tried[(partition, feature)] = release
                 self._after_release(part, customers, rule, release)
             message: dict[str, Any] = {"p": partition, "c": part.to_state()}
             if (partition, feature) not in self.base_sent:
@@ -668,8 +675,12 @@ class CustomerProcessor:
         # as of the last close (after a restart) covers the window ending the day before.
         state.activity.prune(last_day(wm) - self.window)
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
+        # The after-release event times are kept from the worker's slowest partition on: a
+        # feature first seen there may have its release day behind this partition's window.
+        slowest = min((c.watermark for c in self.clocks.values() if c.watermark is not None),
+                      default=wm)
         state.feature_use.prune(day_of(wm) - self.window,
-                                keep_from=day_of(wm) - self.window - self.after_margin)
+                                keep_from=day_of(slowest) - self.window - self.after_margin)
         keep = self.settings.features.retention_window_days + self.settings.time.lateness_days + 1
         state.paid.prune(wm - keep * DAY_SECONDS)
 
@@ -728,6 +739,8 @@ class CustomerProcessor:
                 self.live.pop(cid, None)
             self.summaries.pop(partition, None)
             self.dirty_summaries.discard(partition)
+            for key in [k for k in self.after_tried if k[0] == partition]:
+                del self.after_tried[key]
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
         # Alerts and business messages already decided go out with the state that records them.

@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.events import parse_ts, InvalidEvent
+from streams.events import InvalidEvent, parse_ts
 
 Item = tuple[str, "dict[str, Any] | bytes"]
 

@@ -32,17 +32,17 @@ JSON object per line.
 from __future__ import annotations
 
 import base64
-from bisect import bisect
 import calendar
 import heapq
 import math
 import random
+from bisect import bisect
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate
-from typing import Iterator
 
 import orjson
 
@@ -203,7 +203,7 @@ _PRIO_SPIKE_POP, _PRIO_SPIKE_CUM = _cum(_PRIORITIES_SPIKE)
 
 
 def _default_start() -> datetime:
-    return datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class SimConfig:
         if self.start.tzinfo is None or self.start.utcoffset() is None:
             raise ValueError("SimConfig.start must be timezone-aware")
         object.__setattr__(
-            self, "start", self.start.astimezone(timezone.utc).replace(microsecond=0)
+            self, "start", self.start.astimezone(UTC).replace(microsecond=0)
         )
         if self.days < 1:
             raise ValueError("SimConfig.days must be >= 1")

@@ -78,7 +78,7 @@ class CustomerState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
+    def from_dict(cls, data: dict[str, Any]) -> CustomerState:
         state = cls(data["id"])
         state.segment = data.get("seg")
         state.plan = data.get("plan")

@@ -5,9 +5,8 @@ event time (and, in live mode, with the wall clock on purpose).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from models.activity import DAY_SECONDS, day_of
@@ -22,7 +21,7 @@ TOO_LATE = "too_late"
 
 def rfc3339(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with a Z, whole seconds unless there is a fraction."""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     if dt.microsecond:
         return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -36,7 +35,7 @@ class TimePolicy:
 
     @classmethod
     def from_days(cls, lateness_days: float, dedup_horizon_days: float,
-                  max_skew_days: float) -> "TimePolicy":
+                  max_skew_days: float) -> TimePolicy:
         return cls(lateness_days * DAY_SECONDS, dedup_horizon_days * DAY_SECONDS,
                    max_skew_days * DAY_SECONDS)
 
@@ -116,7 +115,7 @@ class PartitionClock:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PartitionClock":
+    def from_dict(cls, data: dict[str, Any]) -> PartitionClock:
         base = {g: {int(d): int(n) for d, n in days} for g, days in (data.get("base") or {}).items()}
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
                    dict(data.get("ahead") or {}))

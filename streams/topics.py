@@ -11,14 +11,20 @@ import asyncio
 import logging
 import shlex
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 
-from streams.kafka_config import (KafkaStartupError, aiokafka_kwargs, describe_client_error,
-                                  probe, quiet_aiokafka)
+from streams.kafka_config import (
+    KafkaStartupError,
+    aiokafka_kwargs,
+    describe_client_error,
+    probe,
+    quiet_aiokafka,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

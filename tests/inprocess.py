@@ -2,7 +2,8 @@
 (tests and benchmarks that drive the stages by plain calls, without a broker)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.settings import Settings

@@ -10,12 +10,20 @@ import functools
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
-                               ProcessCollector, disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -83,7 +91,7 @@ class Metrics:
     def alert(self, rule: str, status: str) -> None:
         self.alerts.labels(rule, status).inc()
 
-    def add_gauge_source(self, source: "GaugeSource") -> None:
+    def add_gauge_source(self, source: GaugeSource) -> None:
         self._gauges.sources.append(source)
 
     def exposition(self) -> bytes:

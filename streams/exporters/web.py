@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from streams.events import SEGMENTS
 from streams.exporters.metrics import CONTENT_TYPE
@@ -55,7 +56,7 @@ def business_filter(query: Mapping[str, str] | Any) -> tuple[str | None, str | N
     return scope, period
 
 
-def health_status(service: "Service") -> tuple[int, dict[str, Any]]:
+def health_status(service: Service) -> tuple[int, dict[str, Any]]:
     """/healthz: 200 when live and ready, else 503 with the reason."""
     health = service.health
     waiting = readiness(service)
@@ -68,7 +69,7 @@ def health_status(service: "Service") -> tuple[int, dict[str, Any]]:
     return (200 if body["ready"] else 503), body
 
 
-def register_views(service: "Service", customers: Any) -> None:
+def register_views(service: Service, customers: Any) -> None:
     app = service.app
     processor = service.processor
 

@@ -3,7 +3,6 @@ and acknowledged only by the flush."""
 from __future__ import annotations
 
 import orjson
-
 from faust.types import TP
 
 from streams.app import build_app

@@ -26,8 +26,8 @@ import heapq
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 PROFILES: tuple[str, ...] = ("usage_decline", "payment_failures", "support_pain", "silent",
                              "seasonal", "chance")

@@ -88,7 +88,7 @@ class Run:
         env.update(self.extra_env)
         return env
 
-    def start(self, count: int | None = None) -> "Run":
+    def start(self, count: int | None = None) -> Run:
         for _ in range(self.workers if count is None else count):
             self.add_worker()
         return self
@@ -137,7 +137,7 @@ class Run:
         for worker in self.procs:
             worker.stop()
 
-    def outputs(self, settle: float = 3.0) -> "Outputs":
+    def outputs(self, settle: float = 3.0) -> Outputs:
         time.sleep(settle)  # the last flushes
         return Outputs.read(self.bootstrap, self)
 
@@ -151,7 +151,7 @@ class Outputs:
     resent_deadletters: int
 
     @classmethod
-    def read(cls, bootstrap: str, run: Run) -> "Outputs":
+    def read(cls, bootstrap: str, run: Run) -> Outputs:
         latest = {}
         for output in ("customer", "business", "feature_out"):
             latest[output] = {k: v for k, v in read_all(bootstrap, run.topic(output))

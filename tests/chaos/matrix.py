@@ -17,9 +17,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from streams.broker import EmbeddedBroker
 from streams.simulator import SimConfig, generate
@@ -31,7 +32,7 @@ from tests.integration.kafka import In
 class Scenario:
     name: str
     workers: int
-    action: Callable[["Context", Run], None]
+    action: Callable[[Context, Run], None]
     store: str = "memory://"
     own_input: bool = False   # events produced while the run is up, into topics of its own
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tests.integration.batch_revenue import distinct_valid, timelines
 

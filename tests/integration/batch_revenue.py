@@ -48,8 +48,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 SEGMENTS = frozenset({"enterprise", "mid_market", "smb", "solo"})
 SUBSCRIPTION_TYPES = frozenset({"subscription_started", "subscription_changed",
@@ -212,15 +213,15 @@ def _parse(family: str, event: Any, reporting: str, rates: Mapping[str, float]
 
 
 def month_of(ts: float) -> str:
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return f"{dt.year:04d}-{dt.month:02d}"
 
 
 def month_bounds(month: str) -> tuple[float, float]:
     """[start, end) of a calendar month, epoch seconds."""
     year, mon = int(month[:4]), int(month[5:7])
-    start = datetime(year, mon, 1, tzinfo=timezone.utc)
-    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=timezone.utc)
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
     return start.timestamp(), end.timestamp()
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -38,7 +39,7 @@ class Out:
                 if key is not None:
                     self.latest[key] = value
 
-    def wait_for(self, predicate: Callable[["Out"], Any], timeout: float = 30.0) -> Any:
+    def wait_for(self, predicate: Callable[[Out], Any], timeout: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -22,7 +22,7 @@ import os
 import ssl
 import struct
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
@@ -217,7 +217,7 @@ class BrokerProxy:
         writer.write(struct.pack(">i", len(payload)) + payload)
 
 
-def make_certs(directory: "os.PathLike[str] | str") -> dict[str, str]:
+def make_certs(directory: os.PathLike[str] | str) -> dict[str, str]:
     """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate,
     made with the openssl command; -> file name -> path."""
     import subprocess

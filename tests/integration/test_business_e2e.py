@@ -9,17 +9,17 @@ broker with a worker of its own.
 from __future__ import annotations
 
 import functools
-
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 import pytest
 
 from streams.simulator import SimConfig, generate
+from tests.inprocess import valid_events
 from tests.integration import batch_revenue as batch
 from tests.integration.conftest import WorkerProcess
-from tests.inprocess import valid_events
 from tests.integration.kafka import In, Out, group_lag
 
 FAMILIES = ("signup", "usage", "feature", "billing", "support")

@@ -9,22 +9,22 @@ calls, four customer partitions), then end to end through the embedded broker.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
 from streams.simulator import SimConfig, generate
+from tests.inprocess import valid_events
 from tests.integration import batch_features as batch
 from tests.integration.conftest import WorkerProcess
-from tests.inprocess import valid_events
 from tests.integration.kafka import In, Out, group_lag
 
 FAMILIES = ("signup", "usage", "feature", "billing", "support")
 DAY = 86400.0
 UNADOPTED = "alerts_center"
-START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, tzinfo=UTC)
 # sso's simulated release day is configured; the other five are first seen, among them
 # alerts_center, whose trickle of users starts on day ~50: on a replay some customer
 # partitions close its 30th day after release before any worker has seen it.
@@ -131,7 +131,7 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4,
             ids.setdefault(partition_of(f"close-tick-{i}"), f"close-tick-{i}")
         assert len(ids) == partitions
         ticks = [("usage", {"event_id": f"tick-{p}", "customer_id": cid, "user_id": "clock",
-                            "ts": datetime.fromtimestamp(close_at, timezone.utc).isoformat(),
+                            "ts": datetime.fromtimestamp(close_at, UTC).isoformat(),
                             "action": "login"}) for p, cid in sorted(ids.items())]
     for event in valid_events([*events, *ticks], settings):
         batch_.append(event)
@@ -160,7 +160,7 @@ def _check_customers(events: list[tuple[str, Any]], records: dict[str, dict[str,
     closed + 1 00:00, over the complete days closed-29 .. closed) against the batch."""
     released = {f: datetime.fromisoformat(ts).timestamp() for f, ts in CONFIGURED.items()}
     expected = batch.customers_at_close(events, closed, released)
-    stamp = datetime.fromtimestamp((closed + 1) * DAY, timezone.utc).strftime(
+    stamp = datetime.fromtimestamp((closed + 1) * DAY, UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     mine = {cid: r for cid, r in records.items() if not cid.startswith("close-tick-")}
     assert set(mine) == set(expected)

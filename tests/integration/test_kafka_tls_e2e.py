@@ -14,16 +14,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka_config import (KafkaStartupError, aiokafka_kwargs, librdkafka_config,
-                                  probe)
+from streams.kafka_config import KafkaStartupError, aiokafka_kwargs, librdkafka_config, probe
 from streams.settings import load_settings
 from tests.integration.conftest import ROOT, WorkerProcess, iso
 from tests.integration.proxies import BrokerProxy, make_certs, server_tls
@@ -130,7 +129,8 @@ def _committed(port: int, settings, group: str, topics: list[str], at_least: int
                timeout: float = 60.0) -> dict[str, int]:
     """Committed offsets of a group over TLS (librdkafka, with the same settings), waited for
     until they sum to `at_least`."""
-    from confluent_kafka import Consumer, TopicPartition as CTP
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as CTP
 
     consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": group,
                          "enable.auto.commit": False, **librdkafka_config(settings.kafka)})

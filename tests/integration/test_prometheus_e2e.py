@@ -26,8 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -193,7 +194,7 @@ class PrometheusServer:
                            "evaluation_interval": SCRAPE_INTERVAL},
                 "rule_files": rule_files, "scrape_configs": [job]}
 
-    def start(self, attempts: int = 3) -> "PrometheusServer":
+    def start(self, attempts: int = 3) -> PrometheusServer:
         config_file = self.workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config()), encoding="utf-8")
         for _ in range(attempts):  # free_port() can race with another process: retry

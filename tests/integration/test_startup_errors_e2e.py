@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -253,8 +253,8 @@ def test_worker_runs_with_creation_off_once_the_topics_exist(tmp_path: Path) -> 
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.topics import topic_specs
     from streams.settings import load_settings
+    from streams.topics import topic_specs
     from tests.integration.conftest import WorkerProcess
 
     with EmbeddedBroker() as broker:

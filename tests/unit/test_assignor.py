@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 from streams.assignor import CoPartitionedAssignor, plan

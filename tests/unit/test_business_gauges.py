@@ -3,7 +3,7 @@ sum to scope all, company-wide ratios in their own families, finished-month NRR/
 the scopes a worker owns."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ from streams.settings import load_settings
 
 
 def ts(y: int, m: int, d: int, h: int = 12) -> float:
-    return datetime(y, m, d, h, tzinfo=timezone.utc).timestamp()
+    return datetime(y, m, d, h, tzinfo=UTC).timestamp()
 
 
 def settings():
@@ -23,7 +23,7 @@ def settings():
 
 def mv(scope: str, cid: str, n: int, kind: str, amount: float, when: float, old: float,
        new: float, month_start: float) -> dict[str, Any]:
-    month = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m")
+    month = datetime.fromtimestamp(when, UTC).strftime("%Y-%m")
     return {"t": "mv", "scope": scope, "cid": cid, "mv": {
         "kind": kind, "amount": amount, "ts": when, "old_mrr": old, "new_mrr": new,
         "month": month, "event_id": f"{cid}-{n}", "month_start_mrr": month_start}}

@@ -2,7 +2,7 @@
 figures once every partition has closed the month, whatever was reported after."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ DAY = 86400.0
 
 
 def ts(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 def summary(n: int, health: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from models.churn import FEATURES
 from streams.churn import ChurnLearner, mrr_days_ago, remember_mrr
 from streams.state import decode_state, encode_state
-from tests.unit.test_health_in_processor import D, SETTINGS, at, event, usage
+from tests.unit.test_health_in_processor import SETTINGS, D, at, event, usage
 from tests.unit.test_processor import make
 
 # Churn day; dc - d0 for the day-1 snapshot: 29 and 30. p-stay never churns.

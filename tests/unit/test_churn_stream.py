@@ -12,8 +12,14 @@ import pytest
 
 from models.activity import DAY_SECONDS
 from models.churn import encode, snapshot_vector
-from streams.churn import (BASELINE_DAYS, BASELINE_LAG, ChurnLearner, ChurnScorer, ChurnTrack,
-                           raw_figures)
+from streams.churn import (
+    BASELINE_DAYS,
+    BASELINE_LAG,
+    ChurnLearner,
+    ChurnScorer,
+    ChurnTrack,
+    raw_figures,
+)
 from streams.state import CustomerState
 
 D = 20513  # as-of day of the day close (2026-03-01 00:00 UTC)

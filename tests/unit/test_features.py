@@ -9,9 +9,9 @@ import pytest
 
 from models.activity import DAY_SECONDS
 from models.features import (
+    CustomerFeatures,
     FeatureBook,
     FeatureContribution,
-    CustomerFeatures,
     PaidHistory,
     adopt_bucket,
     adoption_30d_after_release,

@@ -23,7 +23,8 @@ renormalise over 0.30 + 0.20 + 0.15 + 0.10 = 0.75:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -100,7 +101,7 @@ class Run:
             assert key == rec["alert_id"]
             self.alerts.append((k, rec))
 
-    def days(self, ks: range) -> "Run":
+    def days(self, ks: range) -> Run:
         for k in ks:
             self.day(k)
         return self

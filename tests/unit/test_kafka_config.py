@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 
-from streams.kafka_config import (KafkaStartupError, aiokafka_kwargs, faust_kwargs,
-                                  librdkafka_config, split_hosts)
+from streams.kafka_config import (
+    KafkaStartupError,
+    aiokafka_kwargs,
+    faust_kwargs,
+    librdkafka_config,
+    split_hosts,
+)
 from streams.settings import SettingsError, load_settings
 
 SASL_ENV = {"VITALS_KAFKA__SECURITY_PROTOCOL": '"SASL_SSL"',

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -25,7 +25,7 @@ DAY = 86400.0
 
 def ts(text: str) -> float:
     """Epoch seconds of a UTC wall time like '2026-03-01T12:00:00'."""
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 # ---- helpers --------------------------------------------------------------------------------

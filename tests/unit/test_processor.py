@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, MutableMapping
+from collections.abc import MutableMapping
+from typing import Any
 
 import orjson
 import pytest

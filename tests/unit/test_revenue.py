@@ -7,7 +7,7 @@ from __future__ import annotations
 import doctest
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -37,7 +37,7 @@ CANCELLED = "subscription_cancelled"
 
 
 def ts(y: int, m: int, d: int, h: int = 12) -> float:
-    return datetime(y, m, d, h, tzinfo=timezone.utc).timestamp()
+    return datetime(y, m, d, h, tzinfo=UTC).timestamp()
 
 
 def roundtrip_json(data):

@@ -11,9 +11,10 @@ import hashlib
 import re
 import statistics
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import islice
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 import pytest
@@ -413,8 +414,8 @@ def test_monthly_payments_fall_on_the_anniversary(
         if not billing or any(e["type"] in ("payment_failed", "subscription_cancelled")
                               for e, _ in billing):
             continue
-        anchor = datetime.fromtimestamp(billing[0][1], timezone.utc)
-        paid = [datetime.fromtimestamp(ts, timezone.utc).date()
+        anchor = datetime.fromtimestamp(billing[0][1], UTC)
+        paid = [datetime.fromtimestamp(ts, UTC).date()
                 for e, ts in billing if e["type"] == "payment_succeeded"]
         assert paid[0] == anchor.date()
         for previous, current in zip(paid, paid[1:]):
@@ -626,4 +627,4 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         SimConfig(unadopted_features=("teleport",))
     shifted = SimConfig(start=datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))))
-    assert shifted.start == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert shifted.start == datetime(2026, 1, 1, tzinfo=UTC)
