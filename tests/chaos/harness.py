@@ -81,6 +81,9 @@ class Run:
             "VITALS_TOPICS__REPARTITION": self.topic("internal"),
             "VITALS_TOPICS__BUSINESS_INTERNAL": self.topic("internal-business"),
             "VITALS_APP__STORE": f'"{self.store}"',
+            # The production skew (the test overlay widens it for the shared test worker): the
+            # simulated bad records include events dated weeks ahead.
+            "VITALS_TIME__MAX_SKEW_DAYS": "1.0",
         })
         if self.store.startswith("rocksdb"):
             data = self.logdir / f"{self.name}-data-{index}"
