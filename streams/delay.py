@@ -31,7 +31,13 @@ def take_oldest_arrival(events: list[MutableMapping[str, Any]]) -> int | None:
     Kafka gives -1 (or None) for a record without a timestamp (pre-0.10 message format): such
     events do not count.
     """
-    arrivals = [event.pop(ARRIVAL, None) for event in events]
+    arrivals = [event.pop(ARRIVAL, -1) for event in events]
+    try:
+        oldest = min(arrivals)  # the usual case: every event has a timestamp
+    except (TypeError, ValueError):  # a None among them, or no events
+        oldest = -1
+    if oldest >= 0:
+        return oldest
     known = [a for a in arrivals if a is not None and a >= 0]
     return min(known) if known else None
 
