@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,11 @@ LIVE_DAYS = 30             # simulated days after now, sent live
 # history gives no customer paying at D - W yet, so the demo judges it over 30 days.
 DEMO_RETENTION_WINDOW_DAYS = 30
 BAR_WIDTH = 30
+FIRST_MODEL_DAY = 40       # history days sent before waiting for the first model (see _run)
+CALIBRATED_MODEL_DAY = 80  # ... and before waiting for its calibrated probabilities
+MODEL_WAIT_SECONDS = 60.0
 DAY = 86400.0
+Scraped = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -65,7 +69,7 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
     dead = sum(v for _, v in metrics.get("vitals_deadletter_total", []))
     lines = [
         f"customer-vitals demo — {elapsed:5.0f} s   (Ctrl-C to stop)",
-        *progress_lines(wm[0][1] if wm else None, history or {}),
+        *progress_lines(wm[0][1] if wm else None, history or {}, ingest_backlog(metrics)),
         f"  events/s      {rate:10,.0f}      produced {sent:,}   processed {total:,.0f}",
         "  outcomes      " + "  ".join(f"{k} {v:,.0f}" for k, v in sorted(by_outcome.items())),
         f"  watermark     {watermark} UTC",
@@ -95,7 +99,15 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
     return lines
 
 
-def progress_lines(watermark: float | None, history: dict[str, Any]) -> list[str]:
+def ingest_backlog(metrics: Scraped) -> float | None:
+    """Input records not yet consumed (the ingest group's offset lag), None before known."""
+    lags = [v for labels, v in metrics.get("vitals_consumer_lag_records", [])
+            if labels.get("group", "").endswith("-ingest")]
+    return sum(lags) if lags else None
+
+
+def progress_lines(watermark: float | None, history: dict[str, Any],
+                   backlog: float | None = None) -> list[str]:
     """The history's progress bar (by the worker's watermark), then the live phase."""
     start, end = history.get("start"), history.get("end")
     if start is None or end is None:
@@ -105,9 +117,13 @@ def progress_lines(watermark: float | None, history: dict[str, Any]) -> list[str
     sent = history.get("sent_until")
     produced = (f"   produced to {datetime.fromtimestamp(sent, UTC):%Y-%m-%d}"
                 if sent is not None and sent < end else "")
-    if done >= 1.0:
+    # In event time the watermark reaches the end only with the next live event of every
+    # partition: the history is done once all of it was sent and consumed.
+    if done >= 1.0 or (sent is not None and sent >= end and backlog == 0):
         return [f"  history       {(end - start) / DAY:.0f} days worked off; live since "
                 f"{datetime.fromtimestamp(end, UTC):%H:%M:%S} UTC"]
+    if history.get("waiting"):
+        produced += f"   waiting for {history['waiting']}"
     filled = int(done * BAR_WIDTH)
     return [f"  history       [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%} of "
             f"{(end - start) / DAY:.0f} days{produced}"]
@@ -130,13 +146,19 @@ def demo_config(args: argparse.Namespace, now: float) -> Any:
 
 async def send_events(bootstrap: str, topic_of: dict[str, str], items: Iterable[Any],
                       live_from: float, pace: float, state: dict[str, Any],
-                      clock: Callable[[], float] = time.time) -> int:
+                      clock: Callable[[], float] = time.time,
+                      pauses: list[tuple[float, Callable[[], Awaitable[Any]]]] | None = None
+                      ) -> int:
     """Events before `live_from` at full speed, then each at its own time (`pace` times
-    faster: 1 = real time). Keeps state["sent"] and state["sent_until"] (event time)."""
+    faster: 1 = real time). Keeps state["sent"] and state["sent_until"] (event time).
+
+    `pauses`: (event time, wait), each wait awaited once, before the first event at or after
+    its time, once everything sent before it is delivered."""
     from aiokafka import AIOKafkaProducer
 
     from streams.produce import _event_time, _key
 
+    pending = sorted(pauses or [], key=lambda p: p[0])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10,
                                 max_batch_size=1 << 20, max_request_size=8 << 20)
     await producer.start()
@@ -147,6 +169,9 @@ async def send_events(bootstrap: str, topic_of: dict[str, str], items: Iterable[
                 await producer.send(topic, bytes(event))
             else:
                 ts = _event_time(event)
+                while pending and ts is not None and ts >= pending[0][0]:
+                    await producer.flush()
+                    await pending.pop(0)[1]()
                 if ts is not None and ts > live_from:
                     wait = live_from + (ts - live_from) / pace - clock()
                     if wait > 0:
@@ -162,6 +187,30 @@ async def send_events(bootstrap: str, topic_of: dict[str, str], items: Iterable[
     finally:
         await producer.stop()
     return int(state["sent"])
+
+
+def _has_model(metrics: Scraped) -> bool:
+    return any(v >= 1 for _, v in metrics.get("vitals_churn_model_version", []))
+
+
+def _has_risk_bands(metrics: Scraped) -> bool:
+    """Customers in risk bands: the model publishes calibrated probabilities."""
+    return sum(v for _, v in metrics.get("vitals_churn_risk_customers", [])) > 0
+
+
+async def _wait_for(port: int, worker: subprocess.Popen[bytes], ready: Callable[[Scraped], bool],
+                    timeout: float = MODEL_WAIT_SECONDS) -> bool:
+    """Until the worker's /metrics satisfy `ready` (True), or the timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and worker.poll() is None:
+        try:
+            metrics = await asyncio.to_thread(scrape, port)
+        except OSError:
+            metrics = {}
+        if ready(metrics):
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -247,8 +296,25 @@ async def _run(settings: Settings, args: argparse.Namespace, bootstrap: str,
     start = time.monotonic()
     state: dict[str, Any] = {"sent": 0, "sent_until": None}
     history["sent_until"] = None
+    # The churn model learns from snapshots labelled 33 days later, and publishes a probability
+    # only once its raw scores were calibrated on such labels: a history sent at full speed
+    # would be worked off before the first model exists. So the history waits twice, each
+    # time until the worker shows the model's next step (or MODEL_WAIT_SECONDS pass).
+    def wait(what: str, ready: Callable[[Scraped], bool]) -> Callable[[], Awaitable[bool]]:
+        async def waiting() -> bool:
+            history["waiting"] = what
+            try:
+                return await _wait_for(settings.app.web_port, worker, ready)
+            finally:
+                history["waiting"] = None
+        return waiting
+
+    pauses = [(history["start"] + FIRST_MODEL_DAY * DAY,
+               wait("the first churn model", _has_model)),
+              (history["start"] + CALIBRATED_MODEL_DAY * DAY,
+               wait("the churn model's calibration", _has_risk_bands))]
     producer = asyncio.create_task(send_events(bootstrap, topic_of, items, history["end"],
-                                               args.compress or 1.0, state))
+                                               args.compress or 1.0, state, pauses=pauses))
     tty = sys.stdout.isatty()
     last_total, last_t = 0.0, time.monotonic()
     try:
