@@ -309,10 +309,10 @@ async def _run(settings: Settings, args: argparse.Namespace, bootstrap: str,
                 history["waiting"] = None
         return waiting
 
-    pauses = [(history["start"] + FIRST_MODEL_DAY * DAY,
-               wait("the first churn model", _has_model)),
-              (history["start"] + CALIBRATED_MODEL_DAY * DAY,
-               wait("the churn model's calibration", _has_risk_bands))]
+    pauses = [(at, waiting) for at, waiting in (
+        (history["start"] + FIRST_MODEL_DAY * DAY, wait("the first churn model", _has_model)),
+        (history["start"] + CALIBRATED_MODEL_DAY * DAY,
+         wait("the churn model's calibration", _has_risk_bands))) if at < history["end"]]
     producer = asyncio.create_task(send_events(bootstrap, topic_of, items, history["end"],
                                                args.compress or 1.0, state, pauses=pauses))
     tty = sys.stdout.isatty()
