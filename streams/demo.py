@@ -73,6 +73,7 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
         f"  events/s      {rate:10,.0f}      produced {sent:,}   processed {total:,.0f}",
         "  outcomes      " + "  ".join(f"{k} {v:,.0f}" for k, v in sorted(by_outcome.items())),
         f"  watermark     {watermark} UTC",
+        freshness_line(metrics),
         f"  dead letters  {dead:,.0f}",
         "  segment        customers   avg stickiness",
     ]
@@ -97,6 +98,16 @@ def summary_lines(metrics: dict[str, list[tuple[dict[str, str], float]]], rate: 
                                                    for labels, v in sorted(
                                                        adoption, key=lambda x: -x[1])))
     return lines
+
+
+def freshness_line(metrics: Scraped) -> str:
+    """The ingest's offset lag and the mean processing delay so far (arrival to output)."""
+    backlog = ingest_backlog(metrics)
+    count = sum(v for _, v in metrics.get("vitals_processing_delay_seconds_count", []))
+    total = sum(v for _, v in metrics.get("vitals_processing_delay_seconds_sum", []))
+    delay = f"{total / count:,.1f} s" if count else "-"
+    lag = "-" if backlog is None else f"{backlog:,.0f} records"
+    return f"  freshness     input lag {lag}, mean processing delay {delay}"
 
 
 def ingest_backlog(metrics: Scraped) -> float | None:

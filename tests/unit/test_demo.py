@@ -113,3 +113,12 @@ def test_history_at_full_speed_with_its_pauses_then_each_live_event_at_its_time(
         ("flush",), ("sleep", 30.0), ("send", "events.usage", b"d"),   # live: at its time
         ("flush",), ("sleep", 60.0), ("send", "events.usage", b"e"),
         ("flush",)]
+
+
+def test_freshness_line() -> None:
+    metrics = {"vitals_consumer_lag_records": [({"group": "x-ingest", "topic": "t"}, 1500.0)],
+               "vitals_processing_delay_seconds_count": [({}, 4.0)],
+               "vitals_processing_delay_seconds_sum": [({}, 10.0)]}
+    assert demo.freshness_line(metrics) == ("  freshness     input lag 1,500 records, mean "
+                                            "processing delay 2.5 s")
+    assert demo.freshness_line({}) == "  freshness     input lag -, mean processing delay -"
