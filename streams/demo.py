@@ -315,9 +315,13 @@ async def _run(settings: Settings, args: argparse.Namespace, bootstrap: str,
         async def waiting() -> bool:
             history["waiting"] = what
             try:
-                return await _wait_for(settings.app.web_port, worker, ready)
+                ready_in_time = await _wait_for(settings.app.web_port, worker, ready)
             finally:
                 history["waiting"] = None
+            if not ready_in_time:
+                print(f"demo: no sign of {what} after {MODEL_WAIT_SECONDS:.0f} s; the history "
+                      "goes on (the churn figures may come later)", file=sys.stderr)
+            return ready_in_time
         return waiting
 
     pauses = [(at, waiting) for at, waiting in (
