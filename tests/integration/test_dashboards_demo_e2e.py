@@ -10,8 +10,8 @@ rule; it passes at the first round where each returns at least one sample that i
 (NaN, e.g. a quantile of no observations, is no data), and fails at two minutes listing the
 expressions that returned nothing.
 
-The module takes about 2.3 minutes; `make test` runs it with the other integration tests and
-`make dashboards` runs it alone.
+The module takes 2.5 to 3 minutes on a shared 2-core machine, so `make test` skips it and
+`make dashboards` runs it (RUN_DEMO_DASHBOARDS=1).
 """
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ CHECK_EVERY = 5.0
 # Alerts on freshness: a demo that replays the past must not make them fire (nor pend at the
 # end: a lag that is still high and rising two minutes in would fire a few minutes later).
 LAG_ALERTS = ("VitalsConsumerLagHigh", "VitalsProcessingDelayHigh")
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RUN_DEMO_DASHBOARDS", "") != "1",
+    reason="2.5 minutes of `vitals demo` and Prometheus: run with `make dashboards`")
 
 def has_data(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(series["value"][1])) for series in result)
