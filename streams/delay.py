@@ -12,7 +12,7 @@ clock reading per flush, one observation per partition per flush.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
 from prometheus_client import Histogram
@@ -25,7 +25,7 @@ DELAY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0
                  3600.0, 4 * 3600.0)
 
 
-def take_oldest_arrival(events: list[MutableMapping[str, Any]]) -> int | None:
+def take_oldest_arrival(events: Sequence[MutableMapping[str, Any]]) -> int | None:
     """Remove the arrival time from each event; the oldest known one, in ms (None if none is).
 
     Kafka gives -1 (or None) for a record without a timestamp (pre-0.10 message format): such

@@ -31,7 +31,7 @@ def test_the_history_ends_now_and_starts_at_utc_midnight() -> None:
 
 def test_progress_bar_follows_the_watermark_then_says_live() -> None:
     start, end = NOW - 100 * DAY, NOW
-    history = {"start": start, "end": end, "sent_until": start + 60 * DAY}
+    history: dict[str, Any] = {"start": start, "end": end, "sent_until": start + 60 * DAY}
     (line,) = demo.progress_lines(start + 25 * DAY, history)
     assert "[" + "#" * 7 + "." * 23 + "]" in line and "25% of 100 days" in line
     assert "produced to 2026-10-24" in line
@@ -116,7 +116,8 @@ def test_history_at_full_speed_with_its_pauses_then_each_live_event_at_its_time(
 
 
 def test_freshness_line() -> None:
-    metrics = {"vitals_consumer_lag_records": [({"group": "x-ingest", "topic": "t"}, 1500.0)],
+    metrics: demo.Scraped = {
+        "vitals_consumer_lag_records": [({"group": "x-ingest", "topic": "t"}, 1500.0)],
                "vitals_processing_delay_seconds_count": [({}, 4.0)],
                "vitals_processing_delay_seconds_sum": [({}, 10.0)]}
     assert demo.freshness_line(metrics) == ("  freshness     input lag 1,500 records, mean "
