@@ -19,6 +19,7 @@ from faust.types import EventT
 
 from streams.business import BusinessAggregator, ScopeState, StageFlush, decode_scope, encode_scope
 from streams.churn import ChurnLearner
+from streams.delay import ProcessingDelay
 from streams.exporters.metrics import INTERNAL, Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
 from streams.follow import Follower, values
@@ -156,6 +157,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     ProducerBuffer.max_messages = 20_000
     metrics = Metrics()
     partition_of = Partitioner(s.app.partitions)
+    delay = ProcessingDelay(metrics.processing_delay, s.topics.repartition)
 
     customers = _table(app, "customers", s.app.partitions, "vitals_state")
     clocks = _table(app, "clocks", s.app.partitions, "json")
@@ -326,6 +328,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
         # overtake changelog records still in its buffer, and a new owner of the partition
         # would then recover a state without them while their input counts as done.
         await _delivered(sent)
+        delay.observe(pending)  # their customer records are delivered now
         for event in pending:
             event.ack()
         service.flushes += 1
