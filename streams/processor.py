@@ -242,7 +242,8 @@ class CustomerProcessor:
         customers is a quiet gap the partition jumped: the watermark moves to the run's time."""
         clock.streak[cid] = min(ts, clock.streak.get(cid, ts))
         self.dirty_clocks.add(partition)
-        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()))
+        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()),
+                                 within=self.policy.max_skew)
         if jump is not None:
             clock.streak.clear()
             self._advance(partition, clock, jump)
