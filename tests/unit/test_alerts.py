@@ -405,13 +405,17 @@ def test_default_rules_load() -> None:
     got = {name: (r.metric, r.op, r.threshold, r.severity, r.for_days)
            for name, r in a.rules.items() if name in a.customer_rules}
     assert got == {
-        "health_red": ("health.score", "<", 40.0, "critical", 0.0),
+        "health_red": ("health.score", "<", 40.0, "critical", 1.0),
         "health_dropping": ("health.trend_7d", "<=", -15.0, "warning", 0.0),
         "ttv_exceeded": ("onboarding.days_without_aha", ">", 30.0, "warning", 0.0),
         "payment_failing": ("payments.failed_30d", ">=", 2.0, "critical", 0.0),
         "stickiness_low": ("activity.stickiness", "<", 0.1, "warning", 7.0),
-        "churn_risk_high": ("churn.probability", ">=", 0.5, "critical", 0.0),
+        "churn_risk_high": ("churn.probability", ">=", 0.5, "critical", 1.0),
     }
+    # hysteresis: (resolve_margin, resolve_for_days); none elsewhere
+    assert {name: (r.resolve_margin, r.resolve_for_days) for name, r in a.rules.items()
+            if r.resolve_margin or r.resolve_for_days} == {"health_red": (10.0, 3.0),
+                                                            "churn_risk_high": (0.15, 3.0)}
     adoption = a.rules["feature_adoption_low"]
     assert (adoption.metric, adoption.op, adoption.threshold) == (
         "feature.adoption_30d_after_release", "<", 0.2)
