@@ -394,13 +394,17 @@ class ChurnLearner:
         """
         _, _, encoded, scores = item
         x = decode(encoded)
+        # The model's calibration learns the current model's score of the snapshot, taken
+        # just before the model learns it (out of sample, prequential): the score made at the
+        # snapshot came from a model version a month or more older, whose scale the versions
+        # since have moved away from, and mixing scales flattened the fit to a constant.
+        if self.model.learned:
+            self.cal_model.learn(logit(self.model.predict(x)), label)
         self.model.learn(x, label)
         health_score = x["health_score"]
         raw = scores[0] if scores else None
-        if raw is not None:   # the prediction made at the snapshot: out of sample
-            self.cal_model.learn(logit(raw), label)
         self.cal_health.learn(health_score, label)
-        if raw is not None:
+        if raw is not None:   # the prediction made at the snapshot: the champion's window
             self.window.append((float(raw), -health_score, label))
 
     def to_bytes(self) -> bytes:
