@@ -392,20 +392,21 @@ class ChurnLearner:
         churners a month before their non-churners made its probabilities swing high, then
         low. A churner waits at most the horizon plus ``churn.settle_days``.
         """
-        _, _, encoded, scores = item
+        _, _, encoded, _ = item
         x = decode(encoded)
-        # The model's calibration learns the current model's score of the snapshot, taken
-        # just before the model learns it (out of sample, prequential): the score made at the
-        # snapshot came from a model version a month or more older, whose scale the versions
-        # since have moved away from, and mixing scales flattened the fit to a constant.
-        if self.model.learned:
-            self.cal_model.learn(logit(self.model.predict(x)), label)
+        # The model's calibration and the champion's window take the current model's score
+        # of the snapshot, given just before the model learns it (out of sample,
+        # prequential). The score made at the snapshot came from a model version a month or
+        # more older (the label takes the horizon): the versions since have moved its scale,
+        # and a calibration fitted over mixed scales flattened to a constant, while the
+        # window judged a model that no longer exists.
+        raw = self.model.predict(x) if self.model.learned else None
         self.model.learn(x, label)
         health_score = x["health_score"]
-        raw = scores[0] if scores else None
         self.cal_health.learn(health_score, label)
-        if raw is not None:   # the prediction made at the snapshot: the champion's window
-            self.window.append((float(raw), -health_score, label))
+        if raw is not None:
+            self.cal_model.learn(logit(raw), label)
+            self.window.append((raw, -health_score, label))
 
     def to_bytes(self) -> bytes:
         self.changed = False
@@ -445,7 +446,8 @@ class ChurnLearner:
         auc_model, auc_health = self.window_aucs()
         s = self.settings
         self.champion = choose_champion(self.champion, auc_model, auc_health, len(self.window),
-                                        s.champion_min_labels, s.champion_margin)
+                                        s.champion_min_labels, s.champion_margin,
+                                        positives=sum(w[2] for w in self.window))
 
     @property
     def published_champion(self) -> str:

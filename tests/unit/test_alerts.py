@@ -415,7 +415,7 @@ def test_default_rules_load() -> None:
     # hysteresis: (resolve_margin, resolve_for_days); none elsewhere
     assert {name: (r.resolve_margin, r.resolve_for_days) for name, r in a.rules.items()
             if r.resolve_margin or r.resolve_for_days} == {"health_red": (10.0, 3.0),
-                                                            "churn_risk_high": (0.15, 3.0)}
+                                                            "churn_risk_high": (0.25, 5.0)}
     adoption = a.rules["feature_adoption_low"]
     assert (adoption.metric, adoption.op, adoption.threshold) == (
         "feature.adoption_30d_after_release", "<", 0.2)
