@@ -1,8 +1,10 @@
 """Churn model quality: the streaming model and the health score against an offline yardstick.
 
 Default: the zoo of churn profiles (tests/bench/churn_profiles.py: usage decline, payment
-failures, support pain, silent churn, seasonal usage, pure chance), each a short history, one
-table row per profile. ``--simulator``: the project's simulated year, as described next.
+failures, support pain, silent churn, seasonal usage, pure chance), each a short history: one
+row per profile of model quality, one per profile and alert rule of alert quality
+(models/alert_quality.py), and which targets hold (tests/bench/README.md).
+``--simulator``: the project's simulated year, as described next.
 
 Runs the simulator's events through the customer stage in-process (the same code as a worker:
 day-close snapshots, delayed labels, the learner, model versions handed to the scorer), then
@@ -14,7 +16,7 @@ prints in one run:
   of days and tested on the rest, on the same snapshots, with the streaming model's and the
   health score's AUC on that same test part.
 
-Targets (issue 6): online AUC above the health score's, within 0.03 of the offline yardstick;
+Its targets: online AUC above the health score's, within 0.03 of the offline yardstick;
 accuracy above 80 %.
 Usage: python -m tests.bench.bench_churn [--profiles all|name,name] [--customers 250]
        [--days 150] [--seed 1] [--model logistic|forest]
