@@ -217,8 +217,12 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     test = [e for e in examples if cut <= e["d"] <= mature and e.get("s")
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
-    offline = HistGradientBoostingClassifier(random_state=0)
-    offline.fit([e["x"] for e in train], [e["y"] for e in train])
+    gb_test = None
+    # A short history may leave no labelled snapshot (or one class only) before the cut.
+    if len({e["y"] for e in train}) == 2 and test:
+        offline = HistGradientBoostingClassifier(random_state=0)
+        offline.fit([e["x"] for e in train], [e["y"] for e in train])
+        gb_test = _auc(y_test, list(offline.predict_proba([e["x"] for e in test])[:, 1]))
     return {
         "profile": name, "events": run.events, "snapshots": len(examples),
         "base_rate": sum(y) / len(y), "test": len(test), "seconds": time.monotonic() - started,
@@ -227,7 +231,7 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
-        "gb_test": _auc(y_test, list(offline.predict_proba([e["x"] for e in test])[:, 1])),
+        "gb_test": gb_test,
         "model_test": _auc(y_test, [e["s"][1] for e in test]),
         "health_test": _auc(y_test, [e["s"][2] for e in test]),
         "champion_test": _auc(y_test, [e["p"] for e in test]),
