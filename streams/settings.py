@@ -218,6 +218,10 @@ class AlertRule:
     actions: list[str]
     threshold_by_segment: dict[str, float] = field(default_factory=dict)
     for_days: float = 0.0
+    # Hysteresis: a firing alert resolves only once the metric is past the threshold by this
+    # margin (away from the firing side), and has stayed there resolve_for_days.
+    resolve_margin: float = 0.0
+    resolve_for_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,10 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
+        for key in ("for_days", "resolve_margin", "resolve_for_days"):
+            if not 0 <= getattr(rule, key) < float("inf"):
+                raise SettingsError(f"setting 'alerts.rules.{name}.{key}' must be a number "
+                                    f">= 0, got {getattr(rule, key)!r}")
     from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, SEGMENTS, InvalidEvent, parse_rfc3339
 
     try:
