@@ -1,39 +1,60 @@
-"""Crash safety, small matrix: SIGKILLs at seeded random moments give the uninterrupted outputs.
+"""Crash safety and arrival, small matrix: the uninterrupted, pre-filled outputs again.
 
-On the production store (rocksdb://), against an uninterrupted memory:// run: the last record
-of every key of every output topic and the dead letters must be identical. Customer alert
-transitions and a business record's customer aggregates are still open (docs/chaos.md): they
-are listed, not asserted. The full matrix (more kills, 1-3 workers, both stores, arrival
-modes, worker counts) is `make chaos`.
+Against one uninterrupted memory:// worker on pre-filled topics (the reference): SIGKILLs at
+seeded random moments on the production store (rocksdb://), and the same events produced in a
+burst while two workers run. The last record of every key of every output topic and the dead
+letters must be identical. Customer alert transitions and a business record's customer
+aggregates are still open (docs/chaos.md): they are listed, not asserted. The full matrix (more
+kills, 1-5 workers, both stores, arrival modes, joins and leaves) is `make chaos`.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streams.simulator import SimConfig, generate
-from tests.chaos.harness import Run, compare, fill, kill_moments, report
+from tests.chaos.harness import Outputs, Run, compare, fill, kill_moments, report
+from tests.integration.kafka import In
 
 SEED = 5
 KILLS = 5
+PREFIX = "cm"
+
+
+@pytest.fixture(scope="module")
+def reference(broker, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[list[tuple[str, Any]], Outputs, float, Path]:
+    """The events, the reference's outputs, the seconds it took, a log folder."""
+    logs = tmp_path_factory.mktemp("crash-matrix")
+    events = list(generate(SimConfig(seed=SEED, customers=40, days=45, bad_fraction=0.005,
+                                     duplicate_fraction=0.01)))
+    fill(broker.address, PREFIX, events)
+    run = Run(broker.url, broker.address, PREFIX, "ref", 1, logs).start()
+    try:
+        span = run.wait_caught_up()
+        return events, run.outputs(), span, logs
+    finally:
+        run.stop()
+
+
+def _check(name: str, expected: Outputs, actual: Outputs) -> None:
+    result = compare(expected, actual)
+    assert result.keys > 40, "the reference produced too little to compare"
+    # Every record of every output topic and every dead letter is the reference's; the known
+    # open differences (customer alert transitions, business customer aggregates) are listed.
+    print(report(name, result))
+    assert result.ok, report(name, result)
 
 
 @pytest.mark.timeout(600)
-def test_sigkills_at_random_moments_change_no_output(broker, tmp_path):
-    prefix = "cm"
-    events = list(generate(SimConfig(seed=SEED, customers=40, days=45, bad_fraction=0.005,
-                                     duplicate_fraction=0.01)))
-    fill(broker.address, prefix, events)
-    reference = Run(broker.url, broker.address, prefix, "ref", 1, tmp_path).start()
-    try:
-        span = reference.wait_caught_up()
-        expected = reference.outputs()
-    finally:
-        reference.stop()
+def test_sigkills_at_random_moments_change_no_output(broker, reference):
+    _, expected, span, logs = reference
     # The production store: the record and the clock come back from RocksDB plus the
     # changelog tail, not from a full changelog read as with memory:// (the reference).
-    crash = Run(broker.url, broker.address, prefix, "crash", 1, tmp_path,
+    crash = Run(broker.url, broker.address, PREFIX, "crash", 1, logs,
                 store="rocksdb://").start()
     try:
         started = time.monotonic()
@@ -44,10 +65,19 @@ def test_sigkills_at_random_moments_change_no_output(broker, tmp_path):
         actual = crash.outputs()
     finally:
         crash.stop()
-    result = compare(expected, actual)
     assert crash.kills == KILLS
-    assert result.keys > 40, "the reference produced too little to compare"
-    # Every record of every output topic and every dead letter is the reference's; the known
-    # open differences (customer alert transitions, business customer aggregates) are listed.
-    print(report("sigkill x5, one worker, rocksdb://", result))
-    assert result.ok, report("sigkill x5, one worker, rocksdb://", result)
+    _check("sigkill x5, one worker, rocksdb://", expected, actual)
+
+
+@pytest.mark.timeout(600)
+def test_a_burst_into_two_running_workers_gives_the_prefilled_outputs(broker, reference):
+    events, expected, _, logs = reference
+    run = Run(broker.url, broker.address, PREFIX, "burst", 2, logs,
+              input_prefix=f"{PREFIX}-burst").start()
+    try:
+        In(broker.address).send_events(run.inputs, events)
+        run.wait_caught_up()
+        actual = run.outputs()
+    finally:
+        run.stop()
+    _check("burst while two workers run", expected, actual)
