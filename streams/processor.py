@@ -781,7 +781,7 @@ class CustomerProcessor:
         firing: dict[tuple[str, ...], float] = defaultdict(float)
         risks: dict[tuple[str, ...], float] = defaultdict(float)
         rules = self.settings.alerts.rules
-        for cid, e in self.contrib.items():
+        for e in self.contrib.values():
             customers[(e.segment, e.status)] += 1
             churn = e.record.get("churn")
             if churn is not None and churn["risk"] is not None:

@@ -493,7 +493,8 @@ def _validate(s: Settings) -> None:
         if value <= 0:
             raise SettingsError(f"setting '{key}' must be > 0, got {value!r}")
     if s.time.lateness_days < 0:
-        raise SettingsError(f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
+        raise SettingsError(
+            f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
     if s.time.dedup_horizon_days < s.time.lateness_days:
         raise SettingsError("setting 'time.dedup_horizon_days' must be >= 'time.lateness_days'")
     if s.emit.max_delay_seconds < s.emit.interval_seconds:

@@ -107,7 +107,8 @@ SEGMENT_PROFILES: dict[str, SegmentProfile] = {
         daily_active=0.55, weekend_factor=0.2, rollout_days=21, aha_days=(2, 21),
         never_aha=0.1, pay_probability=0.85, ticket_rate=0.06,
         expansion_probability=0.35, contraction_probability=0.1,
-        aha_actions=(("report_created", 0.5), ("integration_connected", 0.3), ("message_sent", 0.2)),
+        aha_actions=(("report_created", 0.5), ("integration_connected", 0.3),
+                     ("message_sent", 0.2)),
     ),
     "smb": SegmentProfile(
         seat_slack=(1.0, 1.5), mrr=(50.0, 300.0), cac_months=(2.0, 4.0),
@@ -275,7 +276,7 @@ class SimConfig:
 
 @lru_cache(maxsize=4096)
 def _day_prefix(epoch_day: int) -> str:
-    return (datetime(1970, 1, 1) + timedelta(days=epoch_day)).strftime("%Y-%m-%dT")
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=epoch_day)).strftime("%Y-%m-%dT")
 
 
 _HH_MM = [f"{minute // 60:02d}:{minute % 60:02d}:" for minute in range(1440)]
@@ -407,7 +408,7 @@ class _Simulation:
             price = rng.uniform(*profile.mrr)
             c.mrr = round(price, 0) if price >= 100 else round(price, 2)
             c.cac = round(c.mrr * rng.uniform(*profile.cac_months), 2)
-            names, weights = zip(*profile.channels)
+            names, weights = zip(*profile.channels, strict=True)
             c.channel = rng.choices(names, weights=weights)[0]
             c.users = []
             c.user_join_day = []
@@ -417,7 +418,7 @@ class _Simulation:
                 self._add_user(c, c.signup_day if not c.users else
                                c.signup_day + rng.randint(0, profile.rollout_days), rng)
             c.engagement = rng.uniform(0.55, 1.35)
-            aha_names, aha_weights = zip(*profile.aha_actions)
+            aha_names, aha_weights = zip(*profile.aha_actions, strict=True)
             c.aha_action = rng.choices(aha_names, weights=aha_weights)[0]
             if rng.random() < profile.never_aha:
                 c.aha_day = None
@@ -857,7 +858,7 @@ class _Simulation:
 
     def support(self, c: _Customer, day: int, day_start: int, weekend: bool,
                 rng: random.Random) -> None:
-        """Tickets (more when unhappy, bursts on a spike day), CSAT after closes, NPS now and then."""
+        """Tickets (more when unhappy, bursts on a spike day), CSAT after closes, NPS at times."""
         if day == c.signup_day:
             return
         unhappy = c.unhappy(day)
@@ -972,7 +973,9 @@ def _copy_event(event: dict) -> dict:
 
 
 def generate(cfg: SimConfig) -> Iterator[tuple[str, dict | bytes]]:
-    """Yield (family, event) in non-decreasing event time; family in signup/usage/feature/billing/support.
+    """Yield (family, event) in non-decreasing event time.
+
+    family is one of signup/usage/feature/billing/support.
 
     Valid events are dicts shaped as in CONTRACT.md section 1; malformed events (when
     ``bad_fraction > 0``) are yielded as ``(family, bytes)``, the raw value to send as is.

@@ -116,6 +116,7 @@ class PartitionClock:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartitionClock:
-        base = {g: {int(d): int(n) for d, n in days} for g, days in (data.get("base") or {}).items()}
+        base = {g: {int(d): int(n) for d, n in days}
+                for g, days in (data.get("base") or {}).items()}
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
                    dict(data.get("ahead") or {}))

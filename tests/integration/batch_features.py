@@ -84,7 +84,7 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
     for f in sorted(set(first_seen) | set(released)):
         allowed = eligible.get(f)
 
-        def admits(cid: str) -> bool:
+        def admits(cid: str, allowed: set[str] | None = allowed) -> bool:
             return allowed is None or segments.get(cid) in allowed
 
         active = active_users(lo, closed_day, admits)
@@ -107,7 +107,7 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         if R is not None and T >= R + (30 + lateness_days) * DAY:
             end = R + 30 * DAY
 
-            def within(times: list[float]) -> bool:
+            def within(times: list[float], R: float = R, end: float = end) -> bool:
                 return any(R <= t < end for t in times)
 
             adopters = [u for u, times in used_at[f].items() if admits(u[0]) and within(times)]
