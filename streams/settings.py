@@ -10,6 +10,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -376,27 +377,42 @@ def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
+def _as_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"setting '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _as_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"setting '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _as_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _as_str(value: Any, key: str) -> str:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
+        return value.isoformat().replace("+00:00", "Z")
+    if not isinstance(value, str):
+        raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    scalar = _SCALARS.get(hint)
+    if scalar is not None:
+        return scalar(value, key)
     origin = typing.get_origin(hint)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SettingsError(f"setting '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"setting '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
-            return value.isoformat().replace("+00:00", "Z")
-        if not isinstance(value, str):
-            raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
-        return value
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -417,6 +433,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _validate(s: Settings) -> None:
+    """Checks no single field's type can express, in the order they are reported."""
+    _validate_choices(s)
+    _validate_min_ts(s)
+    _validate_tables(s)
+    _validate_scores(s)
+    _validate_ranges(s)
+
+
+def _validate_choices(s: Settings) -> None:
+    """Settings that name one of a fixed set of values."""
     for (section, name), allowed in ENUMS.items():
         value = getattr(getattr(s, section), name)
         if value not in allowed:
@@ -429,7 +455,10 @@ def _validate(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
-    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, SEGMENTS, InvalidEvent, parse_rfc3339
+
+
+def _validate_min_ts(s: Settings) -> None:
+    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, InvalidEvent, parse_rfc3339
 
     try:
         min_ts = parse_rfc3339(s.time.min_ts)
@@ -441,11 +470,16 @@ def _validate(s: Settings) -> None:
     if not EPOCH_MS_THRESHOLD / 1000 <= min_ts < MAX_TS:
         raise SettingsError("setting 'time.min_ts' must be between 1973-03-03T09:46:40Z and "
                             f"9999-12-31T23:59:59Z, got {s.time.min_ts!r}")
+
+
+def _validate_tables(s: Settings) -> None:
+    """Keyed tables: positive currency rates, known segments, defined alert rules."""
+    from streams.events import SEGMENTS
+
     for code, rate in s.revenue.currency_rates.items():
         if not 0 < rate < float("inf"):
             raise SettingsError(f"setting 'revenue.currency_rates.{code}' must be a positive "
                                 f"number, got {rate!r}")
-
     for feature, rule in s.features.eligible.items():
         unknown = set(rule.segments) - SEGMENTS
         if unknown:
@@ -455,6 +489,10 @@ def _validate(s: Settings) -> None:
         for name in getattr(s.alerts, kind):
             if name not in s.alerts.rules:
                 raise SettingsError(f"setting 'alerts.{kind}' names an unknown rule {name!r}")
+
+
+def _validate_scores(s: Settings) -> None:
+    """The health score's weights and grades, the churn model's bands and champion rules."""
     total = sum(s.health.weights.values())
     if abs(total - 1.0) > 1e-9:
         raise SettingsError(f"setting 'health.weights' must sum to 1, sums to {total:g}")
@@ -477,6 +515,10 @@ def _validate(s: Settings) -> None:
     if secret and len(secret) < MIN_SECRET_CHARS:
         raise SettingsError(f"setting 'churn.model_secret' must have at least "
                             f"{MIN_SECRET_CHARS} characters")
+
+
+def _validate_ranges(s: Settings) -> None:
+    """Sizes, durations, ports, the broker address, the margin, the reporting currency."""
     positive = {
         "app.partitions": s.app.partitions, "topics.input_partitions": s.topics.input_partitions,
         "app.session_timeout_seconds": s.app.session_timeout_seconds,
