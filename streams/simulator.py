@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate
+from typing import Any
 
 import orjson
 
@@ -578,46 +579,9 @@ class _Simulation:
             family = "signup"
         user = user_id or c.users[0]
         base = _template(family, f"bad-{self.bad_n:06d}", c.customer_id, _rfc3339(ts), user, c)
-        if kind == "not_json":
-            choice = rng.randrange(4)
-            if choice == 0:
-                text = orjson.dumps(base)
-                return family, text[: len(text) - rng.randint(1, min(12, len(text) - 1))]
-            if choice == 1:
-                return family, b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-            if choice == 2:
-                return family, f"event_id={base['event_id']}&customer_id={c.customer_id}".encode()
-            return family, repr(base).encode()          # Python repr: single quotes
-        if kind == "not_object":
-            return family, rng.choice(
-                (orjson.dumps([base]), orjson.dumps(base["event_id"]), b"null", b"42")
-            )
-        if kind == "missing_event_id":
-            del base["event_id"]
-        elif kind == "missing_field":
-            required = ["customer_id", "ts", *_FAMILY_REQUIRED[family](base)]
-            del base[rng.choice(required)]
-        elif kind == "missing_user_id":
-            del base["user_id"]
-        elif kind == "unknown_type":
-            base["type"] = rng.choice(
-                ("subscription_paused", "invoice_created", "trial_extended")
-                if family == "billing" else ("ticket_escalated", "survey_sent", "chat_started")
-            )
-        elif kind == "unknown_segment":
-            base["segment"] = rng.choice(("government", "startup", "nonprofit", "unknown"))
-        elif kind == "bad_ts":
-            base["ts"] = rng.choice(
-                ("2026-13-45T99:00:00Z", "not a timestamp", "", "03/01/2026 12:00", "yesterday")
-            )
-        elif kind == "ill_typed":
-            field_name, value = rng.choice(_ill_typed_options(family, base))
-            base[field_name] = value
-        elif kind == "out_of_range":
-            field_name, value = rng.choice(_out_of_range_options(family, base))
-            base[field_name] = value
-        elif kind == "future_ts":
-            base["ts"] = _rfc3339(ts + rng.randint(3, 60) * DAY)
+        if kind in ("not_json", "not_object"):
+            return family, _unparseable(rng, kind, base, c)
+        _break_field(rng, kind, family, base, ts)
         return family, orjson.dumps(base)
 
     # ---------------------------------------------------------------- the daily walk
@@ -966,6 +930,52 @@ def _copy_event(event: dict) -> dict:
         if isinstance(value, dict):
             copy[key] = dict(value)
     return copy
+
+
+def _unparseable(rng: random.Random, kind: str, base: dict[str, Any], c: _Customer) -> bytes:
+    """Bytes that are no JSON object: truncated JSON, HTML, a form, a repr, or another value."""
+    if kind == "not_object":
+        return rng.choice((orjson.dumps([base]), orjson.dumps(base["event_id"]), b"null", b"42"))
+    choice = rng.randrange(4)
+    if choice == 0:
+        text = orjson.dumps(base)
+        return text[: len(text) - rng.randint(1, min(12, len(text) - 1))]
+    if choice == 1:
+        return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    if choice == 2:
+        return f"event_id={base['event_id']}&customer_id={c.customer_id}".encode()
+    return repr(base).encode()          # Python repr: single quotes
+
+
+def _break_field(rng: random.Random, kind: str, family: str, base: dict[str, Any],
+                 ts: int) -> None:
+    """Break one field of a well-formed event the way `kind` names."""
+    if kind == "missing_event_id":
+        del base["event_id"]
+    elif kind == "missing_field":
+        required = ["customer_id", "ts", *_FAMILY_REQUIRED[family](base)]
+        del base[rng.choice(required)]
+    elif kind == "missing_user_id":
+        del base["user_id"]
+    elif kind == "unknown_type":
+        base["type"] = rng.choice(
+            ("subscription_paused", "invoice_created", "trial_extended")
+            if family == "billing" else ("ticket_escalated", "survey_sent", "chat_started")
+        )
+    elif kind == "unknown_segment":
+        base["segment"] = rng.choice(("government", "startup", "nonprofit", "unknown"))
+    elif kind == "bad_ts":
+        base["ts"] = rng.choice(
+            ("2026-13-45T99:00:00Z", "not a timestamp", "", "03/01/2026 12:00", "yesterday")
+        )
+    elif kind == "ill_typed":
+        field_name, value = rng.choice(_ill_typed_options(family, base))
+        base[field_name] = value
+    elif kind == "out_of_range":
+        field_name, value = rng.choice(_out_of_range_options(family, base))
+        base[field_name] = value
+    elif kind == "future_ts":
+        base["ts"] = _rfc3339(ts + rng.randint(3, 60) * DAY)
 
 
 # --------------------------------------------------------------------------------------------
