@@ -318,6 +318,29 @@ class _Customer:
         "event_n", "ticket_n", "paying", "billing_anchor", "payment_k",
         "next_payment_day", "retry_day", "retries_failing", "retry_amount", "finished",
     )
+    # Set once by the planner (see _Simulation); declared here for the type checker.
+    index: int
+    customer_id: str
+    segment: str
+    profile: SegmentProfile
+    plan: str
+    seats: int
+    mrr: float
+    cac: float
+    channel: str
+    signup_day: int
+    signup_ts: int
+    users: list[str]
+    user_join_day: list[int]
+    user_propensity: list[float]
+    user_hour: list[float]
+    engagement: float
+    aha_day: int | None
+    aha_action: str
+    pay_day: int | None
+    active_until_day: int | None
+    feature_adopt_day: dict[str, int]
+
 
     def __init__(self) -> None:
         self.event_n = 0
@@ -475,7 +498,7 @@ class _Simulation:
         """Pick churners among payers with room for a decline; weaker accounts churn more."""
         cfg = self.cfg
         payers = [c for c in customers if c.pay_day is not None and c.pay_day < cfg.days]
-        eligible = [c for c in payers if c.pay_day + 35 <= cfg.days - 1]
+        eligible = [c for c in payers if c.pay_day is not None and c.pay_day + 35 <= cfg.days - 1]
         n_churn = min(len(eligible), round(cfg.churn_fraction * len(payers)))
         if n_churn <= 0:
             return
@@ -486,6 +509,7 @@ class _Simulation:
         # Weighted sampling without replacement (Efraimidis-Spirakis keys).
         keyed = sorted(eligible, key=lambda c: (-(rng.random() ** (1.0 / weight(c))), c.index))
         for c in keyed[:n_churn]:
+            assert c.pay_day is not None            # eligible customers are payers
             c.cancel_day = rng.randint(c.pay_day + 35, cfg.days - 1)
             decline = rng.randint(14, 42)
             c.decline_start_day = max(c.pay_day + 7, c.cancel_day - decline)
@@ -500,6 +524,7 @@ class _Simulation:
                 continue
             profile = c.profile
             horizon = self.cfg.days if c.cancel_day is None else c.decline_start_day
+            assert horizon is not None              # planned together with cancel_day
             span = horizon - (c.pay_day + 14)
             if span > 0:
                 scale = min(2.0, span / 90.0)
@@ -509,6 +534,7 @@ class _Simulation:
                 if rng.random() < profile.contraction_probability * scale:
                     c.changes.append((c.pay_day + 14 + rng.randrange(span), "contraction"))
             if c.cancel_day is not None and rng.random() < 0.3:
+                assert c.decline_start_day is not None  # planned together with cancel_day
                 day = rng.randint(c.decline_start_day, c.cancel_day - 1)
                 c.changes.append((day, "contraction"))
             c.changes.sort()
@@ -644,6 +670,7 @@ class _Simulation:
                 return factor * 0.8
             if day >= c.cancel_day:
                 return 0.0
+            assert c.decline_start_day is not None  # planned together with cancel_day
             if day >= c.decline_start_day:
                 span = c.cancel_day - c.decline_start_day
                 factor *= 0.1 + 0.9 * (c.cancel_day - day) / span
@@ -758,6 +785,7 @@ class _Simulation:
             return
         if c.paying and c.next_payment_day == day:
             c.payment_k += 1
+            assert c.billing_anchor is not None     # set when the customer starts paying
             c.next_payment_day = (
                 _add_months(c.billing_anchor, c.payment_k) - self.start_date
             ).days
@@ -901,25 +929,27 @@ _FAMILY_REQUIRED = {
 
 def _ill_typed_options(family: str, base: dict) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [("event_id", 12345), ("ts", [2026, 3, 1])]
-    options += {
+    by_family: dict[str, list[tuple[str, object]]] = {
         "signup": [("seats", "ten"), ("cac", "800"), ("segment", 3)],
         "usage": [("quantity", "3"), ("user_id", 42), ("action", ["login"])],
         "feature": [("feature", 7), ("user_id", {"id": "u1"})],
         "billing": [("mrr", f"{base.get('mrr', 499.0):.2f}"), ("seats", "many")],
         "support": [("score", "5"), ("user_id", 7)],
-    }[family]
+    }
+    options += by_family[family]
     return options
 
 
 def _out_of_range_options(family: str, base: dict) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [("event_id", ""), ("event_id", "x" * 200)]
-    options += {
+    by_family: dict[str, list[tuple[str, object]]] = {
         "signup": [("seats", 0), ("cac", -100.0)],
         "usage": [("quantity", -1)],
         "feature": [],
         "billing": [("mrr", -50.0)],
         "support": [("score", 0), ("score", 6)],
-    }[family]
+    }
+    options += by_family[family]
     return options
 
 
