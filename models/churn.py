@@ -265,7 +265,8 @@ class Example:
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
         reordered feature list, and the topic is short-lived)."""
-        out = {"day": self.day, "label": self.label, "probability": self.probability,
+        out: dict[str, Any] = {"day": self.day, "label": self.label,
+                               "probability": self.probability,
                "model_version": self.model_version, "vector": dict(self.vector)}
         if self.scores is not None:
             out["scores"] = list(self.scores)

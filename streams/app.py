@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -239,7 +239,8 @@ def learner_gauges(service: Service) -> list[Any]:
 def lag_gauges(service: Service) -> list[Any]:
     """Offset lag of both consumer groups over the partitions this worker owns."""
     app_id = service.settings.app.id
-    series = {(f"{app_id}-ingest", topic): float(n) for topic, n in service.ingest.lag().items()}
+    series: dict[tuple[str, ...], float] = {
+        (f"{app_id}-ingest", topic): float(n) for topic, n in service.ingest.lag().items()}
     consumer = service.app.consumer
     for tp in service.owned:
         try:
@@ -249,7 +250,8 @@ def lag_gauges(service: Service) -> list[Any]:
         if high is None:
             continue
         # Faust keeps the offset of the last committed record (the next one is committed).
-        committed = consumer._committed_offset.get(tp)  # noqa: SLF001
+        # Faust's ConsumerT does not declare the attribute its Consumer keeps them in.
+        committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
         done = 0 if committed is None else committed + 1
         key = (app_id, tp.topic)
         series[key] = series.get(key, 0.0) + max(0, high - done)
@@ -267,8 +269,8 @@ def producer_batch_bytes(settings: Settings, broker_url: str) -> int:
 
 def _table(app: faust.App, name: str, partitions: int, value_serializer: str) -> faust.Table:
     """A table whose changelog keys are plain UTF-8 (Faust's routing hashes them like we do)."""
-    table = app.Table(name, partitions=partitions, schema=faust.Schema(
-        key_serializer="utf8", value_serializer=value_serializer))
+    table = cast(faust.Table, app.Table(name, partitions=partitions, schema=faust.Schema(
+        key_serializer="utf8", value_serializer=value_serializer)))
     # Faust derives both serializers from key_type/value_type (json or raw only) and builds the
     # changelog topic as soon as the table is registered: set ours, then let it be rebuilt.
     table.key_serializer = "utf8"

@@ -423,7 +423,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
         return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
         return _build_section(hint, value, key)
