@@ -90,9 +90,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.cli import _sim_config
     from streams.produce import produce
-    from streams.simulator import generate
+    from streams.simulator import config_from_args, generate
     from streams.topics import bootstrap_servers, ensure_topics
 
     # Ctrl-C and SIGTERM stop the demo even when it was started with SIGINT ignored
@@ -121,7 +120,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             topic_of = {fam: name for name, fam in settings.topics.input_topics().items()}
             compress = args.compress or 86400 / 5  # one simulated day every 5 seconds
             return asyncio.run(_run(settings, args, bootstrap, topic_of, compress, worker,
-                                    generate(_sim_config(args)), produce))
+                                    generate(config_from_args(args)), produce))
         except KeyboardInterrupt:
             print("\ndemo: stopping", file=sys.stderr)
             return 0

@@ -1012,6 +1012,16 @@ def _break_field(rng: random.Random, kind: str, family: str, base: dict[str, Any
 # public API
 
 
+def config_from_args(args: Any) -> SimConfig:
+    """The config of the `simulate` and `demo` commands' options (an argparse Namespace)."""
+    fields: dict[str, Any] = {"seed": args.seed, "customers": args.customers, "days": args.days,
+                              "bad_fraction": args.bad_fraction,
+                              "duplicate_fraction": args.duplicate_fraction}
+    if args.start:
+        fields["start"] = datetime.fromisoformat(args.start).astimezone(UTC)
+    return SimConfig(**fields)
+
+
 def generate(cfg: SimConfig) -> Iterator[tuple[str, dict | bytes]]:
     """Yield (family, event) in non-decreasing event time.
 
