@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from models.activity import DAY_SECONDS
 from streams.assignor import CoPartitionedAssignor
 from streams.deadletter import bounded_key, deadletter_value, raw_excerpt
 from streams.events import (
@@ -58,11 +59,20 @@ class TimeAligner:
     Items of one partition leave in offset order (so committed offsets stay a prefix); across
     partitions the smallest head time goes first, up to the smallest read-so-far time of the
     partitions that are not caught up.
+
+    A single event far ahead of its partition (a device with a wrong clock) must neither hold
+    the rest of its partition back (it would leave last, and everything read after it would
+    reach the customer stage as too late) nor let the others run ahead. A partition's time is
+    therefore its *level*: the highest time that two consecutive events reached (the smaller
+    of each pair). An event more than ``max_skew`` ahead of that level is ordered at the
+    level: it leaves at once, and the customer stage holds it until its time comes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_skew: float = math.inf) -> None:
+        self.max_skew = max_skew
         self.buffers: dict[Hashable, deque[tuple[float, int, Any]]] = {}
-        self.read_to: dict[Hashable, float] = {}     # event time of the last item read
+        self.read_to: dict[Hashable, float] = {}     # level of the items read so far
+        self.last_ts: dict[Hashable, float] = {}     # event time of the last item read
         self.next_offset: dict[Hashable, int] = {}   # offset after the last item read
 
     def add(self, tp: Hashable, ts: float, offset: int, item: Any) -> None:
@@ -70,10 +80,18 @@ class TimeAligner:
         buf = self.buffers.get(tp)
         if buf is None:
             buf = self.buffers[tp] = deque()
-        buf.append((ts, offset, item))
-        if ts > self.read_to.get(tp, -math.inf):
-            self.read_to[tp] = ts
         self.next_offset[tp] = offset + 1
+        if ts == -math.inf:
+            buf.append((ts, offset, item))
+            return
+        level = self.read_to.get(tp, -math.inf)
+        last = self.last_ts.get(tp)
+        self.last_ts[tp] = ts
+        if last is None:
+            level = self.read_to[tp] = ts
+        elif min(last, ts) > level:
+            level = self.read_to[tp] = min(last, ts)
+        buf.append((ts if ts <= level + self.max_skew else level, offset, item))
 
     def release(self, partitions: Iterable[Hashable], caught_up: Callable[[Hashable], bool]
                 ) -> list[Any]:
@@ -112,6 +130,7 @@ class TimeAligner:
         for tp in tps:
             self.buffers.pop(tp, None)
             self.read_to.pop(tp, None)
+            self.last_ts.pop(tp, None)
             self.next_offset.pop(tp, None)
 
 
@@ -188,7 +207,7 @@ class IngestService(Service):
         self.settings = settings
         self.bootstrap = bootstrap
         self.ingest = Ingest(settings, metrics, partition_of)
-        self.aligner = TimeAligner()
+        self.aligner = TimeAligner(settings.time.max_skew_days * DAY_SECONDS)
         self.assigned_at: dict[TopicPartition, float] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None

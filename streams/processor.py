@@ -166,12 +166,12 @@ class CustomerProcessor:
             state = live.get(cid)
             if state is None:
                 state = self._attach_stored(cid)
-            if offset is not None and state is not None and state.offset is not None \
-                    and offset <= state.offset:
-                self._advance(partition, clock, ts)
-                continue
             windowed = family in WINDOWED
             where = clock.classify(ts, windowed, policy, now)
+            if offset is not None and state is not None and state.offset is not None \
+                    and offset <= state.offset:
+                self._replayed(partition, clock, cid, ts, where)
+                continue
             if where is FUTURE or where is TOO_LATE:
                 deadletters.append(self._reject(event, where, clock))
                 continue
@@ -184,6 +184,8 @@ class CustomerProcessor:
                 touched.append(state)   # its record holds the event: a replay skips it
                 self._hold(partition, clock, state, event)
                 continue
+            if clock.streak:
+                clock.streak.clear()   # an event in step with the watermark breaks the run
             if state.events == 0:
                 self.members[partition].add(cid)
             # Days close before the event that enters a new day is applied: a day close sees
@@ -240,10 +242,26 @@ class CustomerProcessor:
         state.held.append(event)
         clock.ahead[cid] = min(event["ts"], clock.ahead.get(cid, event["ts"]))
         self.dirty[cid] = partition
+        self._ahead_run(partition, clock, cid, event["ts"])
+
+    def _ahead_run(self, partition: int, clock: PartitionClock, cid: str, ts: float) -> None:
+        """An event ahead joins the partition's unbroken run of them; a run of AHEAD_QUORUM
+        customers is a quiet gap the partition jumped: the watermark moves to the run's time."""
+        clock.streak[cid] = min(ts, clock.streak.get(cid, ts))
         self.dirty_clocks.add(partition)
-        jump = clock.quorum_time(len(self.members[partition] | clock.ahead.keys()))
+        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()))
         if jump is not None:
+            clock.streak.clear()
             self._advance(partition, clock, jump)
+
+    def _replayed(self, partition: int, clock: PartitionClock, cid: str, ts: float,
+                  where: str) -> None:
+        """An event applied before (a replay): the clock moves with it as it did then."""
+        if where is AHEAD:
+            self._ahead_run(partition, clock, cid, ts)
+        elif where is not FUTURE and where is not TOO_LATE:
+            clock.streak.clear()
+            self._advance(partition, clock, ts)
 
     def _release(self, partition: int, clock: PartitionClock) -> None:
         """Apply the held events the watermark has come within the skew of."""

@@ -43,12 +43,13 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day", "features", "base", "ahead")
+    __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
                  base: dict[str, dict[int, int]] | None = None,
-                 ahead: dict[str, float] | None = None) -> None:
+                 ahead: dict[str, float] | None = None,
+                 streak: dict[str, float] | None = None) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
@@ -57,14 +58,19 @@ class PartitionClock:
         self.base: dict[str, dict[int, int]] = base or {}
         # Customers holding events too far ahead of the watermark: earliest held time of each.
         self.ahead: dict[str, float] = ahead or {}
+        # Customers whose events came ahead since the last event that was not, in arrival order
+        # (earliest such time of each): a quiet gap jumped by the whole partition gives an
+        # unbroken run of them, stray bad clocks are broken up by the good events around them.
+        self.streak: dict[str, float] = streak or {}
 
     def quorum_time(self, customers: int) -> float | None:
-        """The time the watermark may jump to: AHEAD_QUORUM customers hold events past it
-        (or every customer the partition has, when it has fewer: nobody else to poison)."""
+        """The time the watermark may jump to: AHEAD_QUORUM customers sent events past it in
+        one unbroken run (or every customer the partition has, when it has fewer: nobody else
+        to poison)."""
         need = max(1, min(AHEAD_QUORUM, customers))
-        if len(self.ahead) < need:
+        if len(self.streak) < need:
             return None
-        return sorted(self.ahead.values())[-need]   # `need` customers are at or past it
+        return sorted(self.streak.values())[-need]   # `need` customers are at or past it
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:
@@ -112,6 +118,8 @@ class PartitionClock:
             "base": {g: sorted(days.items()) for g, days in self.base.items()}}
         if self.ahead:
             out["ahead"] = self.ahead
+        if self.streak:
+            out["streak"] = self.streak
         return out
 
     @classmethod
@@ -119,4 +127,4 @@ class PartitionClock:
         base = {g: {int(d): int(n) for d, n in days}
                 for g, days in (data.get("base") or {}).items()}
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
-                   dict(data.get("ahead") or {}))
+                   dict(data.get("ahead") or {}), dict(data.get("streak") or {}))

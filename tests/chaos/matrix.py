@@ -108,8 +108,7 @@ def run_seed(broker: EmbeddedBroker, workdir: Path, seed: int, customers: int, d
              kill_count: int, only: set[str] | None) -> list[tuple[str, Comparison, Run]]:
     prefix = f"cx{seed}"
     events = list(generate(SimConfig(seed=seed, customers=customers, days=days,
-                                     bad_fraction=0.005, duplicate_fraction=0.01,
-                                     start=SimConfig().start.replace(year=2028))))
+                                     bad_fraction=0.005, duplicate_fraction=0.01)))
     fill(broker.address, prefix, events)
     reference = Run(broker.url, broker.address, prefix, "ref", 1, workdir).start()
     try:

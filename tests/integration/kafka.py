@@ -107,6 +107,9 @@ def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
         consumer.close()
 
 
+QUIET_SECONDS = 1.5
+
+
 def read_all(bootstrap: str, topic: str, timeout: float = 60.0
              ) -> list[tuple[str | None, dict[str, Any]]]:
     """Every record of a topic, from the beginning to the end it has now, in partition order."""
@@ -124,12 +127,18 @@ def read_all(bootstrap: str, topic: str, timeout: float = 60.0
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         out: list[tuple[str | None, dict[str, Any]]] = []
         deadline = time.monotonic() + timeout
-        while ends:
+        # The embedded broker's end offsets can lag the log by a batch: past them, read on
+        # until the topic has been quiet for a while.
+        quiet_since = None
+        while ends or quiet_since is None or time.monotonic() - quiet_since < QUIET_SECONDS:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: not read to its end in {timeout} s: {ends}")
-            msg = consumer.poll(0.5)
+            msg = consumer.poll(0.25)
             if msg is None or msg.error():
+                if not ends and quiet_since is None:
+                    quiet_since = time.monotonic()
                 continue
+            quiet_since = None
             if msg.value() is not None:
                 key = msg.key().decode() if msg.key() else None
                 out.append((key, orjson.loads(msg.value())))

@@ -23,8 +23,7 @@ KILLS = 5
 def test_sigkills_at_random_moments_change_no_output(broker, tmp_path):
     prefix = "cm"
     events = list(generate(SimConfig(seed=SEED, customers=40, days=45, bad_fraction=0.005,
-                                     duplicate_fraction=0.01,
-                                     start=SimConfig().start.replace(year=2028))))
+                                     duplicate_fraction=0.01)))
     fill(broker.address, prefix, events)
     reference = Run(broker.url, broker.address, prefix, "ref", 1, tmp_path).start()
     try:

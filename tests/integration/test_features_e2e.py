@@ -85,11 +85,13 @@ def _check_alerts(records: dict[str, dict[str, Any]], alerts: list[dict[str, Any
 
 def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4,
                        customers: dict[str, dict[str, Any]] | None = None,
-                       close_at: float | None = None
+                       close_at: float | None = None, ahead: dict[int, float] | None = None
                        ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Feature records and alerts; the latest customer records go into `customers`. With
     `close_at` (a midnight), one event per partition stamped exactly close_at ends the stream:
-    every partition closes the day before it, and its records are stamped close_at."""
+    every partition closes the day before it, and its records are stamped close_at.
+    `ahead`: partition -> seconds its events are read ahead of the others' (a catch-up in
+    which some partitions run weeks ahead)."""
     from streams.exporters.metrics import Metrics
     from streams.features import FeatureAggregator
     from streams.processor import CustomerProcessor
@@ -133,7 +135,11 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4,
         ticks = [("usage", {"event_id": f"tick-{p}", "customer_id": cid, "user_id": "clock",
                             "ts": datetime.fromtimestamp(close_at, UTC).isoformat(),
                             "action": "login"}) for p, cid in sorted(ids.items())]
-    for event in valid_events([*events, *ticks], settings):
+    ordered = valid_events([*events, *ticks], settings)
+    if ahead:
+        ordered = sorted(ordered, key=lambda e: e["ts"] - ahead.get(
+            partition_of(e["customer_id"]), 0.0))
+    for event in ordered:
         batch_.append(event)
         if len(batch_) >= 2000:
             run()
@@ -152,6 +158,18 @@ def test_feature_figures_match_the_batch_computation_in_process():
     assert closed == last_day
     _check_alerts(records, alerts)
     _check_customers(events, customers, closed)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("ahead_days", [{2: 50, 3: 50}, {1: 20, 2: 45, 3: 90}])
+def test_partitions_weeks_ahead_still_give_the_exact_after_release_figures(ahead_days):
+    """Some partitions are read weeks ahead of the others: they learn of the first-seen
+    features (and of earlier first uses) only after their windows [R, R+30d) closed."""
+    events = list(generate(_config()))
+    last_day = int(START.timestamp() // DAY) + _config().days - 1
+    records, _ = _stream_in_process(events, close_at=(last_day + 1) * DAY,
+                                    ahead={p: d * DAY for p, d in ahead_days.items()})
+    _check(events, records)
 
 
 def _check_customers(events: list[tuple[str, Any]], records: dict[str, dict[str, Any]],

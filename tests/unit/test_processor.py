@@ -315,6 +315,27 @@ def test_one_bad_clock_poisons_nothing() -> None:
     assert proc.live["c-1"].activity.figures(D + 20, D, 30).dau == 1
 
 
+def test_bad_clocks_of_two_customers_apart_move_nothing() -> None:
+    """Two stray events weeks ahead, from two customers but with good events between them,
+    are two bad clocks, not a gap the partition jumped: both are held, time stays."""
+    proc, metrics = make()
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")])
+    proc.apply(0, [usage("c-1", at(D + 20, 9), "u9"), usage("c-3", at(D, 11), "u3"),
+                   usage("c-2", at(D + 30, 9), "u9"), usage("c-3", at(D, 12), "u3")])
+    assert proc.clocks[0].watermark == at(D, 12)
+    assert proc.clocks[0].ahead == {"c-1": at(D + 20, 9), "c-2": at(D + 30, 9)}
+    assert proc.clocks[0].streak == {}
+    assert counted(metrics, "usage", "late") == 0 and counted(metrics, "usage", "accepted") == 5
+
+
+def test_a_replayed_bad_clock_moves_the_watermark_no_more_than_the_first_time() -> None:
+    proc, _ = make()
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2")], offset=1)
+    proc.apply(0, [usage("c-1", at(D + 20, 9), "u9"), usage("c-2", at(D, 11), "u2")], offset=2)
+    proc.apply(0, [usage("c-1", at(D + 20, 9), "u9"), usage("c-2", at(D, 11), "u2")], offset=2)
+    assert proc.clocks[0].watermark == at(D, 11)
+
+
 def test_a_quiet_gap_is_jumped_when_two_customers_agree() -> None:
     proc, metrics = make()
     proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")])

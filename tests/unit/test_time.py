@@ -165,11 +165,15 @@ def test_the_wall_clock_only_bounds_the_future() -> None:
     assert PartitionClock().classify(W + 31 * DAY + 1, True, POLICY, now=W + 30 * DAY) is FUTURE
 
 
-def test_a_quorum_of_customers_ahead_moves_time() -> None:
-    clock = PartitionClock(W, ahead={"bad-clock": W + 60 * DAY})
+def test_a_quorum_of_customers_in_one_run_ahead_moves_time() -> None:
+    clock = PartitionClock(W, streak={"bad-clock": W + 60 * DAY})
     assert clock.quorum_time(customers=5) is None          # one customer alone: not yet
-    clock.ahead["c-2"] = W + 10 * DAY
+    clock.streak["c-2"] = W + 10 * DAY
     assert clock.quorum_time(customers=5) == W + 10 * DAY  # two customers are past it
-    clock.ahead["c-3"] = W + 10 * DAY + 5
+    clock.streak["c-3"] = W + 10 * DAY + 5
     assert clock.quorum_time(customers=5) == W + 10 * DAY + 5
-    assert PartitionClock(W, ahead={"only": W + 9 * DAY}).quorum_time(customers=1) == W + 9 * DAY
+    assert PartitionClock(W, streak={"only": W + 9 * DAY}).quorum_time(customers=1) == W + 9 * DAY
+    # Held events alone (not in the current run) move nothing.
+    assert PartitionClock(W, ahead={"a": W + 9 * DAY, "b": W + 9 * DAY}).quorum_time(5) is None
+    restored = PartitionClock.from_dict(clock.to_dict())
+    assert restored.streak == clock.streak

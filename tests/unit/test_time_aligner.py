@@ -1,0 +1,81 @@
+"""The ingest's TimeAligner: event-time order across input partitions, robust to bad clocks."""
+from __future__ import annotations
+
+import math
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.ingest import TimeAligner
+
+DAY = 86400.0
+T0 = 1_767_225_600.0  # 2026-01-01
+
+
+def feed(aligner: TimeAligner, tp: str, times: list[float], start: int = 0) -> None:
+    for i, ts in enumerate(times):
+        aligner.add(tp, ts, start + i, (tp, ts))
+
+
+def test_merges_partitions_in_event_time_order() -> None:
+    aligner = TimeAligner(max_skew=DAY)
+    feed(aligner, "a", [T0 + h * 3600 for h in (1, 3, 5, 7)])
+    feed(aligner, "b", [T0 + h * 3600 for h in (2, 4, 6, 8)])
+    out = aligner.release(["a", "b"], caught_up=lambda tp: True)
+    assert [ts for _, ts in out] == sorted(ts for _, ts in out) and len(out) == 8
+
+
+def test_nothing_leaves_past_what_a_partition_still_reading_has_reached() -> None:
+    aligner = TimeAligner(max_skew=DAY)
+    feed(aligner, "a", [T0 + h * 3600 for h in (1, 2, 3, 4, 5, 6)])
+    feed(aligner, "b", [T0 + h * 3600 for h in (1.5, 2.5)])   # b has more to read
+    out = aligner.release(["a", "b"], caught_up=lambda tp: tp == "a")
+    assert max(ts for _, ts in out) <= T0 + 1.5 * 3600
+    assert aligner.committable()["a"] == 1 and aligner.committable()["b"] == 1
+
+
+def test_a_bad_clock_neither_holds_its_partition_back_nor_lets_others_run_ahead() -> None:
+    """One event dated weeks ahead in partition a: it leaves at once (the customer stage holds
+    it), a's later events keep their place, and b, still being read, bounds everything."""
+    aligner = TimeAligner(max_skew=DAY)
+    a = [T0 + h * 3600 for h in range(10)]
+    a[3] = T0 + 40 * DAY
+    feed(aligner, "a", a)
+    feed(aligner, "b", [T0 + h * 3600 + 1 for h in range(6)])
+    out = aligner.release(["a", "b"], caught_up=lambda tp: tp == "a")
+    released_a = [ts for tp, ts in out if tp == "a"]
+    assert released_a == a[:5]                 # the bad clock among them, in offset order
+    assert aligner.read_to["a"] == a[8]        # the bad clock is not a's time
+    rest = aligner.release(["a", "b"], caught_up=lambda tp: True)
+    assert [ts for tp, ts in rest if tp == "a"] == a[5:]
+
+
+def test_a_real_jump_is_followed() -> None:
+    """A quiet gap: every event after it is ahead, so two in a row move the partition's time."""
+    aligner = TimeAligner(max_skew=DAY)
+    feed(aligner, "a", [T0, T0 + 3600, T0 + 10 * DAY, T0 + 10 * DAY + 60, T0 + 10 * DAY + 120])
+    assert aligner.read_to["a"] == T0 + 10 * DAY + 60
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 30 * DAY), min_size=1, max_size=30), min_size=1,
+                max_size=5), st.randoms())
+def test_every_item_leaves_once_and_each_partition_in_offset_order(
+        parts: list[list[float]], rnd: random.Random) -> None:
+    aligner = TimeAligner(max_skew=DAY)
+    names = [f"p{i}" for i in range(len(parts))]
+    pos = dict.fromkeys(names, 0)
+    out: list[tuple[str, int]] = []
+    while any(pos[n] < len(p) for n, p in zip(names, parts, strict=True)):
+        n = rnd.choice([n for n, p in zip(names, parts, strict=True) if pos[n] < len(p)])
+        p = parts[names.index(n)]
+        aligner.add(n, T0 + p[pos[n]], pos[n], (n, pos[n]))
+        pos[n] += 1
+        out += aligner.release(names, caught_up=lambda tp: pos[tp] >= len(parts[names.index(tp)]))
+    out += aligner.release(names, caught_up=lambda tp: True)
+    assert sorted(out) == sorted((n, i) for n, p in zip(names, parts, strict=True)
+                                 for i in range(len(p)))
+    for n in names:
+        assert [i for m, i in out if m == n] == sorted(i for m, i in out if m == n)
+    assert not math.isnan(sum(aligner.read_to.values()))
