@@ -24,6 +24,7 @@ from streams.delivery import Delivery, Outlets, StageTopics
 from streams.exporters.metrics import Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
 from streams.follow import Follower, values
+from streams.health import ReportingSupervisor
 from streams.ingest import IngestService
 from streams.kafka_config import aiokafka_kwargs, faust_kwargs
 from streams.processor import CustomerProcessor
@@ -102,6 +103,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             aggregator.on_model()
 
     follower = _follower(service, broker_url, on_model)
+    supervisor = service.health.supervise(app, follower, ingest)
     delivery = Delivery(service, out, partition_of, StageTopics(
         customer=s.topics.repartition, business=s.topics.business_internal,
         feature=s.topics.feature_internal, churn=s.topics.churn_examples))
@@ -109,7 +111,7 @@ def build_app(settings: Settings, broker_url: str) -> Service:
               "business": out.business_in, "feature": out.feature_in,
               "churn": out.churn_examples}
     register_agents(service, delivery, inputs, out.learner, on_model)
-    _lifecycle(service, follower)
+    _lifecycle(service, follower, supervisor)
 
     from streams.exporters.web import register_views
     register_views(service, out.customers)
@@ -208,10 +210,9 @@ def _keep_latest(into: dict[str, dict[str, Any]]) -> Callable[[list[Any]], None]
     return handler
 
 
-def _lifecycle(service: Service, follower: Follower) -> None:
+def _lifecycle(service: Service, follower: Follower, supervisor: ReportingSupervisor) -> None:
     """The follower and the ingest start and stop with the worker, under the health check."""
     ingest = service.ingest
-    supervisor = service.health.supervise(service.app, follower, ingest)
 
     @service.app.service
     class _Ingest(faust.Service):  # noqa: N801 - started and stopped with the worker
