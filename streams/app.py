@@ -20,6 +20,7 @@ from faust.transport.producer import ProducerBuffer
 
 from streams.agents import register_agents
 from streams.business import BusinessAggregator, ScopeState, decode_scope, encode_scope
+from streams.delay import ProcessingDelay
 from streams.delivery import Delivery, Outlets, StageTopics
 from streams.exporters.metrics import Metrics, gauge
 from streams.features import FeatureAggregator, FeatureState, decode_feature, encode_feature
@@ -106,7 +107,8 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     supervisor = service.health.supervise(app, follower, ingest)
     delivery = Delivery(service, out, partition_of, StageTopics(
         customer=s.topics.repartition, business=s.topics.business_internal,
-        feature=s.topics.feature_internal, churn=s.topics.churn_examples))
+        feature=s.topics.feature_internal, churn=s.topics.churn_examples),
+        ProcessingDelay(metrics.processing_delay, s.topics.repartition))
     inputs = {"customer": _topic(app, s.topics.repartition, s.app.partitions, key="raw"),
               "business": out.business_in, "feature": out.feature_in,
               "churn": out.churn_examples}

@@ -265,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     sim_options(demo)
     demo.add_argument("--duration", type=float, default=0,
                       help="seconds to run (0 = until Ctrl-C)")
-    demo.set_defaults(compress=None, customers=300, days=120)
+    demo.set_defaults(compress=None, customers=300, days=120)  # days of history, then live
 
     topics = sub.add_parser("topics", help="Kafka topics of the service")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)

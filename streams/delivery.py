@@ -21,6 +21,7 @@ from typing import Any
 from faust.types import EventT
 
 from streams.business import StageFlush
+from streams.delay import ProcessingDelay
 from streams.processor import Flush
 from streams.service import Service
 from streams.stores import PartitionedStore
@@ -66,11 +67,12 @@ class Delivery:
     """Sends what the stages of one worker produce, in the order that survives a crash."""
 
     def __init__(self, service: Service, out: Outlets, partition_of: Callable[[str], int],
-                 topics: StageTopics) -> None:
+                 topics: StageTopics, delay: ProcessingDelay | None = None) -> None:
         self.service = service
         self.out = out
         self.partition_of = partition_of
         self.topics = topics
+        self.delay = delay
 
     # -- the customer stage ------------------------------------------------------------------
 
@@ -187,6 +189,8 @@ class Delivery:
         # overtake changelog records still in its buffer, and a new owner of the partition
         # would then recover a state without them while their input counts as done.
         await delivered(sent)
+        if self.delay is not None:
+            self.delay.observe(pending)  # their customer records are delivered now
         for event in pending:
             event.ack()
         service.flushes += 1

@@ -34,6 +34,7 @@ from mode import Service
 from models.activity import DAY_SECONDS
 from streams.assignor import CoPartitionedAssignor
 from streams.deadletter import bounded_key, deadletter_value, raw_excerpt
+from streams.delay import ARRIVAL, arrival_headers, take_oldest_arrival
 from streams.events import (
     NOT_JSON,
     PROCESSING_ERROR,
@@ -175,6 +176,7 @@ class Ingest:
                                  f"{type(exc).__name__}: {exc}", raw, aligner)
                     continue
                 event["src"] = (tp.topic, tp.partition, msg.offset)
+                event[ARRIVAL] = msg.timestamp  # taken off again in _publish (streams/delay.py)
                 if key is not None:
                     event["key"] = key.decode("utf-8", "replace")
                 add(tp, event["ts"], msg.offset, event)
@@ -320,9 +322,11 @@ class IngestService(Service):
         sends = []
         for partition, events in batches.items():
             for i in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
-                value = orjson.dumps(events[i:i + MAX_EVENTS_PER_MESSAGE])
+                chunk = events[i:i + MAX_EVENTS_PER_MESSAGE]
+                headers = arrival_headers(take_oldest_arrival(chunk))
+                value = orjson.dumps(chunk)
                 sends.append(await self.producer.send(topics.repartition, value,
-                                                      partition=partition))
+                                                      partition=partition, headers=headers))
         for key, value in deadletters:
             sends.append(await self.producer.send(topics.deadletter, value, key=key))
         # Commit only what the broker has acknowledged: at-least-once, never lost.

@@ -166,12 +166,15 @@ class CustomerProcessor:
             state = live.get(cid)
             if state is None:
                 state = self._attach_stored(cid)
-            windowed = family in WINDOWED
-            where = clock.classify(ts, windowed, policy, now)
             if offset is not None and state is not None and state.offset is not None \
                     and offset <= state.offset:
-                self._replayed(partition, clock, cid, ts, where)
+                if not state.held or all(e["h"] != event["h"] for e in state.held):
+                    # Applied before: the clock moves with it as it did then. One still held
+                    # did not move it then and does not now.
+                    self._advance(partition, clock, ts)
                 continue
+            windowed = family in WINDOWED
+            where = clock.classify(ts, windowed, policy, now)
             if where is FUTURE or where is TOO_LATE:
                 deadletters.append(self._reject(event, where, clock))
                 continue
@@ -249,19 +252,11 @@ class CustomerProcessor:
         customers is a quiet gap the partition jumped: the watermark moves to the run's time."""
         clock.streak[cid] = min(ts, clock.streak.get(cid, ts))
         self.dirty_clocks.add(partition)
-        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()))
+        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()),
+                                 within=self.policy.max_skew)
         if jump is not None:
             clock.streak.clear()
             self._advance(partition, clock, jump)
-
-    def _replayed(self, partition: int, clock: PartitionClock, cid: str, ts: float,
-                  where: str) -> None:
-        """An event applied before (a replay): the clock moves with it as it did then."""
-        if where is AHEAD:
-            self._ahead_run(partition, clock, cid, ts)
-        elif where is not FUTURE and where is not TOO_LATE:
-            clock.streak.clear()
-            self._advance(partition, clock, ts)
 
     def _release(self, partition: int, clock: PartitionClock) -> None:
         """Apply the held events the watermark has come within the skew of."""
@@ -743,9 +738,13 @@ class CustomerProcessor:
                 self.members[partition].add(cid)
                 if self.clocks[partition].watermark is not None:
                     self.to_emit[cid] = partition
-                summary = self._load(cid).summary
-                if summary is not None:  # its share as of its last close, again
-                    self._summarise(cid, CloseSummary(*summary))
+                state = self._load(cid)
+                if state.summary is not None:  # its share as of its last close, again
+                    self._summarise(cid, CloseSummary(*state.summary))
+                if state.held:  # the clock may have been written before the customer was
+                    clock = self.clocks[partition]
+                    first = min(e["ts"] for e in state.held)
+                    clock.ahead[cid] = min(first, clock.ahead.get(cid, first))
 
     def revoke(self, partitions: Iterable[int]) -> Flush:
         """Hand over partitions another worker now owns.

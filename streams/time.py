@@ -5,6 +5,7 @@ event time (and, in live mode, with the wall clock on purpose).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,14 +64,20 @@ class PartitionClock:
         # unbroken run of them, stray bad clocks are broken up by the good events around them.
         self.streak: dict[str, float] = streak or {}
 
-    def quorum_time(self, customers: int) -> float | None:
+    def quorum_time(self, customers: int, within: float = math.inf) -> float | None:
         """The time the watermark may jump to: AHEAD_QUORUM customers sent events past it in
-        one unbroken run (or every customer the partition has, when it has fewer: nobody else
-        to poison)."""
+        one unbroken run, their earliest times within `within` of each other (or every
+        customer the partition has, when it has fewer: nobody else to poison).
+
+        After a genuine gap the customers resume together; wrong device clocks scatter over
+        weeks, so two of them side by side rarely agree.
+        """
         need = max(1, min(AHEAD_QUORUM, customers))
-        if len(self.streak) < need:
-            return None
-        return sorted(self.streak.values())[-need]   # `need` customers are at or past it
+        times = sorted(self.streak.values())
+        for i in range(len(times) - need + 1):
+            if times[i + need - 1] - times[i] <= within:
+                return times[i]   # the earliest time `need` customers are at or past
+        return None
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streams.delay import DELAY_BUCKETS
 from streams.events import ERROR_CODES, FAMILIES, PROCESSING_ERROR
 
 # `*_created` series double the exposition and no dashboard of ours reads them.
@@ -64,6 +65,12 @@ class Metrics:
         self.ttv = Histogram(
             "vitals_time_to_value_days", "Time to value, observed when a customer reaches aha",
             ["segment"], buckets=TTV_BUCKETS, registry=self.registry)
+        # Arrival at the broker -> the customer record delivered (streams/delay.py).
+        self.processing_delay = Histogram(
+            "vitals_processing_delay_seconds",
+            "Wall time from an input event's arrival at the broker (its Kafka record timestamp) "
+            "to the delivery of the customer record that reflects it; the oldest event of each "
+            "customer partition per flush", buckets=DELAY_BUCKETS, registry=self.registry)
         self._gauges = _GaugeCollector()
         self._gauges.sources.append(self.alerts.collect)
         self.registry.register(self._gauges)

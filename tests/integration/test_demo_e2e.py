@@ -47,7 +47,7 @@ def test_demo_shows_live_figures_and_ctrl_c_leaves_no_process(tmp_path):
            "VITALS_APP__EMBEDDED_PORT": str(free_port()), "VITALS_APP__ID": "vitals-demo-test"}
     out = open(tmp_path / "demo.out", "wb")
     demo = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--customers", "40",
-                             "--days", "20", "--compress", "200000"], cwd=ROOT, env=env,
+                             "--days", "20"], cwd=ROOT, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90

@@ -128,7 +128,18 @@ def make(broker: Broker, customer: Flush | None = None, business: StageFlush | N
                       processor=Stage(customer or Flush()), ingest=None,
                       aggregator=Stage(business or StageFlush()),
                       features=Stage(features or StageFlush()))
-    return service, Delivery(service, out, lambda key: 0, TOPICS), out
+    return service, Delivery(service, out, lambda key: 0, TOPICS, Delay(broker)), out
+
+
+class Delay:
+    """Stands in for ProcessingDelay: logs when the flush observes its events."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def observe(self, events: list[Any]) -> dict[int, float]:
+        self.broker.log.append(("delay", str(len(events))))
+        return {}
 
 
 def full_flush() -> tuple[Flush, StageFlush, StageFlush]:
@@ -165,7 +176,9 @@ def test_a_flush_delivers_every_output_then_the_state_then_acknowledges() -> Non
     assert broker.position("done", "customers") < broker.position("send", "clocks")
     # The learner's state is sent before the model version it names.
     assert broker.position("send", "learner") < broker.position("send", "churn_model")
-    # Acknowledged last, every stage's events, once the broker holds everything.
+    # The processing delay is observed once everything is held, then the events are
+    # acknowledged: every stage's.
+    assert broker.log[-5] == ("delay", "4")
     assert [kind for kind, _ in broker.log[-4:]] == ["ack"] * 4 and all(e.acked for e in events)
     assert service.flushes == 1 and service.deadletters == []
     assert out.clock_store == {"0": {"wm": 1.0}} and out.learner_store == {"learner": b"learner"}

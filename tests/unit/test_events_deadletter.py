@@ -101,6 +101,8 @@ SETTINGS = load_settings(env={})
 
 
 class Msg:
+    timestamp = 1_767_225_600_000  # the broker's record timestamp (ms)
+
     def __init__(self, value: bytes | None, key: bytes | None = None, offset: int = 0) -> None:
         self.value, self.key, self.offset = value, key, offset
 

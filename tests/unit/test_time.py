@@ -171,8 +171,13 @@ def test_a_quorum_of_customers_in_one_run_ahead_moves_time() -> None:
     clock.streak["c-2"] = W + 10 * DAY
     assert clock.quorum_time(customers=5) == W + 10 * DAY  # two customers are past it
     clock.streak["c-3"] = W + 10 * DAY + 5
-    assert clock.quorum_time(customers=5) == W + 10 * DAY + 5
+    assert clock.quorum_time(customers=5) == W + 10 * DAY  # the earliest with a quorum
     assert PartitionClock(W, streak={"only": W + 9 * DAY}).quorum_time(customers=1) == W + 9 * DAY
+    # Two customers weeks apart (scattered wrong clocks) are no quorum within a day.
+    scattered = PartitionClock(W, streak={"a": W + 10 * DAY, "b": W + 40 * DAY})
+    assert scattered.quorum_time(customers=5, within=DAY) is None
+    scattered.streak["c"] = W + 40 * DAY + 3600
+    assert scattered.quorum_time(customers=5, within=DAY) == W + 40 * DAY
     # Held events alone (not in the current run) move nothing.
     assert PartitionClock(W, ahead={"a": W + 9 * DAY, "b": W + 9 * DAY}).quorum_time(5) is None
     restored = PartitionClock.from_dict(clock.to_dict())
