@@ -30,7 +30,8 @@ T0 = 1772323200.0  # 2026-03-01T00:00:00Z
 
 
 def record(offset: int, value: bytes | None, key: bytes | None = None) -> Any:
-    return SimpleNamespace(offset=offset, value=value, key=key)
+    """A consumer record as aiokafka gives it (timestamp: when the broker got it, in ms)."""
+    return SimpleNamespace(offset=offset, value=value, key=key, timestamp=1_772_323_200_000)
 
 
 def usage(eid: str, cid: str, ts: float) -> bytes:
@@ -110,7 +111,7 @@ class Producer:
         self.fail = fail
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> Any:
+                   partition: int | None = None, headers: Any = None) -> Any:
         self.sent.append((topic, partition, key))
         future = asyncio.get_running_loop().create_future()
         if self.fail:
