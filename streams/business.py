@@ -10,7 +10,8 @@ messages:
   risk, time to value, success, CAC), replacing the previous summary of that partition. The
   summaries do not depend on which worker owns which partition, so neither do the records.
 
-Kept free of Faust; `streams/app.py` wires it to a stream and a changelog table keyed by scope.
+Kept free of Faust; `streams/agents.py` feeds it from a stream and `streams/delivery.py` writes
+its flushes to a changelog table keyed by scope.
 """
 from __future__ import annotations
 
