@@ -1,9 +1,9 @@
 """The customer stage: applies batches of validated events to per-customer state.
 
 Kept free of Faust so that its logic is tested by plain calls; `streams/agents.py` feeds it
-from the stream and `streams/delivery.py` sends its flushes to the changelog and the topics. Writes are coalesced: a
-batch only marks customers dirty, and `flush()` (once per emit interval) hands back one
-changelog record and at most one output record per customer.
+from the stream and `streams/delivery.py` sends its flushes to the changelog and the topics.
+Writes are coalesced: a batch only marks customers dirty, and `flush()` (once per emit
+interval) hands back one changelog record and at most one output record per customer.
 """
 from __future__ import annotations
 
