@@ -1160,16 +1160,43 @@ def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return (rank_sum - P * (P + 1) / 2.0) / (P * N)
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC measured on ``positives`` and
+    ``negatives`` examples."""
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    var = (auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc)
+           + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return math.sqrt(max(0.0, var))
+
+
+# A challenger must beat the champion by this many standard errors of the AUC difference.
+CHAMPION_Z = 2.0
+
+
 def choose_champion(current: str, auc_model: float | None, auc_health: float | None,
-                    labelled: int, min_labels: int, margin: float) -> str:
+                    labelled: int, min_labels: int, margin: float,
+                    positives: int | None = None) -> str:
     """Who gives the published probability: the challenger takes over only when it beats the
     champion by ``margin`` AUC over a window of at least ``min_labels`` labelled predictions
-    (no flip-flopping on noise); otherwise the champion stays."""
+    (no flip-flopping on noise); otherwise the champion stays.
+
+    With ``positives`` (the churners among the ``labelled``), the challenger must also beat
+    the champion by ``CHAMPION_Z`` standard errors of the difference (each AUC's Hanley &
+    McNeil error, taken as independent: the two scores are positively correlated, so this
+    errs on the side of keeping the champion). Where churn is pure chance, both AUCs are
+    noise about 0.5 and a fixed 0.01 was crossed by chance.
+    """
     if labelled < min_labels or auc_model is None or auc_health is None:
         return current
-    if current == "health" and auc_model >= auc_health + margin:
+    needed = margin
+    if positives is not None and 0 < positives < labelled:
+        negatives = labelled - positives
+        se = math.hypot(auc_standard_error(auc_model, positives, negatives),
+                        auc_standard_error(auc_health, positives, negatives))
+        needed = max(margin, CHAMPION_Z * se)
+    if current == "health" and auc_model >= auc_health + needed:
         return "model"
-    if current == "model" and auc_health >= auc_model + margin:
+    if current == "model" and auc_health >= auc_model + needed:
         return "health"
     return current
 

@@ -1,6 +1,10 @@
 """Threshold alerts from configured rules: `firing` once when a condition starts, `resolved`
 once when it ends (CONTRACT.md vitals.alerts).
 
+Hysteresis keeps an alert from flapping on a metric that hovers at its threshold: a rule fires
+once its condition has held ``for_days``, and resolves only when the metric is past the
+threshold by ``resolve_margin`` for ``resolve_for_days`` (docs/contract.md, alert rules).
+
 The state of each subject's alerts lives in that subject's own record (the customer record for
 customer rules), so the changelog write that persists a figure also persists whether its alert
 already fired: a restart neither fires twice nor forgets to resolve.
@@ -31,6 +35,13 @@ def lookup(figures: Mapping[str, Any], path: str) -> float | None:
             return None
         node = node[part]
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def resolve_threshold(rule: AlertRule, threshold: float) -> float:
+    """The value a firing alert must get past to resolve: the threshold moved away from the
+    firing side by ``resolve_margin`` (below it for > and >=, above it for < and <=)."""
+    return threshold - rule.resolve_margin if rule.op in (">", ">=") else (
+        threshold + rule.resolve_margin)
 
 
 @dataclass(frozen=True)
@@ -64,20 +75,36 @@ class AlertBook:
             rule = rules[name]
             threshold = rule.threshold_by_segment.get(segment or "", rule.threshold)
             value = lookup(figures, rule.metric)
-            holds = value is not None and OPS[rule.op](value, threshold)
             entry = self.state.get(name)
-            if holds:
+            if entry is not None and entry["firing"]:
+                t = self._settle(name, rule, entry, value, threshold, as_of)
+                if t is not None:
+                    out.append(t)
+                continue
+            if value is not None and OPS[rule.op](value, threshold):
                 if entry is None:
                     entry = self.state[name] = {"since": as_of, "firing": False}
-                if not entry["firing"] and as_of - entry["since"] >= rule.for_days * DAY_SECONDS:
+                if as_of - entry["since"] >= rule.for_days * DAY_SECONDS:
                     entry["firing"] = True
                     out.append(Transition(name, "firing", value, threshold, entry["since"], as_of))
             elif entry is not None:
-                if entry["firing"]:
-                    out.append(Transition(name, "resolved", value, threshold, entry["since"],
-                                          as_of))
-                del self.state[name]
+                del self.state[name]   # a pending condition that stopped holding: reset
         return out
+
+    def _settle(self, name: str, rule: AlertRule, entry: dict[str, Any], value: float | None,
+                threshold: float, as_of: float) -> Transition | None:
+        """A firing alert: resolved once the metric is past the threshold by the rule's
+        margin and has stayed there ``resolve_for_days`` (hysteresis), or at once when the
+        metric has no value."""
+        if value is not None:
+            if OPS[rule.op](value, resolve_threshold(rule, threshold)):
+                entry.pop("clear_since", None)   # still on the firing side of the band
+                return None
+            clear_since = entry.setdefault("clear_since", as_of)
+            if as_of - clear_since < rule.resolve_for_days * DAY_SECONDS:
+                return None
+        del self.state[name]
+        return Transition(name, "resolved", value, threshold, entry["since"], as_of)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return self.state

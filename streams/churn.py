@@ -328,8 +328,8 @@ class ChurnLearner:
                                            if "cm" in trust else model_calibrator())
         self.cal_health: PlattCalibrator = (PlattCalibrator.from_state(trust["ch"])
                                             if "ch" in trust else health_calibrator())
-        # (model's raw probability, minus the health score, label) of the latest labelled
-        # predictions: rankings, so that the calibrations' drift does not decide the champion
+        # (model's calibrated probability, health score's calibrated probability, label) of
+        # the latest labelled predictions, as published at their snapshots
         self.window: deque[tuple[float, float, int]] = deque(
             (tuple(w) for w in trust.get("w", ())), maxlen=settings.champion_window)
         # Labelled churners waiting until the non-churners of their snapshot day are labelled
@@ -406,14 +406,23 @@ class ChurnLearner:
         """
         _, _, encoded, scores = item
         x = decode(encoded)
+        # The model's calibration learns the current model's score of the snapshot, given
+        # just before the model learns it (out of sample, prequential). The score made at the
+        # snapshot came from a model version a month or more older (the label takes the
+        # horizon): the versions since have moved its scale, and a calibration fitted over
+        # mixed scales flattened to a constant.
+        if self.model.learned:
+            self.cal_model.learn(logit(self.model.predict(x)), label)
         self.model.learn(x, label)
         health_score = x["health_score"]
-        raw = scores[0] if scores else None
-        if raw is not None:   # the prediction made at the snapshot: out of sample
-            self.cal_model.learn(logit(raw), label)
         self.cal_health.learn(health_score, label)
-        if raw is not None:
-            self.window.append((float(raw), -health_score, label))
+        # The champion's window: what each candidate published at the snapshot, calibrated
+        # (the calibration puts the versions' scores on one scale). Not the current model's
+        # score: it has just learnt the same customer's snapshots of the days before, with
+        # the same label, and ranks better than any published probability could.
+        model_p, health_p = (scores[1], scores[2]) if scores else (None, None)
+        if model_p is not None and health_p is not None:
+            self.window.append((float(model_p), float(health_p), label))
 
     def to_bytes(self) -> bytes:
         self.changed = False
@@ -441,8 +450,8 @@ class ChurnLearner:
                                self.published_champion)
 
     def window_aucs(self) -> tuple[float | None, float | None]:
-        """(model AUC, health AUC) over the window of recent labelled predictions, on their
-        rankings (a calibration never changes a ranking at one time, but it drifts)."""
+        """(model AUC, health AUC) over the window of recent labelled predictions, on the
+        calibrated probabilities each candidate gave at the snapshot."""
         labels = [w[2] for w in self.window]
         return (auc_exact([w[0] for w in self.window], labels),
                 auc_exact([w[1] for w in self.window], labels))
@@ -453,7 +462,8 @@ class ChurnLearner:
         auc_model, auc_health = self.window_aucs()
         s = self.settings
         self.champion = choose_champion(self.champion, auc_model, auc_health, len(self.window),
-                                        s.champion_min_labels, s.champion_margin)
+                                        s.champion_min_labels, s.champion_margin,
+                                        positives=sum(w[2] for w in self.window))
 
     @property
     def published_champion(self) -> str:

@@ -146,6 +146,7 @@ class Ingest:
                                         min_ts=settings.time.min_epoch())
         self.metrics = metrics
         self.partition_of = partition_of
+        self.warned_misplaced = False
 
     def read(self, records: dict[TopicPartition, list[Any]], aligner: TimeAligner) -> None:
         """Validate a poll's records into the aligner: events with their time, dead letters at -inf.
@@ -192,11 +193,24 @@ class Ingest:
         """Released items -> events per customer partition (in release order) and dead letters."""
         batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
         deadletters: list[tuple[bytes | None, bytes]] = []
+        misplaced = self.metrics.not_copartitioned_event
         for item in released:
             if isinstance(item, tuple):
                 deadletters.append(item)
-            else:
-                batches[self.partition_of(item["customer_id"])].append(item)
+                continue
+            partition = self.partition_of(item["customer_id"])
+            batches[partition].append(item)
+            if partition != item["src"][1]:
+                # Its customer's other events may come through another worker's ingest, whose
+                # event time is not this one's: counted and warned about, not corrected.
+                misplaced(item["family"])
+                if not self.warned_misplaced:
+                    self.warned_misplaced = True
+                    log.warning("input %s partition %s holds customer %s of partition %s: the "
+                                "input is not partitioned by customer_id with Kafka's default "
+                                "(murmur2) partitioner; with more than one worker, figures can "
+                                "depend on timing (docs/contract.md)", item["src"][0],
+                                item["src"][1], item["customer_id"], partition)
         return batches, deadletters
 
 

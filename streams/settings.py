@@ -219,6 +219,10 @@ class AlertRule:
     actions: list[str]
     threshold_by_segment: dict[str, float] = field(default_factory=dict)
     for_days: float = 0.0
+    # Hysteresis: a firing alert resolves only once the metric is past the threshold by this
+    # margin (away from the firing side), and has stayed there resolve_for_days.
+    resolve_margin: float = 0.0
+    resolve_for_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -442,7 +446,7 @@ def _validate(s: Settings) -> None:
 
 
 def _validate_choices(s: Settings) -> None:
-    """Settings that name one of a fixed set of values."""
+    """Settings that name one of a fixed set of values; the alert rules' own fields."""
     for (section, name), allowed in ENUMS.items():
         value = getattr(getattr(s, section), name)
         if value not in allowed:
@@ -455,6 +459,10 @@ def _validate_choices(s: Settings) -> None:
         if rule.severity not in SEVERITIES:
             raise SettingsError(f"setting 'alerts.rules.{name}.severity' must be one of "
                                 f"{sorted(SEVERITIES)}, got {rule.severity!r}")
+        for key in ("for_days", "resolve_margin", "resolve_for_days"):
+            if not 0 <= getattr(rule, key) < float("inf"):
+                raise SettingsError(f"setting 'alerts.rules.{name}.{key}' must be a number "
+                                    f">= 0, got {getattr(rule, key)!r}")
 
 
 def _validate_min_ts(s: Settings) -> None:

@@ -71,6 +71,14 @@ class Metrics:
             "Wall time from an input event's arrival at the broker (its Kafka record timestamp) "
             "to the delivery of the customer record that reflects it; the oldest event of each "
             "customer partition per flush", buckets=DELAY_BUCKETS, registry=self.registry)
+        # Keyed input records that sit in another partition than their customer's (a producer
+        # with another partitioner, e.g. librdkafka's default CRC32): see docs/contract.md.
+        self.not_copartitioned = Counter(
+            "vitals_input_not_copartitioned",
+            "Input events whose topic partition is not their customer's partition (the input "
+            "is not keyed by customer_id with Kafka's default murmur2 partitioner)",
+            ["family"], registry=self.registry)
+        self._not_copartitioned = {f: self.not_copartitioned.labels(f) for f in FAMILIES}
         self._gauges = _GaugeCollector()
         self._gauges.sources.append(self.alerts.collect)
         self.registry.register(self._gauges)
@@ -84,6 +92,9 @@ class Metrics:
 
     def count(self, family: str, outcome: str, n: int = 1) -> None:
         self._events[(family, outcome)].inc(n)
+
+    def not_copartitioned_event(self, family: str) -> None:
+        self._not_copartitioned[family].inc()
 
     def deadletter(self, family: str, error: str) -> None:
         self._events[(family, "rejected")].inc()

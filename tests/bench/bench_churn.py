@@ -1,8 +1,10 @@
 """Churn model quality: the streaming model and the health score against an offline yardstick.
 
 Default: the zoo of churn profiles (tests/bench/churn_profiles.py: usage decline, payment
-failures, support pain, silent churn, seasonal usage, pure chance), each a short history, one
-table row per profile. ``--simulator``: the project's simulated year, as described next.
+failures, support pain, silent churn, seasonal usage, pure chance), each a short history: one
+row per profile of model quality, one per profile and alert rule of alert quality
+(models/alert_quality.py), and which targets hold (tests/bench/README.md).
+``--simulator``: the project's simulated year, as described next.
 
 Runs the simulator's events through the customer stage in-process (the same code as a worker:
 day-close snapshots, delayed labels, the learner, model versions handed to the scorer), then
@@ -14,7 +16,7 @@ prints in one run:
   of days and tested on the rest, on the same snapshots, with the streaming model's and the
   health score's AUC on that same test part.
 
-Targets (issue 6): online AUC above the health score's, within 0.03 of the offline yardstick;
+Its targets: online AUC above the health score's, within 0.03 of the offline yardstick;
 accuracy above 80 %.
 Usage: python -m tests.bench.bench_churn [--profiles all|name,name] [--customers 250]
        [--days 150] [--seed 1] [--model logistic|forest]
@@ -32,8 +34,10 @@ from typing import Any
 
 import orjson
 
+from models.alert_quality import AlertQuality, alert_quality, episodes
 from models.churn import FEATURES
 from streams.churn import ChurnLearner
+from streams.events import parse_rfc3339
 from streams.exporters.metrics import Metrics
 from streams.processor import CustomerProcessor
 from streams.settings import load_settings
@@ -43,47 +47,80 @@ from tests.inprocess import valid_events
 FLUSH_EVERY = 5000   # events between flushes (a worker flushes every second)
 
 
-def replay(args: argparse.Namespace, source: Any = None
-           ) -> tuple[ChurnLearner, list[dict], int]:
+@dataclasses.dataclass
+class Replay:
+    """What one replay produced: the learner, the labelled snapshots and what happened."""
+    learner: ChurnLearner
+    examples: list[dict]
+    events: int
+    alerts: list[tuple[str, str, str, float]] = dataclasses.field(default_factory=list)
+    paying_from: dict[str, float] = dataclasses.field(default_factory=dict)
+    churned_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    ready_at: float | None = None      # event time when the scorer first had a ready model
+    last_ts: float = 0.0
+
+
+def replay(args: argparse.Namespace, source: Any = None, settings: Any = None) -> Replay:
     """Events (the simulator's, or ``source``) through the customer stage and the learner."""
     env = {"VITALS_CHURN__MODEL_SECRET": "bench-only-secret-0123"} if args.model == "forest" else {}
-    settings = load_settings(env=env)
+    settings = settings or load_settings(env=env)
     settings = dataclasses.replace(
         settings, churn=dataclasses.replace(settings.churn, model=args.model,
                                             publish_interval_seconds=0.0))
     proc = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=lambda c: 0,
                              wall_clock=None)
-    learner = ChurnLearner(settings.churn)
-    examples: list[dict] = []
+    out = Replay(ChurnLearner(settings.churn), [], 0)
     batch: list[dict] = []
-    events = 0
     started = time.monotonic()
 
     def flush() -> None:
-        for message in proc.flush().examples:
+        flushed = proc.flush()
+        for message in flushed.examples:
             chunk = orjson.loads(message)
-            learner.apply(chunk)
-            examples.extend(chunk)
-        model = learner.publish()
+            out.learner.apply(chunk)
+            out.examples.extend(chunk)
+        for _, raw in flushed.alerts:
+            alert = orjson.loads(raw)
+            out.alerts.append((alert["subject"]["customer_id"], alert["rule"], alert["status"],
+                               parse_rfc3339(alert["as_of"])))
+        model = out.learner.publish()
         if model is not None:
             proc.scorer.update(model)
+        if out.ready_at is None and proc.scorer.ready:
+            out.ready_at = out.last_ts
 
     if source is None:
         source = generate(SimConfig(seed=args.seed, customers=args.customers, days=args.days))
     for ev in valid_events(source, settings):
         batch.append(ev)
-        events += 1
+        out.events += 1
+        out.last_ts = max(out.last_ts, ev["ts"])
+        if ev["family"] == "billing" and ev.get("type") == "subscription_started":
+            out.paying_from.setdefault(ev["customer_id"], ev["ts"])
+        elif ev["family"] == "billing" and ev.get("type") == "subscription_cancelled":
+            out.churned_at.setdefault(ev["customer_id"], ev["ts"])
         if len(batch) >= FLUSH_EVERY:
             proc.apply(0, batch)
             batch = []
             flush()
-            if events % 200_000 < FLUSH_EVERY:
-                print(f"\r{events:,} events, {len(examples):,} labelled snapshots, "
+            if out.events % 200_000 < FLUSH_EVERY:
+                print(f"\r{out.events:,} events, {len(out.examples):,} labelled snapshots, "
                       f"{time.monotonic() - started:.0f} s", end="", file=sys.stderr)
     proc.apply(0, batch)
     flush()
     print(file=sys.stderr)
-    return learner, examples, events
+    return out
+
+
+def rule_quality(run: Replay, rule: str, horizon_days: float,
+                 after: float | None = None) -> AlertQuality:
+    """One rule's precision, recall, lead time and flaps over the paying customers, each
+    watched from when it started paying (or ``after``, if later) to the end of the data."""
+    start_at = after or 0.0
+    observed = {c: (max(t, start_at), run.last_ts) for c, t in run.paying_from.items()
+                if run.churned_at.get(c, run.last_ts) > start_at}
+    by = episodes((c, status, at) for c, r, status, at in run.alerts if r == rule)
+    return alert_quality(by, run.churned_at, observed, horizon_days)
 
 
 def main() -> None:
@@ -107,7 +144,8 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     started = time.monotonic()
-    learner, examples, events = replay(args)
+    run = replay(args)
+    learner, examples, events = run.learner, run.examples, run.events
     elapsed = time.monotonic() - started
     y = [e["y"] for e in examples]
     health_at = FEATURES.index("health_score")
@@ -152,6 +190,9 @@ def _f(x: float | None) -> str:
     return "  -   " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+ALERT_RULES = ("churn_risk_high", "health_red")
+
+
 def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One profile through the service's churn code, and the yardstick on its snapshots."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -159,33 +200,79 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from tests.bench.churn_profiles import generate as profile_events
 
     started = time.monotonic()
-    learner, examples, events = replay(args, profile_events(name, args.customers, args.days,
-                                                              args.seed))
+    settings = load_settings(env={})
+    run = replay(args, profile_events(name, args.customers, args.days, args.seed), settings)
+    learner, examples = run.learner, run.examples
     rec = learner.metrics_record()
     y = [e["y"] for e in examples]
     days = sorted({e["d"] for e in examples})
     cut = days[0] + 0.6 * (days[-1] - days[0])
-    train = [e for e in examples if e["d"] < cut]
+    horizon = settings.churn.horizon_days
+    # Trained on what is known at the cut: a snapshot's label needs the horizon after it, so
+    # the snapshots of the last horizon before the cut would carry the test period's churns.
+    train = [e for e in examples if e["d"] + horizon < cut]
     # Only snapshots whose non-churners are labelled too: the last month holds the churners
     # only (a "no churn" label takes the horizon), which would bias any AUC measured there.
     mature = max(e["d"] for e in examples if not e["y"])
     test = [e for e in examples if cut <= e["d"] <= mature and e.get("s")
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
-    offline = HistGradientBoostingClassifier(random_state=0)
-    offline.fit([e["x"] for e in train], [e["y"] for e in train])
+    gb_test = None
+    # A short history may leave no labelled snapshot (or one class only) before the cut.
+    if len({e["y"] for e in train}) == 2 and test:
+        offline = HistGradientBoostingClassifier(random_state=0)
+        offline.fit([e["x"] for e in train], [e["y"] for e in train])
+        gb_test = _auc(y_test, list(offline.predict_proba([e["x"] for e in test])[:, 1]))
     return {
-        "profile": name, "events": events, "snapshots": len(examples),
+        "profile": name, "events": run.events, "snapshots": len(examples),
         "base_rate": sum(y) / len(y), "test": len(test), "seconds": time.monotonic() - started,
         "model_auc": rec["model_auc"], "health_auc": rec["health_auc"],
         "champion_auc": rec["auc"], "champion": rec["champion"],
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
-        "gb_test": _auc(y_test, list(offline.predict_proba([e["x"] for e in test])[:, 1])),
+        "gb_test": gb_test,
         "model_test": _auc(y_test, [e["s"][1] for e in test]),
         "health_test": _auc(y_test, [e["s"][2] for e in test]),
         "champion_test": _auc(y_test, [e["p"] for e in test]),
+        # churn_risk_high can fire only once the model is ready: watched from then on
+        "alerts": {rule: rule_quality(run, rule, horizon,
+                                      run.ready_at if rule.startswith("churn") else None)
+                   for rule in ALERT_RULES},
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "  -  " if x is None else f"{x:.0%}"
+
+
+def _days(x: float | None) -> str:
+    return " - " if x is None else f"{x:.0f}"
+
+
+def _ok(met: bool | None) -> str:
+    return "n/a" if met is None else ("yes" if met else "**no**")
+
+
+def targets(r: dict[str, Any]) -> dict[str, bool | None]:
+    """The targets every profile is held to (tests/bench/README.md)."""
+    risk: AlertQuality = r["alerts"]["churn_risk_high"]
+    chance = r["profile"] == "chance"
+
+    def at_least(a: float | None, b: float | None) -> bool | None:
+        return None if a is None or b is None else a >= b
+
+    both = [at_least(r["champion_auc"], r["health_auc"]),
+            at_least(r["champion_test"], r["health_test"])]
+    return {
+        "champion >= health": None if None in both else all(both),
+        "model within 0.02 of GB": None if chance else at_least(
+            r["model_test"], None if r["gb_test"] is None else r["gb_test"] - 0.02),
+        "precision >= 2x base": None if chance else at_least(risk.customer_precision,
+                                                              2 * r["base_rate"]),
+        "<= 1 flap/quarter": all(q.max_flaps_in_quarter <= 1 for q in r["alerts"].values()),
+        "chance: flagged < 2x base": (None if not chance or risk.flagged_share is None
+                                      else risk.flagged_share < 2 * r["base_rate"]),
     }
 
 
@@ -208,8 +295,10 @@ def zoo(args: argparse.Namespace) -> None:
               "log loss / constant | ECE | GB yardstick | model | health | champion |")
     print(header)
     print("|" + "---|" * 11)
+    rows = []
     for name in names:
         r = profile_row(name, args)
+        rows.append(r)
         print(f"| {r['profile']} | {r['base_rate']:.1%} | {_f(r['model_auc'])} | "
               f"{_f(r['health_auc'])} | {_f(r['champion_auc'])} ({r['champion']}) | "
               f"{_f(r['log_loss'])} / {_f(r['log_loss_constant'])} | {_f(r['ece'])} | "
@@ -217,6 +306,25 @@ def zoo(args: argparse.Namespace) -> None:
               f"{_f(r['champion_test'])} |", flush=True)
         print(f"  ({r['events']:,} events, {r['snapshots']:,} labelled snapshots, "
               f"{r['test']:,} in the last 40 %, {r['seconds']:.0f} s)", file=sys.stderr)
+    print()
+    print("Alerts (paying customers; precision: customers / firings; lead: median days)")
+    print("| profile | rule | flagged | firings | precision | recall | lead | "
+          "flaps/customer/quarter (max) |")
+    print("|" + "---|" * 8)
+    for r in rows:
+        for rule, q in r["alerts"].items():
+            print(f"| {r['profile']} | {rule} | {q.flagged}/{q.customers} "
+                  f"({_pct(q.flagged_share)}) | {q.firings} | {_pct(q.customer_precision)} / "
+                  f"{_pct(q.precision)} | {q.caught}/{q.churners} ({_pct(q.recall)}) | "
+                  f"{_days(q.lead_days_median)} | "
+                  f"{_f(q.flaps_per_quarter)} ({q.max_flaps_in_quarter}) |")
+    print()
+    print("Targets")
+    names_t = list(targets(rows[0])) if rows else []
+    print("| profile | " + " | ".join(names_t) + " |")
+    print("|" + "---|" * (len(names_t) + 1))
+    for r in rows:
+        print(f"| {r['profile']} | " + " | ".join(_ok(v) for v in targets(r).values()) + " |")
 
 
 if __name__ == "__main__":

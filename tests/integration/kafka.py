@@ -59,7 +59,9 @@ class Out:
 
 class In:
     def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        # Keyed like a Java client (murmur2), as docs/contract.md asks of producers.
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                  "partitioner": "murmur2_random"})
 
     def send(self, topic: str, value: dict[str, Any] | bytes, key: str | None = None) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)

@@ -4,8 +4,10 @@ Two workers share the customer partitions of a simulated history. Their day clos
 snapshots; the learner (whichever worker owns the single examples partition) learns each once
 and publishes versions both workers follow. Checked: the learner's count equals the distinct
 labelled snapshots on the examples topic (resends are not learnt twice), both workers score
-with the same model version, and `vitals.business` (scope all) carries the learner's
-progressive validation.
+with the same model version, `vitals.business` (scope all) carries the learner's
+progressive validation, and at the end of this backfill (every event produced before the
+workers start) every paying customer has a churn probability: scored again when a model
+version arrives, not left waiting for its next day close.
 """
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ def test_two_workers_one_learner_one_model(broker, tmp_path):
     workers = [first, second]
     examples = Out(broker.address, f"{APP}.internal.churn_examples")
     business = Out(broker.address, f"{APP}.business")
+    customers = Out(broker.address, f"{APP}.customer")
+    unscored: list[str] = []
     try:
         _settle(broker.address, workers)
         versions = [w.metric("vitals_churn_model_version") for w in workers]
@@ -97,9 +101,26 @@ def test_two_workers_one_learner_one_model(broker, tmp_path):
             return latest if model and model.get("learned", 0) > 0 else None
 
         latest = business.wait_for(scored_model, timeout=60)
+
+        def every_paying_scored(out: Out) -> dict[str, Any] | None:
+            """The latest record of every paying customer, once each has a probability (and
+            the model is ready), else None; ``unscored`` says who is still waiting."""
+            paying = {k: r for k, r in out.latest.items()
+                      if r and r.get("status") in ("active", "reactivated")}
+            unscored[:] = sorted(k for k, r in paying.items()
+                                 if not (r.get("churn") and r["churn"]["probability"] is not None
+                                         and r["churn"]["model_ready"]))
+            return paying if paying and not unscored else None
+
+        try:
+            paying = customers.wait_for(every_paying_scored, timeout=90)
+        except AssertionError:
+            raise AssertionError(f"paying customers without a churn probability after the "
+                                 f"backfill: {unscored[:10]} ({len(unscored)})") from None
     finally:
         examples.close()
         business.close()
+        customers.close()
         for w in workers:
             w.stop()
 
@@ -116,3 +137,6 @@ def test_two_workers_one_learner_one_model(broker, tmp_path):
     # labelled counts the snapshots that were scored when taken (a probability), so <= learned
     assert 0 <= model["labelled"] <= model["learned"], model
     assert set(model) >= {"labelled", "auc", "accuracy", "log_loss", "precision_top_decile"}
+    # every paying customer scored after the backfill; 120 simulated customers, most paying
+    assert len(paying) > 30, len(paying)
+    assert all(0.0 <= r["churn"]["probability"] <= 1.0 for r in paying.values())

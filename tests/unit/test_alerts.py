@@ -279,6 +279,85 @@ def test_resolved_without_value_has_no_nan_in_summary() -> None:
     assert "nan" not in rec["summary"].lower()
 
 
+# ---- hysteresis (resolve_margin, resolve_for_days) ---------------------------------------------
+
+
+def test_margin_keeps_a_below_rule_firing_inside_the_band() -> None:
+    rules = {"health_red": rule(threshold=40.0, resolve_margin=10.0)}
+    book = AlertBook()
+    assert [t.status for t in run(book, rules, health(31.0), T0)] == ["firing"]
+    for k, score in enumerate((45.0, 39.0, 49.99, 41.0), start=1):   # in [40, 50): no resolve
+        assert run(book, rules, health(score), T0 + k * DAY) == []
+    assert book.firing() == ["health_red"]
+    out = run(book, rules, health(50.0), T0 + 5 * DAY)               # 50 is not < 50: resolves
+    assert out == [Transition("health_red", "resolved", 50.0, 40.0, T0, T0 + 5 * DAY)]
+    assert book.state == {}
+    assert run(book, rules, health(45.0), T0 + 6 * DAY) == []        # the band does not fire
+    assert [t.status for t in run(book, rules, health(39.0), T0 + 7 * DAY)] == ["firing"]
+
+
+def test_margin_of_an_above_rule_is_below_its_threshold() -> None:
+    rules = {"risk": rule(metric="churn.probability", op=">=", threshold=0.5,
+                          resolve_margin=0.15)}
+    book = AlertBook()
+
+    def p(x: float) -> dict[str, Any]:
+        return {"churn": {"probability": x}}
+
+    assert run(book, rules, p(0.49), T0) == []
+    assert [t.status for t in run(book, rules, p(0.5), T0 + DAY)] == ["firing"]
+    assert run(book, rules, p(0.36), T0 + 2 * DAY) == []
+    assert run(book, rules, p(0.35), T0 + 3 * DAY) == []             # 0.35 >= 0.35 still holds
+    out = run(book, rules, p(0.34), T0 + 4 * DAY)
+    assert [(t.status, t.value, t.threshold) for t in out] == [("resolved", 0.34, 0.5)]
+
+
+def test_resolve_for_days_needs_the_clear_side_to_hold_and_a_relapse_restarts_it() -> None:
+    rules = {"health_red": rule(resolve_margin=5.0, resolve_for_days=2.0)}
+    book = AlertBook()
+    run(book, rules, health(30.0), T0)
+    assert run(book, rules, health(60.0), T0 + DAY) == []            # clear since day 1
+    assert book.state["health_red"] == {"since": T0, "firing": True, "clear_since": T0 + DAY}
+    assert run(book, rules, health(42.0), T0 + 2 * DAY) == []        # back in the band: reset
+    assert book.state["health_red"] == {"since": T0, "firing": True}
+    assert run(book, rules, health(60.0), T0 + 3 * DAY) == []        # clear since day 3
+    assert run(book, rules, health(70.0), T0 + 4 * DAY) == []        # 1 day of 2
+    out = run(book, rules, health(70.0), T0 + 5 * DAY)
+    assert [(t.status, t.started_at, t.as_of) for t in out] == [("resolved", T0, T0 + 5 * DAY)]
+
+
+def test_a_missing_value_resolves_at_once_despite_hysteresis() -> None:
+    rules = {"health_red": rule(resolve_margin=10.0, resolve_for_days=3.0)}
+    book = AlertBook()
+    run(book, rules, health(30.0), T0)
+    out = run(book, rules, health(None), T0 + DAY)
+    assert [(t.status, t.value) for t in out] == [("resolved", None)]
+
+
+def test_hysteresis_state_survives_a_restart() -> None:
+    rules = {"health_red": rule(resolve_margin=5.0, resolve_for_days=2.0)}
+    state = CustomerState("c-1")
+    state.alerts.evaluate(rules, list(rules), health(30.0), "smb", T0)
+    state.alerts.evaluate(rules, list(rules), health(60.0), "smb", T0 + DAY)
+    back = decode_state(encode_state(state))
+    assert back.alerts.state == {"health_red": {"since": T0, "firing": True,
+                                                "clear_since": T0 + DAY}}
+    out = back.alerts.evaluate(rules, list(rules), health(60.0), "smb", T0 + 3 * DAY)
+    assert [t.status for t in out] == ["resolved"]
+
+
+@pytest.mark.parametrize("key", ["resolve_margin", "resolve_for_days", "for_days"])
+def test_negative_hysteresis_settings_are_refused(key: str, tmp_path: Any) -> None:
+    from streams.settings import SettingsError
+
+    path = tmp_path / "o.toml"
+    path.write_text(f"[alerts.rules.health_red]\nmetric = 'health.score'\nop = '<'\n"
+                    f"threshold = 40.0\nseverity = 'critical'\nsummary = 's'\nactions = []\n"
+                    f"{key} = -1.0\n")
+    with pytest.raises(SettingsError, match=key):
+        load_settings(str(path), env={})
+
+
 # ---- persistence -------------------------------------------------------------------------------
 
 
@@ -326,13 +405,17 @@ def test_default_rules_load() -> None:
     got = {name: (r.metric, r.op, r.threshold, r.severity, r.for_days)
            for name, r in a.rules.items() if name in a.customer_rules}
     assert got == {
-        "health_red": ("health.score", "<", 40.0, "critical", 0.0),
+        "health_red": ("health.score", "<", 40.0, "critical", 1.0),
         "health_dropping": ("health.trend_7d", "<=", -15.0, "warning", 0.0),
         "ttv_exceeded": ("onboarding.days_without_aha", ">", 30.0, "warning", 0.0),
         "payment_failing": ("payments.failed_30d", ">=", 2.0, "critical", 0.0),
         "stickiness_low": ("activity.stickiness", "<", 0.1, "warning", 7.0),
-        "churn_risk_high": ("churn.probability", ">=", 0.5, "critical", 0.0),
+        "churn_risk_high": ("churn.probability", ">=", 0.5, "critical", 1.0),
     }
+    # hysteresis: (resolve_margin, resolve_for_days); none elsewhere
+    assert {name: (r.resolve_margin, r.resolve_for_days) for name, r in a.rules.items()
+            if r.resolve_margin or r.resolve_for_days} == {"health_red": (10.0, 3.0),
+                                                            "churn_risk_high": (0.25, 5.0)}
     adoption = a.rules["feature_adoption_low"]
     assert (adoption.metric, adoption.op, adoption.threshold) == (
         "feature.adoption_30d_after_release", "<", 0.2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
+import statistics
 from typing import Any
 
 import orjson
@@ -759,6 +760,38 @@ def test_auc_exact_matches_sklearn_with_ties() -> None:
 def test_choose_champion(current: str, auc_model: float | None, auc_health: float | None,
                          n: int, expected: str) -> None:
     assert churn.choose_champion(current, auc_model, auc_health, n, 1000, 0.01) == expected
+
+
+def test_auc_standard_error_matches_the_spread_of_auc_on_resamples() -> None:
+    # Hanley & McNeil at A = 0.5, P = N = 100: sqrt((0.25 + 99·(1/3 − 1/4) · 2) / 10^4)
+    assert churn.auc_standard_error(0.5, 100, 100) == pytest.approx(
+        math.sqrt((0.25 + 2 * 99 * (1 / 3 - 0.25)) / 10_000))
+    rng = random.Random(5)
+    aucs = []
+    for _ in range(200):
+        y = [int(rng.random() < 0.125) for _ in range(2000)]
+        aucs.append(roc_auc_score(y, [rng.gauss(0.3 * v, 1.0) for v in y]))
+    P, N = 250, 1750
+    se = churn.auc_standard_error(statistics.mean(aucs), P, N)
+    assert statistics.stdev(aucs) == pytest.approx(se, rel=0.2)
+
+
+@pytest.mark.parametrize("current,auc_model,auc_health,expected", [
+    # 5000 labelled, 600 churners: each AUC's error ~0.012, the difference's ~0.017 → 0.034
+    ("health", 0.545, 0.535, "health"),    # beats the fixed 0.01 margin, not the noise
+    ("health", 0.565, 0.535, "health"),
+    ("health", 0.575, 0.535, "model"),
+    ("model", 0.70, 0.72, "model"),
+    ("model", 0.70, 0.74, "health"),
+])
+def test_choose_champion_needs_a_significant_difference(current: str, auc_model: float,
+                                                        auc_health: float,
+                                                        expected: str) -> None:
+    assert churn.choose_champion(current, auc_model, auc_health, 5000, 1000, 0.01,
+                                 positives=600) == expected
+    # a margin larger than the noise still applies
+    assert churn.choose_champion("health", 0.575, 0.535, 5000, 1000, 0.05,
+                                 positives=600) == "health"
 
 
 def test_ece_and_constant_log_loss() -> None:

@@ -186,8 +186,12 @@ def test_the_model_takes_over_when_it_beats_the_health_score() -> None:
     assert rec["champion"] == "model" and scorer.current.champion == "model"
     assert rec["window_model_auc"] > rec["window_health_auc"] + 0.01
     assert rec["model_auc"] > 0.7 and 0.4 < rec["health_auc"] < 0.6   # health is noise here
-    # calibrated: better than the constant base rate, and close to the truth
-    assert rec["log_loss"] < rec["log_loss_constant"] and rec["model_ece"] < 0.05
+    # calibrated: better than the constant base rate, and close to the truth. The model's
+    # calibration learns the score of the model just before it learns the snapshot; here,
+    # where labels come at once, that model is a little ahead of the one that scored the
+    # snapshot (ECE 0.052; 0.042 when it learnt the snapshot's own score), while with labels
+    # a month late it is the one that matches (tests/bench/README.md)
+    assert rec["log_loss"] < rec["log_loss_constant"] and rec["model_ece"] < 0.06
     assert rec["learned"] == 40 * 250 and rec["labelled"] < rec["learned"]
 
 
@@ -220,7 +224,9 @@ def test_churners_wait_for_the_non_churners_of_their_day() -> None:
     assert learner.model.learned == 1 and len(learner.waiting) == 1   # day 9 is not day 10
     learner.apply([{"c": "c", "d": D + 10, "x": x, "y": 0, "p": None, "v": 0}])
     assert learner.model.learned == 3 == learner.learned and not learner.waiting
-    # the churner's raw score went to the model's calibration (the others had none), every
-    # health score to the health score's
-    assert learner.cal_model.counts[0] > 0.99 and learner.cal_model.counts[1] == 0.0
+    # the model's calibration learnt every snapshot but the first (no model to score it yet),
+    # scored by the model just before it learnt it: c (0), then the churner a (1); every
+    # health score went to the health score's
+    assert learner.cal_model.counts[0] > 0.99 and learner.cal_model.counts[1] > 0.99
+    assert sum(learner.cal_model.counts) < 2.01
     assert learner.cal_health.counts[0] > 0.99 and learner.cal_health.counts[1] > 1.99

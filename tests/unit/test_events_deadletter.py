@@ -191,3 +191,19 @@ def test_ingest_quarantines_an_unexpected_validator_error(monkeypatch: pytest.Mo
     d = orjson.loads(items[0][1])
     assert d["error"] == "processing_error" and "RuntimeError: validator bug" in d["detail"]
     assert rejected(metrics, "usage", "processing_error") == 2
+
+
+def test_route_counts_events_outside_their_customers_partition() -> None:
+    metrics = Metrics()
+    ingest = Ingest(SETTINGS, metrics, lambda cid: 1 if cid == "c-1" else 0)
+    aligner = TimeAligner()
+    ingest.read({TopicPartition("events.usage", 0): [
+        Msg(orjson.dumps(USAGE), b"c-1", 0),                                   # belongs to 1
+        Msg(orjson.dumps({**USAGE, "event_id": "e-2", "customer_id": "c-2"}), b"c-2", 1)]},
+        aligner)
+    batches, _ = ingest.route(aligner.release([TopicPartition("events.usage", 0)],
+                                              caught_up=lambda tp: True))
+    assert sorted(batches) == [0, 1]
+    assert metrics.registry.get_sample_value(
+        "vitals_input_not_copartitioned_total", {"family": "usage"}) == 1
+    assert ingest.warned_misplaced

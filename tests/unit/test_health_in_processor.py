@@ -226,28 +226,32 @@ def test_trend_7d_is_the_difference_of_published_scores(straight: tuple[Run, Met
 
 
 def check_health_red(alerts: list[tuple[int, dict[str, Any]]]) -> None:
-    """One firing at the close as of day 58 00:00 (over days 28 … 57: 38.22; the close as of
-    day 57 over 27 … 56 is still yellow, 40.67) and one resolved at the close as of day 62
-    (over 32 … 61; the close as of day 61 still has the tickets of day 31: 26.67)."""
-    assert [(k, a["status"]) for k, a in alerts] == [(58, "firing"), (62, "resolved")]
+    """With the default hysteresis (red at two closes in a row; resolved at 50 or more held
+    for 3 days): red first at the close as of day 58 00:00 (over days 28 … 57: 38.22; the
+    close as of day 57 over 27 … 56 is still yellow, 40.67), so one firing at the close as of
+    day 59 (35.78), started at 58. The close as of day 62 is back above 40 (46.67) but inside
+    the band below 50: still firing. From the close as of day 71 (55.78, usage again) it is at
+    50 or more, so one resolution at the close as of day 74 (63.11)."""
+    assert [(k, a["status"]) for k, a in alerts] == [(59, "firing"), (74, "resolved")]
     fired, resolved = alerts[0][1], alerts[1][1]
-    # day 57: x = 2 → (25 + 11/3)/0.75 = 38.22
-    assert fired["value"] == 38.22 < 40 and fired["threshold"] == 40.0
+    # day 58: x = 1 → U = 5, E = mean(stickiness (1/30)/5/0.5, mau 5/5 … ) = 53.33:
+    #   (1.5 + 5 + 15 + 5.333)/0.75 = 35.78
+    assert fired["value"] == 35.78 < 40 and fired["threshold"] == 40.0
     assert fired["alert_id"] == "health_red:c-1" and fired["severity"] == "critical"
     assert fired["subject"] == {"customer_id": "c-1", "segment": "smb"}
     assert fired["metric"] == "health.score"
-    assert fired["started_at"] == fired["as_of"] == iso(58, 0)
-    assert fired["summary"] == "Health of c-1 fell to 38 (red)"
+    assert fired["started_at"] == iso(58, 0) and fired["as_of"] == iso(59, 0)
+    assert fired["summary"] == "Health of c-1 fell to 36 (red)"
     assert fired["actions"] == SETTINGS.alerts.rules["health_red"].actions
-    # points lost wᵢ·(100 − cᵢ): usage 0.3·(100 − 10) = 27, support 0.2·75 = 15,
-    #   engagement 0.1·(100 − 56.67) = 4.33, payment 0
+    # points lost wᵢ·(100 − cᵢ): usage 0.3·(100 − 5) = 28.5, support 0.2·75 = 15,
+    #   engagement 0.1·(100 − 53.33) = 4.67, payment 0
     assert fired["explain"]["pulled_down_by"] == ["usage_frequency", "support"]
     assert fired["explain"]["components"] == {
-        "usage_frequency": 10.0, "feature_adoption": None, "support": 25.0, "payment": 100.0,
-        "engagement": 56.67}
+        "usage_frequency": 5.0, "feature_adoption": None, "support": 25.0, "payment": 100.0,
+        "engagement": 53.33}
     assert resolved["alert_id"] == "health_red:c-1"
-    assert resolved["value"] == 46.67 and resolved["started_at"] == iso(58, 0)
-    assert resolved["as_of"] == iso(62, 0)
+    assert resolved["value"] == 63.11 and resolved["started_at"] == iso(58, 0)
+    assert resolved["as_of"] == iso(74, 0)
     assert resolved["summary"].startswith("Resolved: ")
 
 
@@ -264,8 +268,8 @@ def test_restart_in_the_red_period_neither_refires_nor_forgets() -> None:
     clock_store: dict[str, dict[str, Any]] = {}
     proc, metrics = make(clock_store=clock_store)
     run = Run(c1_script, proc, clock_store)
-    run.days(range(0, 59))                       # red since day 57, firing since day 58
-    assert health(run, 58)["grade"] == "red"
+    run.days(range(0, 60))                       # red since close 58, firing since close 59
+    assert health(run, 59)["grade"] == "red"
     assert [a["status"] for _, a in run.of("c-1", "health_red")] == ["firing"]
 
     # "crash": only the changelog (encoded states) and the clock table survive
@@ -274,12 +278,12 @@ def test_restart_in_the_red_period_neither_refires_nor_forgets() -> None:
     proc2, metrics2 = make(store=store2, clock_store=dict(clock_store))
     proc2.assign([0])
     run.proc = proc2
-    run.take(58)                                 # re-publishes every customer …
+    run.take(59)                                 # re-publishes every customer …
     assert set(run.last) == {"c-1", "tick"}
-    assert run.last["c-1"] == run.records[58]["c-1"]
+    assert run.last["c-1"] == run.records[59]["c-1"]
     assert [a["status"] for _, a in run.of("c-1", "health_red")] == ["firing"]   # … no new firing
 
-    run.days(range(59, 96))
+    run.days(range(60, 96))
     check_health_red(run.of("c-1", "health_red"))
     get2 = metrics2.registry.get_sample_value
     assert get2("vitals_alerts_total", {"rule": "health_red", "status": "firing"}) is None
@@ -395,14 +399,15 @@ def test_gauges_in_the_exposition_at_day_58() -> None:
            - g("vitals_health_score_bucket", segment="smb", le="30.0"))
     assert red == 1
     assert g("vitals_health_score_count", segment="unknown") == closes
-    # firing now: c-1 health_red (since 57) and health_dropping (trend on 58 = 35.78 − 52.89
-    #   = −17.11 ≤ −15); tick stickiness_low (stickiness 0 for ≥ 7 days); c-1's own
-    #   stickiness_low (< 0.1 from day 57) is still pending its 7 days
-    assert g("vitals_alerts_firing", rule="health_red", severity="critical") == 1
+    # firing now: c-1 health_dropping (trend on 58 = 35.78 − 52.89 = −17.11 ≤ −15); tick
+    #   stickiness_low (stickiness 0 for ≥ 7 days). Pending: c-1's health_red (red at the
+    #   close as of 58 only; it fires at the second close in a row) and its stickiness_low
+    #   (< 0.1 from day 57, 7 days)
+    assert g("vitals_alerts_firing", rule="health_red", severity="critical") is None
     assert g("vitals_alerts_firing", rule="health_dropping", severity="warning") == 1
     assert g("vitals_alerts_firing", rule="stickiness_low", severity="warning") == 1
     assert g("vitals_alerts_firing", rule="ttv_exceeded", severity="warning") is None
-    assert g("vitals_alerts_total", rule="health_red", status="firing") == 1
+    assert g("vitals_alerts_total", rule="health_red", status="firing") is None
     assert g("vitals_time_to_value_days_count", segment="smb") == 1
     # no customer id in any label
     assert not any(v in ("c-1", "tick") for _, labels in got for _, v in labels)
