@@ -230,7 +230,7 @@ def decode(values: Sequence[float]) -> dict[str, float]:
     """Inverse of ``encode`` (up to its rounding)."""
     if len(values) != len(FEATURES):
         raise ValueError(f"expected {len(FEATURES)} values, got {len(values)}")
-    return {name: float(v) for name, v in zip(FEATURES, values)}
+    return {name: float(v) for name, v in zip(FEATURES, values, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +265,8 @@ class Example:
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
         reordered feature list, and the topic is short-lived)."""
-        out = {"day": self.day, "label": self.label, "probability": self.probability,
+        out: dict[str, Any] = {"day": self.day, "label": self.label,
+                               "probability": self.probability,
                "model_version": self.model_version, "vector": dict(self.vector)}
         if self.scores is not None:
             out["scores"] = list(self.scores)
@@ -1116,7 +1117,7 @@ class PlattCalibrator:
                 "slope": [self.slope_bounds[0] if math.isfinite(self.slope_bounds[0]) else None,
                           self.slope_bounds[1] if math.isfinite(self.slope_bounds[1]) else None],
                 "c": [[i, round(p, 6), round(n, 6)] for i, (p, n) in
-                      enumerate(zip(self.pos, self.neg)) if p or n]}
+                      enumerate(zip(self.pos, self.neg, strict=True)) if p or n]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> PlattCalibrator:
@@ -1277,8 +1278,8 @@ class ProgressiveMetrics:
         self.correct += other.correct
         self.log_loss_sum += other.log_loss_sum
         self.unscored += other.unscored
-        self._neg = [a + b for a, b in zip(self._neg, other._neg)]
-        self._pos = [a + b for a, b in zip(self._pos, other._pos)]
+        self._neg = [a + b for a, b in zip(self._neg, other._neg, strict=True)]
+        self._pos = [a + b for a, b in zip(self._pos, other._pos, strict=True)]
 
     # ---- figures -------------------------------------------------------------------------
 
@@ -1339,7 +1340,7 @@ class ProgressiveMetrics:
         P, N = self.positives, self.negatives
         if P == 0 or N == 0:
             return None
-        return sum(p * n for p, n in zip(self._pos, self._neg)) / (2.0 * P * N)
+        return sum(p * n for p, n in zip(self._pos, self._neg, strict=True)) / (2.0 * P * N)
 
     def precision_top_decile(self) -> float | None:
         """Share of positives among the 10 % highest predictions; None without predictions."""

@@ -328,6 +328,18 @@ class CustomerFeatures:
         """Forget mask days before oldest_day, event times of days before keep_from (default
         oldest_day), and users no longer referenced (first uses stay)."""
         keep_from = oldest_day if keep_from is None else min(keep_from, oldest_day)
+        changed = self._drop_days(oldest_day, keep_from)
+        if self.held_from is None or keep_from > self.held_from:
+            self.held_from = keep_from
+        if not changed:
+            return
+        union = self._referenced_users()
+        if union.bit_count() == len(self.users):
+            return
+        self._renumber_users(union)
+
+    def _drop_days(self, oldest_day: int, keep_from: int) -> bool:
+        """Drop mask days before oldest_day and span days before keep_from; True if any went."""
         changed = False
         for feature in list(self.masks):
             days = self.masks[feature]
@@ -343,10 +355,10 @@ class CustomerFeatures:
                 del spans[d]
             changed |= bool(stale)
         self.spans = {f: days for f, days in self.spans.items() if days}
-        if self.held_from is None or keep_from > self.held_from:
-            self.held_from = keep_from
-        if not changed:
-            return
+        return changed
+
+    def _referenced_users(self) -> int:
+        """Bit set of the user indexes some mask or span still names."""
         union = 0
         for days in self.masks.values():
             for mask in days.values():
@@ -355,8 +367,10 @@ class CustomerFeatures:
             for per_day in spans.values():
                 for index in per_day:
                     union |= 1 << index
-        if union.bit_count() == len(self.users):
-            return
+        return union
+
+    def _renumber_users(self, union: int) -> None:
+        """Keep only the users in union, renumbered densely in their old order."""
         remap = {old: new for new, old in
                  enumerate(i for i in range(len(self.users)) if union >> i & 1)}
         for days in self.masks.values():

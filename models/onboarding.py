@@ -111,7 +111,7 @@ def stage(
     if signed_up is None:
         return None
     reached = (signed_up, account_setup, aha, eureka, habit)
-    for name, ts in zip(reversed(STAGES), reversed(reached)):
+    for name, ts in zip(reversed(STAGES), reversed(reached), strict=True):
         if ts is not None:
             return name
     return "signed_up"  # unreachable: signed_up is set

@@ -246,7 +246,7 @@ class CustomerRevenue:
 
     @property
     def status(self) -> str:
-        """trial (never paid), active, churned (0 after paying), reactivated (paying after a churn)."""
+        """trial (never paid), active, churned (0 after paying), reactivated (pays after churn)."""
         if self.mrr > 0:
             return REACTIVATED if self.churns else ACTIVE
         return CHURNED if self.paid_before else TRIAL
@@ -593,7 +593,8 @@ class MonthBook:
         book.end_units = units(data.get("e", data.get("s", 0)))
         book.customers_end = int(data.get("ce", book.customers_start))
         book.customers_churned = int(data.get("cc", 0))
-        for kind, value in zip(MOVEMENT_KINDS, data.get("mv", ())):
+        # A record without "mv" holds no movements: they stay at zero.
+        for kind, value in zip(MOVEMENT_KINDS, data.get("mv", ()), strict=False):
             book.movement_units[kind] = units(value)
         book.cohort_units = [units(v) for v in (list(data.get("nrr", ())) + [0, 0, 0])[:3]]
         book._ids = dict.fromkeys(str(i) for i in data.get("ids", ()))

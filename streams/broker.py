@@ -74,7 +74,7 @@ class EmbeddedBroker:
             # cleanly while the broker is still there; the broker is stopped after it.
             start_new_session=True,
         )
-        if out is not subprocess.DEVNULL:
+        if not isinstance(out, int):   # a log file, not subprocess.DEVNULL
             out.close()
         self._wait_until_ready()
         log.info("embedded broker ready at %s (pid %s)", self.url, self.process.pid)

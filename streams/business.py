@@ -10,7 +10,8 @@ messages:
   risk, time to value, success, CAC), replacing the previous summary of that partition. The
   summaries do not depend on which worker owns which partition, so neither do the records.
 
-Kept free of Faust; `streams/app.py` wires it to a stream and a changelog table keyed by scope.
+Kept free of Faust; `streams/agents.py` feeds it from a stream and `streams/delivery.py` writes
+its flushes to a changelog table keyed by scope.
 """
 from __future__ import annotations
 
@@ -386,6 +387,27 @@ class BusinessAggregator:
             revenue[name] = _round(revenue.get(name))
         return revenue
 
+    def _model_gauges(self) -> list[Any]:
+        """The churn model's candidates, from the owner of scope all (as its record is)."""
+        from streams.exporters.metrics import gauge
+
+        model = self.churn_model() if "all" in self.owned else None
+        baseline: dict[tuple[str, ...], float] = {}
+        champion: dict[tuple[str, ...], float] = {}
+        if model:
+            if model.get("health_auc") is not None:
+                baseline[()] = model["health_auc"]
+            if model.get("champion") is not None:
+                champion[(model["champion"],)] = 1.0
+        return [
+            gauge("vitals_churn_model_baseline_auc",
+                  "Progressive ROC AUC of the calibrated health score as a churn predictor",
+                  (), baseline),
+            gauge("vitals_churn_model_champion",
+                  "Which churn predictor gives the published probability (1 = champion)",
+                  ("champion",), champion),
+        ]
+
     def gauges(self) -> list[Any]:
         """The scopes this worker owns, so that sum() across workers is right.
 
@@ -427,23 +449,9 @@ class BusinessAggregator:
                 if rule in self.rules:
                     k = (rule, self.rules[rule].severity)
                     firing[k] = firing.get(k, 0.0) + 1.0
-        # The churn model's candidates, from the owner of scope all (as its record is).
-        model = self.churn_model() if "all" in self.owned else None
-        baseline: dict[tuple[str, ...], float] = {}
-        champion: dict[tuple[str, ...], float] = {}
-        if model:
-            if model.get("health_auc") is not None:
-                baseline[()] = model["health_auc"]
-            if model.get("champion") is not None:
-                champion[(model["champion"],)] = 1.0
         seg = ("segment",)
         out = [
-            gauge("vitals_churn_model_baseline_auc",
-                  "Progressive ROC AUC of the calibrated health score as a churn predictor",
-                  (), baseline),
-            gauge("vitals_churn_model_champion",
-                  "Which churn predictor gives the published probability (1 = champion)",
-                  ("champion",), champion),
+            *self._model_gauges(),
             gauge("vitals_mrr", "MRR now, by segment (sums to the whole company)", seg, mrr),
             gauge("vitals_mrr_movement", "MRR movements of the current month",
                   ("segment", "movement"), moves),

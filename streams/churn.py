@@ -26,9 +26,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from models.activity import DAY_SECONDS
+from models.activity import DAY_SECONDS, ActivityWindow
 from models.churn import (
     REFUSAL_REASONS,
     ChurnModel,
@@ -51,12 +51,24 @@ from models.churn import (
     platt,
     snapshot_vector,
 )
+from models.health import SupportAndPayments
+from models.revenue import CustomerRevenue
 from streams.settings import ChurnSettings
 
-if TYPE_CHECKING:
-    from streams.state import CustomerState
-
 log = logging.getLogger(__name__)
+
+
+class CustomerView(Protocol):
+    """What churn reads of a customer's record (streams/state.py, which holds a ChurnTrack:
+    named here by its shape, so that neither module imports the other)."""
+    segment: str | None
+    signup_ts: float | None
+    first_ts: float | None
+    activity: ActivityWindow
+    support: SupportAndPayments
+    revenue: CustomerRevenue
+    features: dict[str, int]
+    churn: ChurnTrack
 
 MRR_HISTORY_DAYS = 31
 
@@ -65,7 +77,7 @@ BASELINE_DAYS = 60     # mean life (days) of the long-run usage baseline
 BASELINE_LAG = 8       # the baseline takes in day D-8 at the close as of D: never the last 7
 
 
-def raw_figures(state: CustomerState, record: Mapping[str, Any], day: int) -> dict[str, Any]:
+def raw_figures(state: CustomerView, record: Mapping[str, Any], day: int) -> dict[str, Any]:
     """The raw per-customer inputs of a snapshot (METRICS.md "Churn prediction").
 
     ``day`` is the as-of day d0 (the day close's midnight): day d0 itself has barely begun,
@@ -244,7 +256,7 @@ class ChurnTrack:
     last: dict[str, Any] | None = None
     usage: list[float] = field(default_factory=list)
 
-    def remember_usage(self, state: CustomerState, day: int) -> None:
+    def remember_usage(self, state: CustomerView, day: int) -> None:
         """At the day close as of ``day``: take day - BASELINE_LAG into the baseline, once.
 
         Days before the customer's first activity are not taken in (a young customer's
@@ -483,7 +495,7 @@ class ChurnLearner:
         return rec
 
 
-def snapshot(state: CustomerState, record: Mapping[str, Any], day: int,
+def snapshot(state: CustomerView, record: Mapping[str, Any], day: int,
              scorer: ChurnScorer) -> list[Example]:
     """Score a paying customer at day close and keep its snapshot until the label is known;
     returns the examples the book settled on the way."""

@@ -126,22 +126,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
-def _sim_config(args: argparse.Namespace) -> Any:
-    from streams.simulator import SimConfig
-
-    fields: dict[str, Any] = {"seed": args.seed, "customers": args.customers, "days": args.days,
-                              "bad_fraction": args.bad_fraction,
-                              "duplicate_fraction": args.duplicate_fraction}
-    if args.start:
-        fields["start"] = datetime.fromisoformat(args.start).astimezone(UTC)
-    return SimConfig(**fields)
-
-
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from streams.produce import Progress, produce
-    from streams.simulator import generate, to_jsonl_line
+    from streams.simulator import config_from_args, generate, to_jsonl_line
 
-    items = generate(_sim_config(args))
+    items = generate(config_from_args(args))
     if args.out:
         count = 0
         progress = Progress(f"simulate -> {args.out}")

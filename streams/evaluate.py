@@ -45,7 +45,8 @@ class Evaluator:
         m, h = settings.milestones, settings.health
         self.window = settings.activity.window_days
         self.milestones = MilestoneParams(
-            account_setup_usage=m.account_setup_usage, account_setup_billing=m.account_setup_billing,
+            account_setup_usage=m.account_setup_usage,
+            account_setup_billing=m.account_setup_billing,
             value_actions=m.value_actions, feature_events_are_value=m.feature_events_are_value,
             eureka_days=m.eureka_days, habit_weeks=m.habit_weeks, success_days=m.success_days)
         self.health = HealthParams(

@@ -103,7 +103,7 @@ class InvalidEvent(Exception):
 
 
 def event_hash(event_id: str) -> int:
-    """Stable 64-bit id hash: Python's hash() is salted per process and would not survive restarts."""
+    """Stable 64-bit id hash: Python's hash() is salted per process and changes on restart."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 

@@ -1,9 +1,9 @@
 """The customer stage: applies batches of validated events to per-customer state.
 
-Kept free of Faust so that its logic is tested by plain calls; `streams/app.py`
-wires it to the stream, the changelog table and the output topics. Writes are coalesced: a
-batch only marks customers dirty, and `flush()` (once per emit interval) hands back one
-changelog record and at most one output record per customer.
+Kept free of Faust so that its logic is tested by plain calls; `streams/agents.py` feeds it
+from the stream and `streams/delivery.py` sends its flushes to the changelog and the topics.
+Writes are coalesced: a batch only marks customers dirty, and `flush()` (once per emit
+interval) hands back one changelog record and at most one output record per customer.
 """
 from __future__ import annotations
 
@@ -165,9 +165,7 @@ class CustomerProcessor:
             cid = event["customer_id"]
             state = live.get(cid)
             if state is None:
-                state = self.store.get(cid)
-                if state is not None:
-                    live[cid] = state = self.evaluator.attach(state)
+                state = self._attach_stored(cid)
             if offset is not None and state is not None and state.offset is not None \
                     and offset <= state.offset:
                 if not state.held or all(e["h"] != event["h"] for e in state.held):
@@ -214,6 +212,18 @@ class CustomerProcessor:
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
             count(family, "late" if where is LATE else "accepted")
+        return self._end_batch(touched, offset, deadletters)
+
+    def _attach_stored(self, cid: str) -> CustomerState | None:
+        """A stored customer, made live (None for a customer never seen)."""
+        state = self.store.get(cid)
+        if state is not None:
+            self.live[cid] = state = self.evaluator.attach(state)
+        return state
+
+    def _end_batch(self, touched: list[CustomerState], offset: int | None,
+                   deadletters: list[tuple[bytes | None, bytes]]
+                   ) -> list[tuple[bytes | None, bytes]]:
         if offset is not None:
             for state in touched:  # after the batch: its later events must not skip
                 state.offset = offset
@@ -288,54 +298,56 @@ class CustomerProcessor:
             state.last_ts = ts
         family = event["family"]
         if family in WINDOWED:
-            state.activity.record(day_of(ts), event["user_id"])
-            state.feature_use.on_activity(ts, event["user_id"])
-            if family == "usage":
-                state.onboarding.on_usage(event["action"], ts)
-            else:
-                feature = event["feature"]
-                state.onboarding.on_feature(ts)
-                if state.features.get(feature, -1) < day_of(ts):
-                    state.features[feature] = day_of(ts)
-                state.feature_use.record(feature, ts, event["user_id"])
-                self._see_feature(feature, ts, partition)
+            self._apply_activity(state, event, ts, partition)
         elif family == "support":
-            kind = event["type"]
-            support = state.support
-            if kind == "ticket_opened":
-                support.on_ticket_opened(event["ticket_id"], ts, event["priority"])
-            elif kind == "ticket_closed":
-                support.on_ticket_closed(event["ticket_id"], ts)
-            elif kind == "nps":
-                support.on_nps(event["score"], ts)
-            else:
-                support.on_csat(event["score"], ts)
+            _apply_support(state, event, ts)
         elif family == "signup":
-            state.onboarding.on_signup(ts)
-            if state.signup_ts is None or ts < state.signup_ts:
-                state.signup_ts = ts
-            if state.signup_seen_ts is None or ts >= state.signup_seen_ts:
-                # The newest signup event describes the account; the oldest dates it.
-                state.signup_seen_ts = ts
-                state.segment = event["segment"]
-                if state.pending_mv:
-                    self._release_movements(state, state.segment)
-                state.plan = event.get("plan")
-                state.seats = event.get("seats")
-                state.cac = event.get("cac")
-                state.channel = event.get("channel")
+            self._apply_signup(state, event, ts)
         elif family == "billing":
-            kind = event["type"]
-            state.onboarding.on_billing(kind, ts)
-            if kind in SUBSCRIPTION_KINDS:
-                mv = state.revenue.apply_subscription(ts, event["event_id"], kind, event["mrr"])
-                if mv is not None:
-                    state.paid.on_mrr(mv.ts, mv.new_mrr)
-                    self._movement(state, mv)
-            if kind in ("payment_succeeded", "payment_failed"):
-                state.support.on_payment(ts, kind == "payment_succeeded")
-            if event.get("seats"):
-                state.seats = event["seats"]
+            self._apply_billing(state, event, ts)
+
+    def _apply_activity(self, state: CustomerState, event: dict[str, Any], ts: float,
+                        partition: int) -> None:
+        """A usage or feature event: activity, adoption and onboarding."""
+        state.activity.record(day_of(ts), event["user_id"])
+        state.feature_use.on_activity(ts, event["user_id"])
+        if event["family"] == "usage":
+            state.onboarding.on_usage(event["action"], ts)
+            return
+        feature = event["feature"]
+        state.onboarding.on_feature(ts)
+        if state.features.get(feature, -1) < day_of(ts):
+            state.features[feature] = day_of(ts)
+        state.feature_use.record(feature, ts, event["user_id"])
+        self._see_feature(feature, ts, partition)
+
+    def _apply_signup(self, state: CustomerState, event: dict[str, Any], ts: float) -> None:
+        state.onboarding.on_signup(ts)
+        if state.signup_ts is None or ts < state.signup_ts:
+            state.signup_ts = ts
+        if state.signup_seen_ts is None or ts >= state.signup_seen_ts:
+            # The newest signup event describes the account; the oldest dates it.
+            state.signup_seen_ts = ts
+            state.segment = event["segment"]
+            if state.pending_mv:
+                self._release_movements(state, state.segment)
+            state.plan = event.get("plan")
+            state.seats = event.get("seats")
+            state.cac = event.get("cac")
+            state.channel = event.get("channel")
+
+    def _apply_billing(self, state: CustomerState, event: dict[str, Any], ts: float) -> None:
+        kind = event["type"]
+        state.onboarding.on_billing(kind, ts)
+        if kind in SUBSCRIPTION_KINDS:
+            mv = state.revenue.apply_subscription(ts, event["event_id"], kind, event["mrr"])
+            if mv is not None:
+                state.paid.on_mrr(mv.ts, mv.new_mrr)
+                self._movement(state, mv)
+        if kind in ("payment_succeeded", "payment_failed"):
+            state.support.on_payment(ts, kind == "payment_succeeded")
+        if event.get("seats"):
+            state.seats = event["seats"]
 
     def _movement(self, state: CustomerState, mv: Movement) -> None:
         """To the business stage, once per scope; the event_id lets it drop a resent one.
@@ -798,7 +810,7 @@ class CustomerProcessor:
         firing: dict[tuple[str, ...], float] = defaultdict(float)
         risks: dict[tuple[str, ...], float] = defaultdict(float)
         rules = self.settings.alerts.rules
-        for cid, e in self.contrib.items():
+        for e in self.contrib.values():
             customers[(e.segment, e.status)] += 1
             churn = e.record.get("churn")
             if churn is not None and churn["risk"] is not None:
@@ -827,3 +839,16 @@ class CustomerProcessor:
             gauge("vitals_churn_model_version", "Churn model version this worker scores with",
                   (), {(): float(self.scorer.version)}),
         ]
+
+
+def _apply_support(state: CustomerState, event: dict[str, Any], ts: float) -> None:
+    kind = event["type"]
+    support = state.support
+    if kind == "ticket_opened":
+        support.on_ticket_opened(event["ticket_id"], ts, event["priority"])
+    elif kind == "ticket_closed":
+        support.on_ticket_closed(event["ticket_id"], ts)
+    elif kind == "nps":
+        support.on_nps(event["score"], ts)
+    else:
+        support.on_csat(event["score"], ts)

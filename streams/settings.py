@@ -10,6 +10,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -380,27 +381,42 @@ def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
+def _as_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"setting '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _as_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"setting '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _as_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _as_str(value: Any, key: str) -> str:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
+        return value.isoformat().replace("+00:00", "Z")
+    if not isinstance(value, str):
+        raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    scalar = _SCALARS.get(hint)
+    if scalar is not None:
+        return scalar(value, key)
     origin = typing.get_origin(hint)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SettingsError(f"setting '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"setting '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"setting '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            # An unquoted TOML date-time (also from VITALS_* variables): keep it as RFC 3339.
-            return value.isoformat().replace("+00:00", "Z")
-        if not isinstance(value, str):
-            raise SettingsError(f"setting '{key}' must be a string, got {value!r}")
-        return value
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -411,7 +427,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
         return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise SettingsError(f"setting '{key}' must be a table, got {value!r}")
         return _build_section(hint, value, key)
@@ -421,6 +437,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _validate(s: Settings) -> None:
+    """Checks no single field's type can express, in the order they are reported."""
+    _validate_choices(s)
+    _validate_min_ts(s)
+    _validate_tables(s)
+    _validate_scores(s)
+    _validate_ranges(s)
+
+
+def _validate_choices(s: Settings) -> None:
+    """Settings that name one of a fixed set of values; the alert rules' own fields."""
     for (section, name), allowed in ENUMS.items():
         value = getattr(getattr(s, section), name)
         if value not in allowed:
@@ -437,7 +463,10 @@ def _validate(s: Settings) -> None:
             if not 0 <= getattr(rule, key) < float("inf"):
                 raise SettingsError(f"setting 'alerts.rules.{name}.{key}' must be a number "
                                     f">= 0, got {getattr(rule, key)!r}")
-    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, SEGMENTS, InvalidEvent, parse_rfc3339
+
+
+def _validate_min_ts(s: Settings) -> None:
+    from streams.events import EPOCH_MS_THRESHOLD, MAX_TS, InvalidEvent, parse_rfc3339
 
     try:
         min_ts = parse_rfc3339(s.time.min_ts)
@@ -449,11 +478,16 @@ def _validate(s: Settings) -> None:
     if not EPOCH_MS_THRESHOLD / 1000 <= min_ts < MAX_TS:
         raise SettingsError("setting 'time.min_ts' must be between 1973-03-03T09:46:40Z and "
                             f"9999-12-31T23:59:59Z, got {s.time.min_ts!r}")
+
+
+def _validate_tables(s: Settings) -> None:
+    """Keyed tables: positive currency rates, known segments, defined alert rules."""
+    from streams.events import SEGMENTS
+
     for code, rate in s.revenue.currency_rates.items():
         if not 0 < rate < float("inf"):
             raise SettingsError(f"setting 'revenue.currency_rates.{code}' must be a positive "
                                 f"number, got {rate!r}")
-
     for feature, rule in s.features.eligible.items():
         unknown = set(rule.segments) - SEGMENTS
         if unknown:
@@ -463,6 +497,10 @@ def _validate(s: Settings) -> None:
         for name in getattr(s.alerts, kind):
             if name not in s.alerts.rules:
                 raise SettingsError(f"setting 'alerts.{kind}' names an unknown rule {name!r}")
+
+
+def _validate_scores(s: Settings) -> None:
+    """The health score's weights and grades, the churn model's bands and champion rules."""
     total = sum(s.health.weights.values())
     if abs(total - 1.0) > 1e-9:
         raise SettingsError(f"setting 'health.weights' must sum to 1, sums to {total:g}")
@@ -485,6 +523,10 @@ def _validate(s: Settings) -> None:
     if secret and len(secret) < MIN_SECRET_CHARS:
         raise SettingsError(f"setting 'churn.model_secret' must have at least "
                             f"{MIN_SECRET_CHARS} characters")
+
+
+def _validate_ranges(s: Settings) -> None:
+    """Sizes, durations, ports, the broker address, the margin, the reporting currency."""
     positive = {
         "app.partitions": s.app.partitions, "topics.input_partitions": s.topics.input_partitions,
         "app.session_timeout_seconds": s.app.session_timeout_seconds,
@@ -501,7 +543,8 @@ def _validate(s: Settings) -> None:
         if value <= 0:
             raise SettingsError(f"setting '{key}' must be > 0, got {value!r}")
     if s.time.lateness_days < 0:
-        raise SettingsError(f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
+        raise SettingsError(
+            f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
     if s.time.dedup_horizon_days < s.time.lateness_days:
         raise SettingsError("setting 'time.dedup_horizon_days' must be >= 'time.lateness_days'")
     if s.emit.max_delay_seconds < s.emit.interval_seconds:

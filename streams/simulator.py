@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate
+from typing import Any
 
 import orjson
 
@@ -107,7 +108,8 @@ SEGMENT_PROFILES: dict[str, SegmentProfile] = {
         daily_active=0.55, weekend_factor=0.2, rollout_days=21, aha_days=(2, 21),
         never_aha=0.1, pay_probability=0.85, ticket_rate=0.06,
         expansion_probability=0.35, contraction_probability=0.1,
-        aha_actions=(("report_created", 0.5), ("integration_connected", 0.3), ("message_sent", 0.2)),
+        aha_actions=(("report_created", 0.5), ("integration_connected", 0.3),
+                     ("message_sent", 0.2)),
     ),
     "smb": SegmentProfile(
         seat_slack=(1.0, 1.5), mrr=(50.0, 300.0), cac_months=(2.0, 4.0),
@@ -275,7 +277,7 @@ class SimConfig:
 
 @lru_cache(maxsize=4096)
 def _day_prefix(epoch_day: int) -> str:
-    return (datetime(1970, 1, 1) + timedelta(days=epoch_day)).strftime("%Y-%m-%dT")
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=epoch_day)).strftime("%Y-%m-%dT")
 
 
 _HH_MM = [f"{minute // 60:02d}:{minute % 60:02d}:" for minute in range(1440)]
@@ -316,6 +318,29 @@ class _Customer:
         "event_n", "ticket_n", "paying", "billing_anchor", "payment_k",
         "next_payment_day", "retry_day", "retries_failing", "retry_amount", "finished",
     )
+    # Set once by the planner (see _Simulation); declared here for the type checker.
+    index: int
+    customer_id: str
+    segment: str
+    profile: SegmentProfile
+    plan: str
+    seats: int
+    mrr: float
+    cac: float
+    channel: str
+    signup_day: int
+    signup_ts: int
+    users: list[str]
+    user_join_day: list[int]
+    user_propensity: list[float]
+    user_hour: list[float]
+    engagement: float
+    aha_day: int | None
+    aha_action: str
+    pay_day: int | None
+    active_until_day: int | None
+    feature_adopt_day: dict[str, int]
+
 
     def __init__(self) -> None:
         self.event_n = 0
@@ -407,7 +432,7 @@ class _Simulation:
             price = rng.uniform(*profile.mrr)
             c.mrr = round(price, 0) if price >= 100 else round(price, 2)
             c.cac = round(c.mrr * rng.uniform(*profile.cac_months), 2)
-            names, weights = zip(*profile.channels)
+            names, weights = zip(*profile.channels, strict=True)
             c.channel = rng.choices(names, weights=weights)[0]
             c.users = []
             c.user_join_day = []
@@ -417,7 +442,7 @@ class _Simulation:
                 self._add_user(c, c.signup_day if not c.users else
                                c.signup_day + rng.randint(0, profile.rollout_days), rng)
             c.engagement = rng.uniform(0.55, 1.35)
-            aha_names, aha_weights = zip(*profile.aha_actions)
+            aha_names, aha_weights = zip(*profile.aha_actions, strict=True)
             c.aha_action = rng.choices(aha_names, weights=aha_weights)[0]
             if rng.random() < profile.never_aha:
                 c.aha_day = None
@@ -473,7 +498,7 @@ class _Simulation:
         """Pick churners among payers with room for a decline; weaker accounts churn more."""
         cfg = self.cfg
         payers = [c for c in customers if c.pay_day is not None and c.pay_day < cfg.days]
-        eligible = [c for c in payers if c.pay_day + 35 <= cfg.days - 1]
+        eligible = [c for c in payers if c.pay_day is not None and c.pay_day + 35 <= cfg.days - 1]
         n_churn = min(len(eligible), round(cfg.churn_fraction * len(payers)))
         if n_churn <= 0:
             return
@@ -484,6 +509,7 @@ class _Simulation:
         # Weighted sampling without replacement (Efraimidis-Spirakis keys).
         keyed = sorted(eligible, key=lambda c: (-(rng.random() ** (1.0 / weight(c))), c.index))
         for c in keyed[:n_churn]:
+            assert c.pay_day is not None            # eligible customers are payers
             c.cancel_day = rng.randint(c.pay_day + 35, cfg.days - 1)
             decline = rng.randint(14, 42)
             c.decline_start_day = max(c.pay_day + 7, c.cancel_day - decline)
@@ -498,6 +524,7 @@ class _Simulation:
                 continue
             profile = c.profile
             horizon = self.cfg.days if c.cancel_day is None else c.decline_start_day
+            assert horizon is not None              # planned together with cancel_day
             span = horizon - (c.pay_day + 14)
             if span > 0:
                 scale = min(2.0, span / 90.0)
@@ -507,6 +534,7 @@ class _Simulation:
                 if rng.random() < profile.contraction_probability * scale:
                     c.changes.append((c.pay_day + 14 + rng.randrange(span), "contraction"))
             if c.cancel_day is not None and rng.random() < 0.3:
+                assert c.decline_start_day is not None  # planned together with cancel_day
                 day = rng.randint(c.decline_start_day, c.cancel_day - 1)
                 c.changes.append((day, "contraction"))
             c.changes.sort()
@@ -577,46 +605,9 @@ class _Simulation:
             family = "signup"
         user = user_id or c.users[0]
         base = _template(family, f"bad-{self.bad_n:06d}", c.customer_id, _rfc3339(ts), user, c)
-        if kind == "not_json":
-            choice = rng.randrange(4)
-            if choice == 0:
-                text = orjson.dumps(base)
-                return family, text[: len(text) - rng.randint(1, min(12, len(text) - 1))]
-            if choice == 1:
-                return family, b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-            if choice == 2:
-                return family, f"event_id={base['event_id']}&customer_id={c.customer_id}".encode()
-            return family, repr(base).encode()          # Python repr: single quotes
-        if kind == "not_object":
-            return family, rng.choice(
-                (orjson.dumps([base]), orjson.dumps(base["event_id"]), b"null", b"42")
-            )
-        if kind == "missing_event_id":
-            del base["event_id"]
-        elif kind == "missing_field":
-            required = ["customer_id", "ts", *_FAMILY_REQUIRED[family](base)]
-            del base[rng.choice(required)]
-        elif kind == "missing_user_id":
-            del base["user_id"]
-        elif kind == "unknown_type":
-            base["type"] = rng.choice(
-                ("subscription_paused", "invoice_created", "trial_extended")
-                if family == "billing" else ("ticket_escalated", "survey_sent", "chat_started")
-            )
-        elif kind == "unknown_segment":
-            base["segment"] = rng.choice(("government", "startup", "nonprofit", "unknown"))
-        elif kind == "bad_ts":
-            base["ts"] = rng.choice(
-                ("2026-13-45T99:00:00Z", "not a timestamp", "", "03/01/2026 12:00", "yesterday")
-            )
-        elif kind == "ill_typed":
-            field_name, value = rng.choice(_ill_typed_options(family, base))
-            base[field_name] = value
-        elif kind == "out_of_range":
-            field_name, value = rng.choice(_out_of_range_options(family, base))
-            base[field_name] = value
-        elif kind == "future_ts":
-            base["ts"] = _rfc3339(ts + rng.randint(3, 60) * DAY)
+        if kind in ("not_json", "not_object"):
+            return family, _unparseable(rng, kind, base, c)
+        _break_field(rng, kind, family, base, ts)
         return family, orjson.dumps(base)
 
     # ---------------------------------------------------------------- the daily walk
@@ -679,6 +670,7 @@ class _Simulation:
                 return factor * 0.8
             if day >= c.cancel_day:
                 return 0.0
+            assert c.decline_start_day is not None  # planned together with cancel_day
             if day >= c.decline_start_day:
                 span = c.cancel_day - c.decline_start_day
                 factor *= 0.1 + 0.9 * (c.cancel_day - day) / span
@@ -793,6 +785,7 @@ class _Simulation:
             return
         if c.paying and c.next_payment_day == day:
             c.payment_k += 1
+            assert c.billing_anchor is not None     # set when the customer starts paying
             c.next_payment_day = (
                 _add_months(c.billing_anchor, c.payment_k) - self.start_date
             ).days
@@ -857,7 +850,7 @@ class _Simulation:
 
     def support(self, c: _Customer, day: int, day_start: int, weekend: bool,
                 rng: random.Random) -> None:
-        """Tickets (more when unhappy, bursts on a spike day), CSAT after closes, NPS now and then."""
+        """Tickets (more when unhappy, bursts on a spike day), CSAT after closes, NPS at times."""
         if day == c.signup_day:
             return
         unhappy = c.unhappy(day)
@@ -936,25 +929,27 @@ _FAMILY_REQUIRED = {
 
 def _ill_typed_options(family: str, base: dict) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [("event_id", 12345), ("ts", [2026, 3, 1])]
-    options += {
+    by_family: dict[str, list[tuple[str, object]]] = {
         "signup": [("seats", "ten"), ("cac", "800"), ("segment", 3)],
         "usage": [("quantity", "3"), ("user_id", 42), ("action", ["login"])],
         "feature": [("feature", 7), ("user_id", {"id": "u1"})],
         "billing": [("mrr", f"{base.get('mrr', 499.0):.2f}"), ("seats", "many")],
         "support": [("score", "5"), ("user_id", 7)],
-    }[family]
+    }
+    options += by_family[family]
     return options
 
 
 def _out_of_range_options(family: str, base: dict) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [("event_id", ""), ("event_id", "x" * 200)]
-    options += {
+    by_family: dict[str, list[tuple[str, object]]] = {
         "signup": [("seats", 0), ("cac", -100.0)],
         "usage": [("quantity", -1)],
         "feature": [],
         "billing": [("mrr", -50.0)],
         "support": [("score", 0), ("score", 6)],
-    }[family]
+    }
+    options += by_family[family]
     return options
 
 
@@ -967,12 +962,70 @@ def _copy_event(event: dict) -> dict:
     return copy
 
 
+def _unparseable(rng: random.Random, kind: str, base: dict[str, Any], c: _Customer) -> bytes:
+    """Bytes that are no JSON object: truncated JSON, HTML, a form, a repr, or another value."""
+    if kind == "not_object":
+        return rng.choice((orjson.dumps([base]), orjson.dumps(base["event_id"]), b"null", b"42"))
+    choice = rng.randrange(4)
+    if choice == 0:
+        text = orjson.dumps(base)
+        return text[: len(text) - rng.randint(1, min(12, len(text) - 1))]
+    if choice == 1:
+        return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    if choice == 2:
+        return f"event_id={base['event_id']}&customer_id={c.customer_id}".encode()
+    return repr(base).encode()          # Python repr: single quotes
+
+
+def _break_field(rng: random.Random, kind: str, family: str, base: dict[str, Any],
+                 ts: int) -> None:
+    """Break one field of a well-formed event the way `kind` names."""
+    if kind == "missing_event_id":
+        del base["event_id"]
+    elif kind == "missing_field":
+        required = ["customer_id", "ts", *_FAMILY_REQUIRED[family](base)]
+        del base[rng.choice(required)]
+    elif kind == "missing_user_id":
+        del base["user_id"]
+    elif kind == "unknown_type":
+        base["type"] = rng.choice(
+            ("subscription_paused", "invoice_created", "trial_extended")
+            if family == "billing" else ("ticket_escalated", "survey_sent", "chat_started")
+        )
+    elif kind == "unknown_segment":
+        base["segment"] = rng.choice(("government", "startup", "nonprofit", "unknown"))
+    elif kind == "bad_ts":
+        base["ts"] = rng.choice(
+            ("2026-13-45T99:00:00Z", "not a timestamp", "", "03/01/2026 12:00", "yesterday")
+        )
+    elif kind == "ill_typed":
+        field_name, value = rng.choice(_ill_typed_options(family, base))
+        base[field_name] = value
+    elif kind == "out_of_range":
+        field_name, value = rng.choice(_out_of_range_options(family, base))
+        base[field_name] = value
+    elif kind == "future_ts":
+        base["ts"] = _rfc3339(ts + rng.randint(3, 60) * DAY)
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 
 
+def config_from_args(args: Any) -> SimConfig:
+    """The config of the `simulate` and `demo` commands' options (an argparse Namespace)."""
+    fields: dict[str, Any] = {"seed": args.seed, "customers": args.customers, "days": args.days,
+                              "bad_fraction": args.bad_fraction,
+                              "duplicate_fraction": args.duplicate_fraction}
+    if args.start:
+        fields["start"] = datetime.fromisoformat(args.start).astimezone(UTC)
+    return SimConfig(**fields)
+
+
 def generate(cfg: SimConfig) -> Iterator[tuple[str, dict | bytes]]:
-    """Yield (family, event) in non-decreasing event time; family in signup/usage/feature/billing/support.
+    """Yield (family, event) in non-decreasing event time.
+
+    family is one of signup/usage/feature/billing/support.
 
     Valid events are dicts shaped as in CONTRACT.md section 1; malformed events (when
     ``bad_fraction > 0``) are yielded as ``(family, bytes)``, the raw value to send as is.

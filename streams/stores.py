@@ -94,5 +94,5 @@ class PartitionedStore(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self.pending) + sum(1 for k in self.data if k not in self.pending)
 
-    def keys(self) -> Any:  # type: ignore[override]
+    def keys(self) -> Any:
         return list(iter(self))

@@ -6,7 +6,6 @@ event time (and, in live mode, with the wall clock on purpose).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -132,6 +131,7 @@ class PartitionClock:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartitionClock:
-        base = {g: {int(d): int(n) for d, n in days} for g, days in (data.get("base") or {}).items()}
+        base = {g: {int(d): int(n) for d, n in days}
+                for g, days in (data.get("base") or {}).items()}
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
                    dict(data.get("ahead") or {}), dict(data.get("streak") or {}))

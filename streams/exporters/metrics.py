@@ -116,7 +116,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-GaugeSource = Callable[[], Iterable[GaugeMetricFamily]]
+GaugeSource = Callable[[], Iterable[Metric]]
 PACKAGE = "customer-vitals"
 UNKNOWN = "unknown"
 
@@ -156,7 +156,7 @@ class _GaugeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """Families of the same name from several sources (e.g. vitals_alerts_firing of the
         customer, business and feature stages) become one; equal label sets are added up."""
-        merged: dict[str, tuple[Metric, dict[tuple[object, ...], float]]] = {}
+        merged: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
         for source in self.sources:
             for family in source():
                 if family.name not in merged:

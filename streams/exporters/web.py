@@ -16,7 +16,7 @@ from streams.exporters.metrics import CONTENT_TYPE
 from streams.health import readiness
 
 if TYPE_CHECKING:
-    from streams.app import Service
+    from streams.service import Service
 
 PERIOD = re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})")
 #: Customers without a signup yet are booked under this segment (see the processor).

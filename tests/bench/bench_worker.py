@@ -457,99 +457,143 @@ class Worker:
             return ""
 
 
+@dataclass
+class _Watch:
+    """What run_worker keeps between two polls of one worker."""
+    worker: Worker
+    bootstrap: str
+    broker_pid: int
+    input_ends: dict[tuple[str, int], int]
+    total: int
+    run: WorkerRun
+    ingest_lags: Lags | None = None
+    internal_lags: Lags | None = None
+    cpu0: float = 0.0
+    broker_cpu0: float = 0.0
+    cpu_last: float = 0.0
+    bench_cpu0: float = 0.0
+    machine0: float = 0.0
+    applied_flushes: int = -1
+    last_progress: float = 0.0
+    prev_rss: int = 0
+
+    def check(self, now: float, deadline: float, timeout: float) -> None:
+        worker, run, total = self.worker, self.run, self.total
+        if now > deadline:
+            raise RuntimeError(f"worker did not finish in {timeout:.0f} s "
+                               f"({run.events_counted:.0f}/{total} events counted):\n"
+                               f"{worker.log_tail()}")
+        if not worker.alive():
+            raise RuntimeError(f"worker exited {worker.proc.returncode}:\n{worker.log_tail()}")
+
+    def note_ready(self, now: float, ready: bool, mem: dict[str, int]) -> None:
+        run = self.run
+        if ready and run.ready is None:
+            run.ready = now
+            run.rss_ready = mem.get("VmRSS", 0)
+            log(f"worker ready (healthz 200) {now - run.spawned:.1f} s after start, "
+                f"RSS {run.rss_ready / 2**20:.0f} MiB")
+
+    def note_start(self, now: float, counted: float, mem: dict[str, int]) -> None:
+        """The first poll at which the worker has consumed: the measured window opens."""
+        run = self.run
+        started = counted > 0
+        if not started:
+            try:
+                if self.ingest_lags is None:
+                    self.ingest_lags = Lags(self.bootstrap, f"{APP_ID}-ingest", INPUT_TOPICS)
+                started = self.ingest_lags.committed_total() > 0
+            except Exception:  # topics or group not there yet
+                started = False
+        if started:
+            run.first = now
+            run.rss_base = self.prev_rss or mem.get("VmRSS", 0)
+            self.cpu0 = cpu_seconds(self.worker.pid)
+            self.broker_cpu0 = cpu_seconds(self.broker_pid)
+            self.bench_cpu0, self.machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
+            self.cpu_last = self.cpu0
+            log(f"worker consuming {now - run.spawned:.1f} s after start")
+
+    def drained(self, flushes: int) -> bool:
+        """Both consumer groups at the end of their topics: the measured window closes."""
+        run = self.run
+        if self.ingest_lags is None:
+            self.ingest_lags = Lags(self.bootstrap, f"{APP_ID}-ingest", INPUT_TOPICS)
+        self.ingest_lags.ends = self.input_ends
+        if self.internal_lags is None:
+            # Every event is counted: the internal topic is complete.
+            self.internal_lags = Lags(self.bootstrap, APP_ID, [INTERNAL_TOPIC])
+            self.internal_lags.ends = {(INTERNAL_TOPIC, p): end for p, end
+                                       in end_offsets(self.bootstrap, INTERNAL_TOPIC).items()}
+        if self.ingest_lags.lag() != 0 or self.internal_lags.lag() != 0:
+            return False
+        run.done = time.perf_counter()
+        run.cpu_window = cpu_seconds(self.worker.pid) - self.cpu0
+        run.broker_cpu_window = cpu_seconds(self.broker_pid) - self.broker_cpu0
+        run.bench_cpu_window = cpu_seconds(os.getpid()) - self.bench_cpu0
+        run.machine_cpu_window = machine_busy_seconds() - self.machine0
+        run.flushes = flushes
+        return True
+
+    def sample(self, now: float, counted: float, mem: dict[str, int]) -> None:
+        """One timeline point a second, one progress line every 5 s."""
+        run = self.run
+        if run.first is None:
+            return
+        if not run.timeline or now - run.first >= run.timeline[-1][0] + 1.0:
+            cpu = cpu_seconds(self.worker.pid)
+            last_t = run.timeline[-1][0] if run.timeline else 0.0
+            run.timeline.append((round(now - run.first, 2), counted,
+                                 round(mem.get("VmRSS", 0) / 2**20, 1),
+                                 round(100 * (cpu - self.cpu_last) / max(now - run.first - last_t,
+                                                                         1e-3), 0)))
+            self.cpu_last = cpu
+        if now - self.last_progress > 5:
+            self.last_progress = now
+            el = now - run.first
+            log(f"worker: {counted:,.0f}/{self.total:,} events counted, {el:.0f} s, "
+                f"{counted / max(el, 0.5):,.0f}/s, RSS {mem.get('VmRSS', 0) / 2**20:.0f} MiB")
+
+    def close(self) -> None:
+        for lags in (self.ingest_lags, self.internal_lags):
+            if lags is not None:
+                lags.close()
+
+
 def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tuple[str, int], int],
                broker_pid: int, timeout: float, interval: float, profile: str | None
                ) -> WorkerRun:
     run = WorkerRun()
     run.spawned = time.perf_counter()
     worker.start()
-    ingest_lags: Lags | None = None
-    internal_lags: Lags | None = None
+    watch = _Watch(worker, bootstrap, broker_pid, input_ends, total, run)
     spy: subprocess.Popen[bytes] | None = None
-    cpu0 = broker_cpu0 = cpu_last = bench_cpu0 = machine0 = 0.0
-    applied_flushes = -1
-    last_progress = 0.0
-    prev_rss = 0
     deadline = run.spawned + timeout
     try:
         if profile:
-            time.sleep(0.5)  # let the interpreter come up before attaching
-            spy = subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
-                 "--format", "raw", "-r", "100", "-o", profile, "-p", str(worker.pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = _profiler(worker, profile)
         while True:
             now = time.perf_counter()
-            if now > deadline:
-                raise RuntimeError(f"worker did not finish in {timeout:.0f} s "
-                                   f"({run.events_counted:.0f}/{total} events counted):\n"
-                                   f"{worker.log_tail()}")
-            if not worker.alive():
-                raise RuntimeError(f"worker exited {worker.proc.returncode}:\n{worker.log_tail()}")
+            watch.check(now, deadline, timeout)
             mem = proc_status(worker.pid)
             run.rss_peak = max(run.rss_peak, mem.get("VmHWM", 0))
             ready, flushes = worker.health()
-            if ready and run.ready is None:
-                run.ready = now
-                run.rss_ready = mem.get("VmRSS", 0)
-                log(f"worker ready (healthz 200) {now - run.spawned:.1f} s after start, "
-                    f"RSS {run.rss_ready / 2**20:.0f} MiB")
+            watch.note_ready(now, ready, mem)
             counted, outcomes = worker.events()
             if run.first is None:
-                started = counted > 0
-                if not started:
-                    try:
-                        if ingest_lags is None:
-                            ingest_lags = Lags(bootstrap, f"{APP_ID}-ingest", INPUT_TOPICS)
-                        started = ingest_lags.committed_total() > 0
-                    except Exception:  # topics or group not there yet
-                        started = False
-                if started:
-                    run.first = now
-                    run.rss_base = prev_rss or mem.get("VmRSS", 0)
-                    cpu0, broker_cpu0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
-                    bench_cpu0, machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
-                    cpu_last = cpu0
-                    log(f"worker consuming {now - run.spawned:.1f} s after start")
-            prev_rss = mem.get("VmRSS", 0)
+                watch.note_start(now, counted, mem)
+            watch.prev_rss = mem.get("VmRSS", 0)
             run.events_counted, run.outcomes = max(counted, 0), outcomes
             if run.first is not None and run.applied is None and counted >= total:
                 run.applied = now
-                applied_flushes = flushes
+                watch.applied_flushes = flushes
                 log(f"all {total} events counted after {now - run.first:.1f} s")
-            if run.applied is not None and run.flushed is None and flushes > applied_flushes:
+            if run.applied is not None and run.flushed is None \
+                    and flushes > watch.applied_flushes:
                 run.flushed = now
-            if run.flushed is not None:
-                if ingest_lags is None:
-                    ingest_lags = Lags(bootstrap, f"{APP_ID}-ingest", INPUT_TOPICS)
-                ingest_lags.ends = input_ends
-                if internal_lags is None:
-                    # Every event is counted: the internal topic is complete.
-                    internal_lags = Lags(bootstrap, APP_ID, [INTERNAL_TOPIC])
-                    internal_lags.ends = {(INTERNAL_TOPIC, p): end for p, end
-                                          in end_offsets(bootstrap, INTERNAL_TOPIC).items()}
-                if ingest_lags.lag() == 0 and internal_lags.lag() == 0:
-                    run.done = time.perf_counter()
-                    run.cpu_window = cpu_seconds(worker.pid) - cpu0
-                    run.broker_cpu_window = cpu_seconds(broker_pid) - broker_cpu0
-                    run.bench_cpu_window = cpu_seconds(os.getpid()) - bench_cpu0
-                    run.machine_cpu_window = machine_busy_seconds() - machine0
-                    run.flushes = flushes
-                    break
-            if run.first is not None and (not run.timeline or now - run.first
-                                          >= run.timeline[-1][0] + 1.0):
-                cpu = cpu_seconds(worker.pid)
-                last_t = run.timeline[-1][0] if run.timeline else 0.0
-                run.timeline.append((round(now - run.first, 2), counted,
-                                     round(mem.get("VmRSS", 0) / 2**20, 1),
-                                     round(100 * (cpu - cpu_last) / max(now - run.first - last_t,
-                                                                        1e-3), 0)))
-                cpu_last = cpu
-            if run.first is not None and now - last_progress > 5:
-                last_progress = now
-                el = now - run.first
-                log(f"worker: {counted:,.0f}/{total:,} events counted, {el:.0f} s, "
-                    f"{counted / max(el, 0.5):,.0f}/s, RSS {mem.get('VmRSS', 0) / 2**20:.0f} MiB")
+            if run.flushed is not None and watch.drained(flushes):
+                break
+            watch.sample(now, counted, mem)
             time.sleep(interval)
         mem = proc_status(worker.pid)
         run.rss_peak = max(run.rss_peak, mem.get("VmHWM", 0))
@@ -563,10 +607,17 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
                 run.profile = profile
             except subprocess.TimeoutExpired:
                 spy.kill()
-        for lags in (ingest_lags, internal_lags):
-            if lags is not None:
-                lags.close()
+        watch.close()
     return run
+
+
+def _profiler(worker: Worker, profile: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling the worker into `profile` (raw format)."""
+    time.sleep(0.5)  # let the interpreter come up before attaching
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
+         "--format", "raw", "-r", "100", "-o", profile, "-p", str(worker.pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # -- 5. state size -------------------------------------------------------------------------

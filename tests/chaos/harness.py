@@ -20,6 +20,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ class Outputs:
                               if k is not None}
         transitions: dict[str, list[tuple[str, str]]] = {}
         resent = 0
-        for key, alert in read_all(bootstrap, run.topic("alerts")):
+        for _key, alert in read_all(bootstrap, run.topic("alerts")):
             seq = transitions.setdefault(alert["alert_id"], [])
             step = (alert["status"], alert["as_of"])
             if step in seq:
@@ -281,7 +282,7 @@ def kill_moments(seed: int, kills: int, span: float) -> list[float]:
     rng = random.Random(seed)
     while True:
         moments = sorted(rng.uniform(0.02, 0.95) * span for _ in range(kills))
-        if all(b - a >= 1.0 for a, b in zip(moments, moments[1:])):
+        if all(b - a >= 1.0 for a, b in pairwise(moments)):
             return moments
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tests.integration.batch_revenue import distinct_valid, timelines
@@ -84,7 +85,7 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
     for f in sorted(set(first_seen) | set(released)):
         allowed = eligible.get(f)
 
-        def admits(cid: str) -> bool:
+        def admits(cid: str, allowed: set[str] | None = allowed) -> bool:
             return allowed is None or segments.get(cid) in allowed
 
         active = active_users(lo, closed_day, admits)
@@ -107,7 +108,7 @@ def compute(events: list[tuple[str, Any]], closed_day: int,
         if R is not None and T >= R + (30 + lateness_days) * DAY:
             end = R + 30 * DAY
 
-            def within(times: list[float]) -> bool:
+            def within(times: list[float], R: float = R, end: float = end) -> bool:
                 return any(R <= t < end for t in times)
 
             adopters = [u for u, times in used_at[f].items() if admits(u[0]) and within(times)]
@@ -185,60 +186,78 @@ def _customer_events(events: list[tuple[str, Any]]) -> dict[str, list[tuple[str,
     return out
 
 
+@dataclass
+class _Seen:
+    """What one customer's events before a close say, as the batch score reads them."""
+    closed_day: int
+    lo: int
+    users_on: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    used: set[str] = field(default_factory=set)
+    tickets: list[tuple[int, str]] = field(default_factory=list)
+    open_tickets: set[str] = field(default_factory=set)
+    closed_first: dict[str, float] = field(default_factory=dict)
+    payments: list[int] = field(default_factory=lambda: [0, 0])
+    nps: tuple[float, float] | None = None
+    csat: tuple[float, float] | None = None
+    seats: Any = None
+    signup: float | None = None
+    first: float | None = None
+    signup_seen: float | None = None
+
+    def add(self, family: str, e: dict, raw: Any) -> None:
+        ts = e["ts"]
+        self.first = ts if self.first is None else min(self.first, ts)
+        day = int(ts // DAY)
+        if family in ("usage", "feature"):
+            self.users_on[day].add(e["user_id"])
+            if family == "feature" and self.lo <= day <= self.closed_day:
+                self.used.add(e["feature"])
+        elif family == "signup":
+            self.signup = ts if self.signup is None else min(self.signup, ts)
+            if self.signup_seen is None or ts >= self.signup_seen:
+                self.signup_seen, self.seats = ts, raw.get("seats")
+        elif family == "billing":
+            if raw.get("type") in ("payment_succeeded", "payment_failed") and \
+                    self.closed_day - 89 <= day <= self.closed_day:
+                self.payments[0 if raw["type"] == "payment_succeeded" else 1] += 1
+            if raw.get("seats"):
+                self.seats = raw["seats"]
+        elif family == "support":
+            self._support(raw, ts, day)
+
+    def _support(self, raw: Any, ts: float, day: int) -> None:
+        kind, ticket = raw.get("type"), str(raw.get("ticket_id"))
+        if kind == "ticket_opened":
+            if ticket in self.open_tickets:
+                return          # the same ticket opened again while open
+            self.tickets.append((day, raw.get("priority") or "normal"))
+            if self.closed_first.get(ticket, -1.0) >= ts:
+                del self.closed_first[ticket]   # its close came first: not open
+            else:
+                self.open_tickets.add(ticket)
+        elif kind == "ticket_closed":
+            if ticket in self.open_tickets:
+                self.open_tickets.discard(ticket)
+            else:
+                self.closed_first[ticket] = ts
+        elif kind == "nps" and (self.nps is None or ts >= self.nps[1]):
+            self.nps = (float(raw["score"]), ts)
+        elif kind == "csat" and (self.csat is None or ts >= self.csat[1]):
+            self.csat = (float(raw["score"]), ts)
+
+
 def _score(events: list[tuple[str, dict, Any]], closed_day: int, key_features: set[str],
            window: int = 30) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(activity, health without trend) of one customer at the close of closed_day: only the
     events before T = closed_day + 1 00:00 exist yet; every window ends with closed_day."""
     T = (closed_day + 1) * DAY
     lo = closed_day - window + 1
-    users_on: dict[int, set[str]] = defaultdict(set)
-    used: set[str] = set()
-    tickets: list[tuple[int, str]] = []
-    open_tickets: set[str] = set()
-    closed_first: dict[str, float] = {}
-    payments = [0, 0]
-    nps = csat = None
-    seats = signup = first = None
-    signup_seen = None
+    seen = _Seen(closed_day, lo)
     for family, e, raw in events:
-        ts = e["ts"]
-        if ts >= T:
-            continue
-        first = ts if first is None else min(first, ts)
-        day = int(ts // DAY)
-        if family in ("usage", "feature"):
-            users_on[day].add(e["user_id"])
-            if family == "feature" and lo <= day <= closed_day:
-                used.add(e["feature"])
-        elif family == "signup":
-            signup = ts if signup is None else min(signup, ts)
-            if signup_seen is None or ts >= signup_seen:
-                signup_seen, seats = ts, raw.get("seats")
-        elif family == "billing":
-            if raw.get("type") in ("payment_succeeded", "payment_failed") and \
-                    closed_day - 89 <= day <= closed_day:
-                payments[0 if raw["type"] == "payment_succeeded" else 1] += 1
-            if raw.get("seats"):
-                seats = raw["seats"]
-        elif family == "support":
-            kind, ticket = raw.get("type"), str(raw.get("ticket_id"))
-            if kind == "ticket_opened":
-                if ticket in open_tickets:
-                    continue          # the same ticket opened again while open
-                tickets.append((day, raw.get("priority") or "normal"))
-                if closed_first.get(ticket, -1.0) >= ts:
-                    del closed_first[ticket]   # its close came first: not open
-                else:
-                    open_tickets.add(ticket)
-            elif kind == "ticket_closed":
-                if ticket in open_tickets:
-                    open_tickets.discard(ticket)
-                else:
-                    closed_first[ticket] = ts
-            elif kind == "nps" and (nps is None or ts >= nps[1]):
-                nps = (float(raw["score"]), ts)
-            elif kind == "csat" and (csat is None or ts >= csat[1]):
-                csat = (float(raw["score"]), ts)
+        if e["ts"] < T:
+            seen.add(family, e, raw)
+    users_on, used, tickets, payments = seen.users_on, seen.used, seen.tickets, seen.payments
+    nps, csat, seats, signup, first = seen.nps, seen.csat, seen.seats, seen.signup, seen.first
     if first is None:
         return None                     # not a customer yet: no close evaluated it
     start = signup if signup is not None else first

@@ -146,67 +146,85 @@ def _parse(family: str, event: Any, reporting: str, rates: Mapping[str, float]
     out = {"family": family, "event_id": event["event_id"], "customer_id": event["customer_id"],
            "ts": ts}
     if family == "signup":
-        if event.get("segment") not in SEGMENTS:
-            return None
-        if not all(event.get(k) is None or _text(event[k]) for k in ("plan", "channel")):
-            return None
-        if not _seats(event.get("seats")):
-            return None
-        cac = event.get("cac")
-        if cac is not None and (not _amount(cac)
-                                or _money(cac, event, reporting, rates) is None):
-            return None
-        out["segment"] = event["segment"]
+        valid = _signup(event, out, reporting, rates)
     elif family == "billing":
-        kind = event.get("type")
-        if kind not in BILLING_TYPES:
-            return None
-        out["type"] = kind
-        if kind in ("subscription_started", "subscription_changed"):
-            if not (_amount(event.get("mrr")) and _seats(event.get("seats"))):
-                return None
-            mrr = _money(event["mrr"], event, reporting, rates)
-            if mrr is None:
-                return None
-            out["mrr"] = mrr
-        elif kind == "subscription_cancelled":
-            out["mrr"] = 0.0
-        else:
-            if not _amount(event.get("amount")):
-                return None
-            if _money(event["amount"], event, reporting, rates) is None:
-                return None
+        valid = _billing(event, out, reporting, rates)
     elif family in ("usage", "feature"):
-        if user is None:
-            return None
-        if family == "usage" and not (_text(event.get("action")) and (
-                event.get("quantity") is None or _amount(event["quantity"]))):
-            return None
-        if family == "feature" and not _text(event.get("feature")):
-            return None
-        out["user_id"] = user                      # for batch_features.py
-        if family == "feature":
-            out["feature"] = event["feature"]
+        valid = _activity(family, event, user, out)
     elif family == "support":
-        kind = event.get("type")
-        if kind in ("ticket_opened", "ticket_closed"):
-            ticket = event.get("ticket_id")
-            if (ticket is None or isinstance(ticket, bool) or not isinstance(ticket, (str, int))
-                    or ticket == ""):
-                return None
-            if (event.get("priority") or "normal") not in PRIORITIES:
-                return None
-        elif kind in ("csat", "nps"):
-            score = event.get("score")
-            low, high = (1, 5) if kind == "csat" else (0, 10)
-            if (isinstance(score, bool) or not isinstance(score, (int, float))
-                    or not low <= score <= high):
-                return None
-        else:
-            return None
+        valid = _support(event)
     else:
-        return None
-    return out
+        valid = False
+    return out if valid else None
+
+
+def _signup(event: dict[str, Any], out: dict[str, Any], reporting: str,
+            rates: Mapping[str, float]) -> bool:
+    if event.get("segment") not in SEGMENTS:
+        return False
+    if not all(event.get(k) is None or _text(event[k]) for k in ("plan", "channel")):
+        return False
+    if not _seats(event.get("seats")):
+        return False
+    cac = event.get("cac")
+    if cac is not None and (not _amount(cac)
+                            or _money(cac, event, reporting, rates) is None):
+        return False
+    out["segment"] = event["segment"]
+    return True
+
+
+def _billing(event: dict[str, Any], out: dict[str, Any], reporting: str,
+             rates: Mapping[str, float]) -> bool:
+    kind = event.get("type")
+    if kind not in BILLING_TYPES:
+        return False
+    out["type"] = kind
+    if kind in ("subscription_started", "subscription_changed"):
+        if not (_amount(event.get("mrr")) and _seats(event.get("seats"))):
+            return False
+        mrr = _money(event["mrr"], event, reporting, rates)
+        if mrr is None:
+            return False
+        out["mrr"] = mrr
+    elif kind == "subscription_cancelled":
+        out["mrr"] = 0.0
+    else:
+        if not _amount(event.get("amount")):
+            return False
+        if _money(event["amount"], event, reporting, rates) is None:
+            return False
+    return True
+
+
+def _activity(family: str, event: dict[str, Any], user: Any, out: dict[str, Any]) -> bool:
+    if user is None:
+        return False
+    if family == "usage" and not (_text(event.get("action")) and (
+            event.get("quantity") is None or _amount(event["quantity"]))):
+        return False
+    if family == "feature" and not _text(event.get("feature")):
+        return False
+    out["user_id"] = user                      # for batch_features.py
+    if family == "feature":
+        out["feature"] = event["feature"]
+    return True
+
+
+def _support(event: dict[str, Any]) -> bool:
+    kind = event.get("type")
+    if kind in ("ticket_opened", "ticket_closed"):
+        ticket = event.get("ticket_id")
+        if (ticket is None or isinstance(ticket, bool) or not isinstance(ticket, (str, int))
+                or ticket == ""):
+            return False
+        return (event.get("priority") or "normal") in PRIORITIES
+    if kind in ("csat", "nps"):
+        score = event.get("score")
+        low, high = (1, 5) if kind == "csat" else (0, 10)
+        return not (isinstance(score, bool) or not isinstance(score, (int, float))
+                    or not low <= score <= high)
+    return False
 
 
 # -- calendar ---------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class ScramServer:
         stored_key = hashlib.new(self.hash, client_key).digest()
         auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
         signature = self._hmac(stored_key, auth_message)
-        expected = bytes(a ^ b for a, b in zip(client_key, signature))
+        expected = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
         if not hmac.compare_digest(expected, base64.b64decode(proof)):
             return None, "Authentication failed: Invalid username or password"
         server_key = self._hmac(salted, b"Server Key")

@@ -140,14 +140,11 @@ def _hostile(rng: random.Random, family: str, valid: dict[str, Any]) -> bytes:
     return raw
 
 
-def test_hostile_fuzz_among_good_events_through_a_running_worker(
-        worker, produce, deadletters_out, customers_out, period):
-    """A few hundred generated hostile records interleaved with good ones: the worker stays up
-    and healthy, each bad record is dead-lettered exactly once with the code the validator
-    gives, and every good event is counted as accepted."""
-    p = period
-    rng = random.Random(FUZZ_SEED)
-    validator = EventValidator("USD", load_settings("test.toml", env={}).revenue.currency_rates)
+def _fuzz_records(rng: random.Random, validator: EventValidator, p: float
+                  ) -> tuple[dict[str, tuple[str, bytes, str]], list[tuple[str, dict[str, Any]]],
+                             list[tuple[str, bytes, str]]]:
+    """300 hostile records (key -> family, raw, the validator's code), with a good event every
+    few records, and all of them as (topic, raw, key) in send order."""
     families = list(FIELDS)
     bad: dict[str, tuple[str, bytes, str]] = {}    # key -> (family, raw, expected code)
     good: list[tuple[str, dict[str, Any]]] = []
@@ -174,6 +171,18 @@ def test_hostile_fuzz_among_good_events_through_a_running_worker(
             fam = "usage" if i % 2 else "signup"
             good.append((fam, event))
             items.append((f"events.{fam}", orjson.dumps(event), cid_ok))
+    return bad, good, items
+
+
+def test_hostile_fuzz_among_good_events_through_a_running_worker(
+        worker, produce, deadletters_out, customers_out, period):
+    """A few hundred generated hostile records interleaved with good ones: the worker stays up
+    and healthy, each bad record is dead-lettered exactly once with the code the validator
+    gives, and every good event is counted as accepted."""
+    p = period
+    rng = random.Random(FUZZ_SEED)
+    validator = EventValidator("USD", load_settings("test.toml", env={}).revenue.currency_rates)
+    bad, good, items = _fuzz_records(rng, validator, p)
     codes = Counter((family, code) for family, _, code in bad.values())
     assert len(codes) >= 8, codes  # the generator reaches many codes, not one
     before = {fc: worker.metric("vitals_deadletter_total", family=fc[0], error=fc[1])

@@ -31,7 +31,7 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 CONFIGURED = {"sso": (START + timedelta(days=60)).isoformat()}
 ELIGIBLE = {"sso": {"enterprise", "mid_market"}}                   # an enterprise feature
 ENV = {**{f"VITALS_FEATURES__RELEASED__{f}": f'"{ts}"' for f, ts in CONFIGURED.items()},
-       **{f"VITALS_FEATURES__ELIGIBLE__{f}": "{segments = %s}" % str(sorted(segs)).replace("'", '"')
+       **{f"VITALS_FEATURES__ELIGIBLE__{f}": "{segments = " + str(sorted(segs)).replace("'", '"') + "}"
           for f, segs in ELIGIBLE.items()}}
 
 

@@ -60,7 +60,7 @@ class FakeListener:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
@@ -139,9 +139,9 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
-            except OSError:
+            except OSError as err:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("Tansu with --authentication did not start")
+                    raise RuntimeError("Tansu with --authentication did not start") from err
                 time.sleep(0.05)
         yield f"127.0.0.1:{port}"
     finally:

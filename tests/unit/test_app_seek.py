@@ -1,5 +1,5 @@
-"""streams.app: after a rebalance, never-committed internal partitions are read from the start
-(before Faust resumes them: see `_rewind_uncommitted`).
+"""streams.delivery: after a rebalance, never-committed internal partitions are read from the start
+(before Faust resumes them: see `rewind_uncommitted`).
 
 No broker: a stand-in for Faust's consumer records the seeks. They must go through
 `seek_wait`, which Faust runs in the consumer's own thread.
@@ -10,7 +10,7 @@ import asyncio
 from collections import namedtuple
 from typing import Any
 
-from streams.app import _delivered, _rewind_uncommitted
+from streams.delivery import delivered, rewind_uncommitted
 
 TP = namedtuple("TP", "topic partition")
 INTERNAL = {"vitals.internal.events", "vitals.internal.business"}
@@ -49,20 +49,20 @@ def test_uncommitted_internal_partitions_are_rewound() -> None:
         TP("vitals-customers-changelog", 0): None,   # recovery's business, not ours
     }
     consumer = FakeConsumer(committed, earliest=3)
-    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    asyncio.run(rewind_uncommitted(consumer, INTERNAL))
     assert sorted(consumer.calls) == [(TP("vitals.internal.business", 2), 3),
                                       (TP("vitals.internal.events", 0), 3)]
 
 
 def test_nothing_to_rewind_when_every_partition_was_committed() -> None:
     consumer = FakeConsumer({TP("vitals.internal.events", 0): 7})
-    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    asyncio.run(rewind_uncommitted(consumer, INTERNAL))
     assert consumer.calls == []
 
 
 def test_a_worker_without_partitions_seeks_nothing() -> None:
     consumer = FakeConsumer({})
-    asyncio.run(_rewind_uncommitted(consumer, INTERNAL))
+    asyncio.run(rewind_uncommitted(consumer, INTERNAL))
     assert consumer.calls == []
 
 
@@ -73,7 +73,7 @@ def test_delivered_waits_for_every_send_and_raises_a_failed_one() -> None:
         done: list[str] = []
 
         async def wait() -> None:
-            await _delivered(sent)
+            await delivered(sent)
             done.append("delivered")
 
         task = asyncio.ensure_future(wait())
@@ -86,10 +86,10 @@ def test_delivered_waits_for_every_send_and_raises_a_failed_one() -> None:
         failed = loop.create_future()
         failed.set_exception(RuntimeError("broker refused"))
         try:
-            await _delivered([failed])
+            await delivered([failed])
         except RuntimeError:
             done.append("raised")
-        await _delivered([])               # nothing sent: nothing to wait for
+        await delivered([])               # nothing sent: nothing to wait for
         return done
 
     assert asyncio.run(scenario()) == ["delivered", "raised"]

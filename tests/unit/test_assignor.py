@@ -48,7 +48,7 @@ def test_the_round_robin_assignor_would_split_a_customer():
     rr = RoundRobinPartitionAssignor.assign(cluster, members(3))
     owners: dict[int, set[str]] = {}
     for member, assignment in rr.items():
-        for topic, parts in assignment.assignment:
+        for _topic, parts in assignment.assignment:
             for p in parts:
                 owners.setdefault(p, set()).add(member)
     assert any(len(o) > 1 for o in owners.values())

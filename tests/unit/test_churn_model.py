@@ -617,7 +617,7 @@ def scored(n: int, seed: int, signal: float = 1.0) -> tuple[list[float], list[in
 def test_metrics_match_sklearn(seed: int, signal: float) -> None:
     ps, ys = scored(5000, seed, signal)
     m = ProgressiveMetrics()
-    m.update_many(zip(ps, ys))
+    m.update_many(zip(ps, ys, strict=True))
     exact = roc_auc_score(ys, ps)
     assert m.auc() == pytest.approx(exact, abs=0.002)
     assert abs(m.auc() - exact) <= m.auc_error_bound() + 1e-12
@@ -629,8 +629,8 @@ def test_metrics_match_sklearn(seed: int, signal: float) -> None:
 def test_precision_top_decile_matches_sorting() -> None:
     ps, ys = scored(10000, 5)
     m = ProgressiveMetrics()
-    m.update_many(zip(ps, ys))
-    top = sorted(zip(ps, ys), reverse=True)[:1000]
+    m.update_many(zip(ps, ys, strict=True))
+    top = sorted(zip(ps, ys, strict=True), reverse=True)[:1000]
     exact = sum(y for _, y in top) / 1000
     assert m.precision_top_decile() == pytest.approx(exact, abs=0.01)
     assert m.precision_top_decile() > 2 * sum(ys) / len(ys)  # better than chance here
@@ -675,11 +675,11 @@ def test_metrics_ties_and_perfect_ranking() -> None:
 def test_metrics_merge_and_state_round_trip() -> None:
     ps, ys = scored(3000, 6)
     whole = ProgressiveMetrics()
-    whole.update_many(zip(ps, ys))
+    whole.update_many(zip(ps, ys, strict=True))
     whole.update(None, 0)
     a, b = ProgressiveMetrics(), ProgressiveMetrics()
-    a.update_many(zip(ps[:1000], ys[:1000]))
-    b.update_many(zip(ps[1000:], ys[1000:]))
+    a.update_many(zip(ps[:1000], ys[:1000], strict=True))
+    b.update_many(zip(ps[1000:], ys[1000:], strict=True))
     b.update(None, 0)
     a.merge(b)
     assert a.to_record() == whole.to_record()
@@ -839,7 +839,7 @@ def test_platt_slope_bounds_clamp_and_refit_the_intercept() -> None:
     assert a == 1.0                                  # clamped from ~2.5
     # the intercept is the best one for that slope: the predicted churners match the count
     predicted = sum((p + n) * churn.platt([a, b], cal.centre(i))
-                    for i, (p, n) in enumerate(zip(cal.pos, cal.neg)))
+                    for i, (p, n) in enumerate(zip(cal.pos, cal.neg, strict=True)))
     assert predicted == pytest.approx(cal.counts[0], rel=0.01)
     backwards = churn.model_calibrator()
     for _ in range(2000):

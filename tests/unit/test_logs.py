@@ -102,6 +102,6 @@ def test_python_warnings_are_json_too():
         configure_logging("warn", out)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("a deprecated thing", UserWarning)
+            warnings.warn("a deprecated thing", UserWarning, stacklevel=1)
     (rec,) = lines_of(out)
     assert rec["logger"] == "py.warnings" and "a deprecated thing" in rec["msg"]

@@ -322,16 +322,12 @@ def test_late_movement_is_carried_into_later_months() -> None:
         jan.carry(late)                            # carry only into later months
 
 
-def test_identity_on_random_history() -> None:
-    """50 customers, 12 months, events arriving out of order, resent deltas, late carries."""
-    rng = random.Random(20260301)
-    months = ["2025-01"]
-    while len(months) < 12:
-        months.append(next_month(months[-1]))
-    t0, t_end = month_start(months[0]), month_end(months[-1])
-
-    events = []   # (arrival key, customer, ts, event_id, kind, mrr)
-    for cid in range(50):
+def _random_subscriptions(rng: random.Random, t0: float, t_end: float, customers: int
+                          ) -> list[tuple[float, int, float, str, str, float | None]]:
+    """(arrival key, customer, ts, event_id, kind, mrr) of random subscription histories, in
+    arrival order: event time plus up to 4 days of delay, so some arrive late."""
+    events = []
+    for cid in range(customers):
         t, mrr, n = t0, 0.0, 0
         while True:
             t += rng.expovariate(1 / (12 * 86400))
@@ -353,49 +349,12 @@ def test_identity_on_random_history() -> None:
             # Arrival order: event time plus up to 4 days of delay, so some arrive late.
             events.append((t + rng.uniform(0, 4 * 86400), cid, t, f"c{cid}-e{n}", kind, new))
     events.sort()
+    return events
 
-    customers = {cid: CustomerRevenue() for cid in range(50)}
-    timeline: dict[int, list[tuple[float, float]]] = {cid: [] for cid in range(50)}
-    books: dict[str, MonthBook] = {}
-    emitted: list[Movement] = []
-    counts = {"carried": 0, "dropped": 0}
 
-    def aggregate(mv: Movement) -> None:
-        if not books:
-            books[mv.month] = MonthBook(mv.month)
-        latest = max(books)
-        while latest < mv.month:                   # roll forward across empty months
-            books[next_month(latest)] = books[latest].next_month()
-            latest = next_month(latest)
-        target = books.get(mv.month)
-        if target is None:                         # before the first book: start earlier
-            raise AssertionError("movements arrive no earlier than the first book here")
-        if target.apply(mv):
-            for m, book in books.items():
-                if m > mv.month:
-                    counts["carried"] += book.carry(mv)
-
-    for _, cid, t, eid, kind, mrr in events:
-        state = customers[cid]
-        mv = state.apply_subscription(t, eid, kind, mrr)
-        if rng.random() < 0.05:                    # the customer stage sees a resend
-            assert state.apply_subscription(t, eid, kind, mrr) is None
-        timeline[cid].append((state.last_ts, state.mrr))
-        if mv is not None:
-            emitted.append(mv)
-            aggregate(mv)
-        if emitted and rng.random() < 0.1:         # a resent delta reaches aggregation
-            old = rng.choice(emitted[-20:])
-            target = books[old.month]
-            if not target.apply(old):
-                counts["dropped"] += 1
-                for m, book in books.items():
-                    if m > old.month:
-                        assert book.carry(old) is False
-    assert sum(c.ignored_late for c in customers.values()) > 0   # late events did happen
-    assert counts["carried"] > 0 and counts["dropped"] > 0, counts
-    while max(books) < months[-1]:
-        books[next_month(max(books))] = books[max(books)].next_month()
+def _assert_books_follow_the_timelines(books: dict[str, MonthBook],
+                                       timeline: dict[int, list[tuple[float, float]]]) -> None:
+    """Every month's book holds the start, end, churn and retention the MRR timelines give."""
 
     def mrr_at(cid: int, instant: float) -> float:
         value = 0.0
@@ -404,6 +363,7 @@ def test_identity_on_random_history() -> None:
                 value = m
         return value
 
+    customers = list(timeline)
     first = min(books)
     for month in sorted(books):
         book = books[month]
@@ -428,6 +388,64 @@ def test_identity_on_random_history() -> None:
         else:
             assert book.nrr() is None
         assert identity_holds(MonthBook.from_dict(roundtrip_json(book.to_dict())))
+
+
+def _aggregate(books: dict[str, MonthBook], mv: Movement, counts: dict[str, int]) -> None:
+    """The business stage's part: the movement's month, and every later month it carries to."""
+    if not books:
+        books[mv.month] = MonthBook(mv.month)
+    latest = max(books)
+    while latest < mv.month:                   # roll forward across empty months
+        books[next_month(latest)] = books[latest].next_month()
+        latest = next_month(latest)
+    target = books.get(mv.month)
+    if target is None:                         # before the first book: start earlier
+        raise AssertionError("movements arrive no earlier than the first book here")
+    if target.apply(mv):
+        for m, book in books.items():
+            if m > mv.month:
+                counts["carried"] += book.carry(mv)
+
+
+def test_identity_on_random_history() -> None:
+    """50 customers, 12 months, events arriving out of order, resent deltas, late carries."""
+    rng = random.Random(20260301)
+    months = ["2025-01"]
+    while len(months) < 12:
+        months.append(next_month(months[-1]))
+    t0, t_end = month_start(months[0]), month_end(months[-1])
+
+    events = _random_subscriptions(rng, t0, t_end, 50)
+
+    customers = {cid: CustomerRevenue() for cid in range(50)}
+    timeline: dict[int, list[tuple[float, float]]] = {cid: [] for cid in range(50)}
+    books: dict[str, MonthBook] = {}
+    emitted: list[Movement] = []
+    counts = {"carried": 0, "dropped": 0}
+
+    for _, cid, t, eid, kind, mrr in events:
+        state = customers[cid]
+        mv = state.apply_subscription(t, eid, kind, mrr)
+        if rng.random() < 0.05:                    # the customer stage sees a resend
+            assert state.apply_subscription(t, eid, kind, mrr) is None
+        timeline[cid].append((state.last_ts, state.mrr))
+        if mv is not None:
+            emitted.append(mv)
+            _aggregate(books, mv, counts)
+        if emitted and rng.random() < 0.1:         # a resent delta reaches aggregation
+            old = rng.choice(emitted[-20:])
+            target = books[old.month]
+            if not target.apply(old):
+                counts["dropped"] += 1
+                for m, book in books.items():
+                    if m > old.month:
+                        assert book.carry(old) is False
+    assert sum(c.ignored_late for c in customers.values()) > 0   # late events did happen
+    assert counts["carried"] > 0 and counts["dropped"] > 0, counts
+    while max(books) < months[-1]:
+        books[next_month(max(books))] = books[max(books)].next_month()
+
+    _assert_books_follow_the_timelines(books, timeline)
 
 
 def test_identity_holds_detects_a_broken_bridge() -> None:

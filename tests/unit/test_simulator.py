@@ -13,7 +13,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
-from itertools import islice
+from itertools import islice, pairwise
 from typing import Any
 
 import orjson
@@ -261,7 +261,7 @@ def test_extras_leave_the_valid_history_unchanged() -> None:
 
 def test_events_are_sorted_by_event_time(rows: list[tuple[str, dict, float]]) -> None:
     times = [ts for _, _, ts in rows]
-    assert all(a <= b for a, b in zip(times, times[1:]))
+    assert all(a <= b for a, b in pairwise(times))
     start = MAIN_CFG.start.timestamp()
     assert start <= times[0] and times[-1] < start + MAIN_CFG.days * DAY
 
@@ -288,7 +288,7 @@ def test_ids_and_shapes(customers: dict[str, list[tuple[str, dict, float]]],
         family, first, _ = events[0]
         assert family == "signup", f"{customer_id} starts with {family}"
         assert sum(1 for f, _, _ in events if f == "signup") == 1
-        for f, event, _ in events:
+        for _, event, _ in events:
             if "user_id" in event:
                 assert event["user_id"].startswith(customer_id + "-u")
 
@@ -418,7 +418,7 @@ def test_monthly_payments_fall_on_the_anniversary(
         paid = [datetime.fromtimestamp(ts, UTC).date()
                 for e, ts in billing if e["type"] == "payment_succeeded"]
         assert paid[0] == anchor.date()
-        for previous, current in zip(paid, paid[1:]):
+        for previous, current in pairwise(paid):
             assert 28 <= (current - previous).days <= 31
             month_end = calendar.monthrange(current.year, current.month)[1]
             assert current.day == min(anchor.day, month_end)
