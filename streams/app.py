@@ -246,6 +246,8 @@ def lag_gauges(service: Service) -> list[Any]:
         (f"{app_id}-ingest", topic): float(n) for topic, n in service.ingest.lag().items()}
     consumer = service.app.consumer
     for tp in service.owned:
+        if tp.topic.endswith("-changelog"):   # read by recovery, never committed by the group
+            continue
         try:
             high = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - not fetched yet: no figure rather than a guess
