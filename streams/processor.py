@@ -189,6 +189,7 @@ class CustomerProcessor:
                 continue
             if clock.streak:
                 clock.streak.clear()   # an event in step with the watermark breaks the run
+                clock.run_events = 0
             if state.events == 0:
                 self.members[partition].add(cid)
             # Days close before the event that enters a new day is applied: a day close sees
@@ -252,10 +253,11 @@ class CustomerProcessor:
         customers is a quiet gap the partition jumped: the watermark moves to the run's time."""
         clock.streak[cid] = min(ts, clock.streak.get(cid, ts))
         self.dirty_clocks.add(partition)
-        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()),
-                                 within=self.policy.max_skew)
+        clock.run_events += 1
+        jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()))
         if jump is not None:
             clock.streak.clear()
+            clock.run_events = 0
             self._advance(partition, clock, jump)
 
     def _release(self, partition: int, clock: PartitionClock) -> None:

@@ -5,7 +5,6 @@ event time (and, in live mode, with the wall clock on purpose).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +16,7 @@ LATE = "late"
 FUTURE = "future"
 AHEAD = "ahead"
 AHEAD_QUORUM = 2   # customers whose events must agree before the watermark jumps ahead
+AHEAD_RUN = 4      # events ahead, one after the other, before it does
 TOO_LATE = "too_late"
 
 
@@ -44,13 +44,13 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak")
+    __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
                  base: dict[str, dict[int, int]] | None = None,
                  ahead: dict[str, float] | None = None,
-                 streak: dict[str, float] | None = None) -> None:
+                 streak: dict[str, float] | None = None, run_events: int = 0) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
@@ -63,21 +63,21 @@ class PartitionClock:
         # (earliest such time of each): a quiet gap jumped by the whole partition gives an
         # unbroken run of them, stray bad clocks are broken up by the good events around them.
         self.streak: dict[str, float] = streak or {}
+        self.run_events = run_events   # events in that run
 
-    def quorum_time(self, customers: int, within: float = math.inf) -> float | None:
+    def quorum_time(self, customers: int) -> float | None:
         """The time the watermark may jump to: AHEAD_QUORUM customers sent events past it in
-        one unbroken run, their earliest times within `within` of each other (or every
-        customer the partition has, when it has fewer: nobody else to poison).
+        one unbroken run of at least AHEAD_RUN events (or the partition's only customer, at
+        once: nobody else to poison).
 
-        After a genuine gap the customers resume together; wrong device clocks scatter over
-        weeks, so two of them side by side rarely agree.
+        After a genuine gap every event is ahead, so the run grows; wrong device clocks are
+        single events between good ones, and two or three of them side by side (the ingest
+        passes them on at once) are not yet a run.
         """
         need = max(1, min(AHEAD_QUORUM, customers))
-        times = sorted(self.streak.values())
-        for i in range(len(times) - need + 1):
-            if times[i + need - 1] - times[i] <= within:
-                return times[i]   # the earliest time `need` customers are at or past
-        return None
+        if len(self.streak) < need or (need > 1 and self.run_events < AHEAD_RUN):
+            return None
+        return sorted(self.streak.values())[-need]   # `need` customers are at or past it
 
     def classify(self, ts: float, windowed: bool, policy: TimePolicy,
                  now: float | None = None) -> str:
@@ -127,6 +127,7 @@ class PartitionClock:
             out["ahead"] = self.ahead
         if self.streak:
             out["streak"] = self.streak
+            out["run"] = self.run_events
         return out
 
     @classmethod
@@ -134,4 +135,5 @@ class PartitionClock:
         base = {g: {int(d): int(n) for d, n in days}
                 for g, days in (data.get("base") or {}).items()}
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
-                   dict(data.get("ahead") or {}), dict(data.get("streak") or {}))
+                   dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
+                   int(data.get("run") or 0))

@@ -343,10 +343,13 @@ def test_a_quiet_gap_is_jumped_when_two_customers_agree() -> None:
     proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")])
     proc.apply(0, [usage("c-1", at(D + 5, 9), "u1")])           # alone: held
     assert proc.clocks[0].watermark == at(D, 10)
-    proc.apply(0, [usage("c-2", at(D + 5, 11), "u1")])          # a second customer: jump
+    proc.apply(0, [usage("c-1", at(D + 5, 9) + 60, "u1"),        # a second customer, but
+                   usage("c-2", at(D + 5, 10), "u1")])          # three events: not yet
+    assert proc.clocks[0].watermark == at(D, 10)
+    proc.apply(0, [usage("c-2", at(D + 5, 11), "u1")])          # a run of four: jump
     assert proc.clocks[0].watermark == at(D + 5, 11)
     assert proc.clocks[0].ahead == {}
-    assert counted(metrics, "usage", "accepted") == 5
+    assert counted(metrics, "usage", "accepted") == 7
     closes = [r["as_of"] for c, r in ((c, orjson.loads(v)) for c, v in proc.flush().records)
               if c == "c-3"]
     assert closes == [rfc3339(at(D + k, 0)) for k in range(1, 6)]

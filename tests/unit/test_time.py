@@ -166,19 +166,18 @@ def test_the_wall_clock_only_bounds_the_future() -> None:
 
 
 def test_a_quorum_of_customers_in_one_run_ahead_moves_time() -> None:
-    clock = PartitionClock(W, streak={"bad-clock": W + 60 * DAY})
+    clock = PartitionClock(W, streak={"bad-clock": W + 60 * DAY}, run_events=4)
     assert clock.quorum_time(customers=5) is None          # one customer alone: not yet
     clock.streak["c-2"] = W + 10 * DAY
     assert clock.quorum_time(customers=5) == W + 10 * DAY  # two customers are past it
     clock.streak["c-3"] = W + 10 * DAY + 5
-    assert clock.quorum_time(customers=5) == W + 10 * DAY  # the earliest with a quorum
-    assert PartitionClock(W, streak={"only": W + 9 * DAY}).quorum_time(customers=1) == W + 9 * DAY
-    # Two customers weeks apart (scattered wrong clocks) are no quorum within a day.
-    scattered = PartitionClock(W, streak={"a": W + 10 * DAY, "b": W + 40 * DAY})
-    assert scattered.quorum_time(customers=5, within=DAY) is None
-    scattered.streak["c"] = W + 40 * DAY + 3600
-    assert scattered.quorum_time(customers=5, within=DAY) == W + 40 * DAY
+    assert clock.quorum_time(customers=5) == W + 10 * DAY + 5
+    assert PartitionClock(W, streak={"only": W + 9 * DAY}, run_events=4
+                          ).quorum_time(customers=1) == W + 9 * DAY
+    # Two or three stray clocks side by side are not a run yet.
+    short = PartitionClock(W, streak={"a": W + 10 * DAY, "b": W + 40 * DAY}, run_events=3)
+    assert short.quorum_time(customers=5) is None
     # Held events alone (not in the current run) move nothing.
     assert PartitionClock(W, ahead={"a": W + 9 * DAY, "b": W + 9 * DAY}).quorum_time(5) is None
     restored = PartitionClock.from_dict(clock.to_dict())
-    assert restored.streak == clock.streak
+    assert restored.streak == clock.streak and restored.run_events == clock.run_events
