@@ -54,35 +54,31 @@ def _customer_agent(service: Service, topic: faust.TopicT) -> None:
 
 def _business_agent(service: Service, topic: faust.TopicT) -> None:
     aggregator = service.aggregator
-
-    @service.app.agent(topic, name="aggregate_business")
-    async def aggregate_business(stream: faust.StreamT) -> None:
-        # Same contract as the customer agent: acknowledged by the flush timer only.
-        async for event in _unacked(stream):
-            if not service.owned_event(event):
-                continue
-            try:
-                aggregator.apply([orjson.loads(_value(event))])
-            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stage
-                service.quarantine(event, exc)
-            service.business_pending.append(event)
-
+    _stage_agent(service, topic, "aggregate_business", "business_pending",
+                 lambda event: aggregator.apply([orjson.loads(_value(event))]))
 
 
 def _feature_agent(service: Service, topic: faust.TopicT) -> None:
     features = service.features
+    _stage_agent(service, topic, "aggregate_features", "feature_pending",
+                 lambda event: features.apply(_key(event), orjson.loads(_value(event))))
 
-    @service.app.agent(topic, name="aggregate_features")
-    async def aggregate_features(stream: faust.StreamT) -> None:
+
+def _stage_agent(service: Service, topic: faust.TopicT, name: str, pending: str,
+                 apply: Callable[[Any], None]) -> None:
+    """An agent of a stage fed by internal messages, one message at a time."""
+
+    @service.app.agent(topic, name=name)
+    async def stage(stream: faust.StreamT) -> None:
         # Same contract as the customer agent: acknowledged by the flush timer only.
         async for event in _unacked(stream):
             if not service.owned_event(event):
                 continue
             try:
-                features.apply(_key(event), orjson.loads(_value(event)))
+                apply(event)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stage
                 service.quarantine(event, exc)
-            service.feature_pending.append(event)
+            getattr(service, pending).append(event)   # the list is replaced after each ack
 
 
 
