@@ -673,9 +673,13 @@ class CustomerProcessor:
         self.dirty_summaries.add(partition)
 
     def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
+        # The after-release event times are kept from the worker's slowest partition on: a
+        # feature first seen there may have its release day behind another partition's window.
+        slowest = min((c.watermark for c in self.clocks.values() if c.watermark is not None),
+                      default=None)
         for cid, partition in dirty.items():
             state = self.live[cid]
-            self._prune(state, partition)
+            self._prune(state, partition, slowest)
             self.store[cid] = state
             out.changelog.append((partition, cid, state))
 
@@ -691,7 +695,7 @@ class CustomerProcessor:
         return self.evaluator.evaluate(state, as_of, self.catalog, remember=False,
                                        alerts=False).record
 
-    def _prune(self, state: CustomerState, partition: int) -> None:
+    def _prune(self, state: CustomerState, partition: int, slowest: float | None) -> None:
         wm = self.clocks[partition].watermark
         if wm is None:
             return
@@ -702,10 +706,7 @@ class CustomerProcessor:
         # as of the last close (after a restart) covers the window ending the day before.
         state.activity.prune(last_day(wm) - self.window)
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
-        # The after-release event times are kept from the worker's slowest partition on: a
-        # feature first seen there may have its release day behind this partition's window.
-        slowest = min((c.watermark for c in self.clocks.values() if c.watermark is not None),
-                      default=wm)
+        slowest = wm if slowest is None else min(slowest, wm)
         state.feature_use.prune(day_of(wm) - self.window,
                                 keep_from=day_of(slowest) - self.window - self.after_margin)
         keep = self.settings.features.retention_window_days + self.settings.time.lateness_days + 1
