@@ -70,7 +70,8 @@ class Evaluator:
         return state
 
     def key_released(self, catalog: Mapping[str, float], as_of: float) -> set[str]:
-        """Key features released by as_of: the configured ones, else every feature seen."""
+        """Key features released by as_of: the configured ones, else every feature seen (on
+        the customer's partition: ``catalog`` maps each to its first event time there)."""
         names = self.key_features or set(catalog) | set(self.released)
         out = set()
         for f in names:

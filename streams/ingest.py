@@ -59,7 +59,14 @@ class TimeAligner:
 
     Items of one partition leave in offset order (so committed offsets stay a prefix); across
     partitions the smallest head time goes first, up to the smallest read-so-far time of the
-    partitions that are not caught up.
+    partitions that still have unread data.
+
+    A partition read to its end (idle) may still receive an event older than the others'
+    heads: the producer may simply not have written it yet. It holds back only items written
+    to the broker less than ``order_grace`` seconds before the fetch that found it empty:
+    whatever it receives next was written after that fetch, so (for producers that write in
+    event-time order, within the grace) it is not older than an item written before it.
+    A backlog therefore leaves at once, and a live item waits at most the grace.
 
     A single event far ahead of its partition (a device with a wrong clock) must neither hold
     the rest of its partition back (it would leave last, and everything read after it would
@@ -69,21 +76,25 @@ class TimeAligner:
     level: it leaves at once, and the customer stage holds it until its time comes.
     """
 
-    def __init__(self, max_skew: float = math.inf) -> None:
+    def __init__(self, max_skew: float = math.inf, order_grace: float = 0.0) -> None:
         self.max_skew = max_skew
-        self.buffers: dict[Hashable, deque[tuple[float, int, Any]]] = {}
+        self.order_grace = order_grace
+        # (ordering time, offset, item, time written to the broker)
+        self.buffers: dict[Hashable, deque[tuple[float, int, Any, float]]] = {}
         self.read_to: dict[Hashable, float] = {}     # level of the items read so far
         self.last_ts: dict[Hashable, float] = {}     # event time of the last item read
         self.next_offset: dict[Hashable, int] = {}   # offset after the last item read
 
-    def add(self, tp: Hashable, ts: float, offset: int, item: Any) -> None:
-        """ts = -inf for items with no event time (dead letters): they leave at once."""
+    def add(self, tp: Hashable, ts: float, offset: int, item: Any,
+            written: float = -math.inf) -> None:
+        """ts = -inf for items with no event time (dead letters): they leave at once.
+        ``written``: when the record reached the broker (epoch seconds; -inf if unknown)."""
         buf = self.buffers.get(tp)
         if buf is None:
             buf = self.buffers[tp] = deque()
         self.next_offset[tp] = offset + 1
         if ts == -math.inf:
-            buf.append((ts, offset, item))
+            buf.append((ts, offset, item, -math.inf))
             return
         level = self.read_to.get(tp, -math.inf)
         last = self.last_ts.get(tp)
@@ -92,13 +103,22 @@ class TimeAligner:
             level = self.read_to[tp] = ts
         elif min(last, ts) > level:
             level = self.read_to[tp] = min(last, ts)
-        buf.append((ts if ts <= level + self.max_skew else level, offset, item))
+        buf.append((ts if ts <= level + self.max_skew else level, offset, item, written))
 
-    def release(self, partitions: Iterable[Hashable], caught_up: Callable[[Hashable], bool]
-                ) -> list[Any]:
-        """Items that can leave now; `partitions` are all those being read, with data or not."""
-        limit = min((self.read_to.get(tp, -math.inf) for tp in partitions if not caught_up(tp)),
-                    default=math.inf)
+    def release(self, partitions: Iterable[Hashable],
+                empty_at: Callable[[Hashable], float | None]) -> list[Any]:
+        """Items that can leave now. ``partitions`` are all those being read, with data or not;
+        ``empty_at(tp)`` is the time (epoch seconds) of the latest fetch that found tp read to
+        its end, or None while it has unread data."""
+        limit = math.inf
+        idle: list[tuple[float, float, Hashable]] = []   # (level, written-before, partition)
+        for tp in partitions:
+            at = empty_at(tp)
+            if at is None:
+                limit = min(limit, self.read_to.get(tp, -math.inf))
+            else:
+                idle.append((self.read_to.get(tp, -math.inf), at - self.order_grace, tp))
+        bound = _IdleBound(idle)
         heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
         heapq.heapify(heads)
         out: list[Any] = []
@@ -107,6 +127,9 @@ class TimeAligner:
             if ts > limit:
                 break
             buf = self.buffers[tp]
+            head = buf[0]
+            if not bound.passes(tp, ts, head[3]):
+                break
             out.append(buf.popleft()[2])
             if buf:
                 heapq.heapreplace(heads, (buf[0][0], i, tp))
@@ -135,6 +158,35 @@ class TimeAligner:
             self.next_offset.pop(tp, None)
 
 
+class _IdleBound:
+    """Whether an item may pass the idle partitions other than its own: its time is within
+    their levels, or it was written before their last empty fetch minus the grace. Taking the
+    smallest level and the smallest write bound of the others is a little stricter than
+    asking each partition in turn, and costs O(1) per item: only the two smallest of each
+    matter (one of them may be the item's own partition)."""
+
+    __slots__ = ("levels", "written")
+
+    def __init__(self, idle: list[tuple[float, float, Hashable]]) -> None:
+        self.levels = heapq.nsmallest(2, ((lv, tp) for lv, _, tp in idle), key=_first)
+        self.written = heapq.nsmallest(2, ((w, tp) for _, w, tp in idle), key=_first)
+
+    def passes(self, tp: Hashable, ts: float, written: float) -> bool:
+        return ts <= _smallest_other(self.levels, tp) or written <= _smallest_other(
+            self.written, tp)
+
+
+def _first(pair: tuple[float, Hashable]) -> float:
+    return pair[0]
+
+
+def _smallest_other(pairs: list[tuple[float, Hashable]], tp: Hashable) -> float:
+    for value, p in pairs:
+        if p != tp:
+            return value
+    return math.inf
+
+
 class Ingest:
     """The pure part: records -> validated events or dead letters, and their routing."""
 
@@ -156,6 +208,9 @@ class Ingest:
         """
         parse = self.validator.parse
         add = aligner.add
+        # When each record reached the broker, as far as we can tell: its Kafka timestamp, but
+        # never later than now (a producer with a clock ahead must not hold others back).
+        now_ms = time.time() * 1000.0
         for tp, messages in records.items():
             family = self.families[tp.topic]
             for msg in messages:
@@ -180,7 +235,7 @@ class Ingest:
                 event[ARRIVAL] = msg.timestamp  # taken off again in _publish (streams/delay.py)
                 if key is not None:
                     event["key"] = key.decode("utf-8", "replace")
-                add(tp, event["ts"], msg.offset, event)
+                add(tp, event["ts"], msg.offset, event, min(msg.timestamp, now_ms) / 1000.0)
 
     def _reject(self, tp: TopicPartition, offset: int, key: bytes | None, family: str,
                 code: str, detail: str, raw: bytes | None, aligner: TimeAligner) -> None:
@@ -223,7 +278,8 @@ class IngestService(Service):
         self.settings = settings
         self.bootstrap = bootstrap
         self.ingest = Ingest(settings, metrics, partition_of)
-        self.aligner = TimeAligner(settings.time.max_skew_days * DAY_SECONDS)
+        self.aligner = TimeAligner(settings.time.max_skew_days * DAY_SECONDS,
+                                   settings.ingest.order_grace_seconds)
         self.assigned_at: dict[TopicPartition, float] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -289,7 +345,7 @@ class IngestService(Service):
             self.ready = bool(assignment)
             await self._track_assignment(assignment)
             self.ingest.read(records, self.aligner)
-            released = self.aligner.release(assignment, self._caught_up)
+            released = self.aligner.release(assignment, self._empty_at)
             self._throttle(assignment)
             if released or records:
                 await self._publish(released)
@@ -308,15 +364,20 @@ class IngestService(Service):
             for tp in gone:
                 del self.assigned_at[tp]
 
-    def _caught_up(self, tp: TopicPartition) -> bool:
-        """No unread data (as far as the last fetch told): this partition holds nobody back."""
+    def _empty_at(self, tp: TopicPartition) -> float | None:
+        """When the latest fetch found tp read to its end (epoch seconds), or None while it has
+        unread data (streams/ingest.py TimeAligner)."""
         assert self.consumer is not None
         if tp not in self.assigned_at:
-            return True
+            return math.inf
         high = self.consumer.highwater(tp)
         if high is None:  # not fetched yet: wait a little for it, then stop waiting
-            return time.monotonic() - self.assigned_at[tp] > ALIGN_GRACE_SECONDS
-        return self.aligner.next_offset.get(tp, 0) >= high
+            waited = time.monotonic() - self.assigned_at[tp]
+            return time.time() if waited > ALIGN_GRACE_SECONDS else None
+        if self.aligner.next_offset.get(tp, 0) < high:
+            return None
+        fetched_ms = self.consumer.last_poll_timestamp(tp)
+        return time.time() if fetched_ms is None else fetched_ms / 1000.0
 
     def _throttle(self, assignment: set[TopicPartition]) -> None:
         """Pause partitions read far ahead of the others; their events wait in memory."""

@@ -381,11 +381,13 @@ class CustomerProcessor:
             {"t": "mv", "scope": scope, "cid": cid, "mv": mv})))
 
     def _see_feature(self, feature: str, ts: float, partition: int) -> None:
+        clock = self.clocks[partition]
+        first = clock.features.get(feature)
+        if first is None or ts < first:
+            clock.features[feature] = ts
+            self.dirty_clocks.add(partition)
         if self._learn_feature(feature, ts):
             self.catalog_out[feature] = ts
-            clock = self.clocks[partition]
-            clock.features[feature] = min(ts, clock.features.get(feature, ts))
-            self.dirty_clocks.add(partition)
 
     def _reject(self, event: dict[str, Any], where: str, clock: PartitionClock
                 ) -> tuple[bytes | None, bytes]:
@@ -448,7 +450,7 @@ class CustomerProcessor:
                 continue  # restored ahead of the clock: this close already ran for it
             state.closed_day = day
             state.support.prune(day - 1)       # the close of day - 1: its windows end there
-            result = self._evaluate(cid, state, as_of)
+            result = self._evaluate(cid, partition, state, as_of)
             state.summary = list(CloseSummary.of(result))
             # Every closed day is published, also during a backfill: the daily series. It
             # holds every event applied so far, so no in-day record is owed any more.
@@ -589,7 +591,8 @@ class CustomerProcessor:
             state = self._load(cid)
             # Alerts are judged at day closes only: a mid-day state must not fire or not
             # depending on when a wall-clock flush happens to look at it.
-            record = self._evaluate(cid, state, in_day_as_of(state), close=False).record
+            record = self._evaluate(cid, partition, state, in_day_as_of(state),
+                                    close=False).record
             out.records.append((cid, orjson.dumps(record)))
             self.dirty[cid] = partition  # the evaluation updated score history and alerts
         self.to_emit = {}
@@ -640,12 +643,15 @@ class CustomerProcessor:
             state = self.live[cid] = self.evaluator.attach(self.store[cid])
         return state
 
-    def _evaluate(self, cid: str, state: CustomerState, as_of: float, close: bool = True
-                  ) -> Evaluation:
+    def _evaluate(self, cid: str, partition: int, state: CustomerState, as_of: float,
+                  close: bool = True) -> Evaluation:
         """Evaluate a customer; at a day close (`close`) also judge its alert rules and count
         it in its partition's summaries. Both then depend only on event-time points, never on
         when a wall-clock flush happened."""
-        result = self.evaluator.evaluate(state, as_of, self.catalog, remember=close,
+        # Key features are those seen on the customer's own partition: the shared catalog
+        # reaches each worker at its own pace, and a close must not depend on that.
+        seen = self.clocks[partition].features
+        result = self.evaluator.evaluate(state, as_of, seen, remember=close,
                                          alerts=close, churn_rates=self.churn_rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result
@@ -692,8 +698,8 @@ class CustomerProcessor:
             state = self.evaluator.attach(decode_state(encode_state(state)))
         as_of = self.clocks[partition].watermark
         assert as_of is not None
-        return self.evaluator.evaluate(state, as_of, self.catalog, remember=False,
-                                       alerts=False).record
+        return self.evaluator.evaluate(state, as_of, self.clocks[partition].features,
+                                       remember=False, alerts=False).record
 
     def _prune(self, state: CustomerState, partition: int, slowest: float | None) -> None:
         wm = self.clocks[partition].watermark

@@ -105,6 +105,7 @@ class IngestSettings:
     batch_max_events: int
     poll_timeout_seconds: float
     max_event_bytes: int
+    order_grace_seconds: float
 
 
 @dataclass(frozen=True)
@@ -545,6 +546,9 @@ def _validate_ranges(s: Settings) -> None:
     if s.time.lateness_days < 0:
         raise SettingsError(
             f"setting 'time.lateness_days' must be >= 0, got {s.time.lateness_days}")
+    if s.ingest.order_grace_seconds < 0:
+        raise SettingsError("setting 'ingest.order_grace_seconds' must be >= 0, got "
+                            f"{s.ingest.order_grace_seconds}")
     if s.time.dedup_horizon_days < s.time.lateness_days:
         raise SettingsError("setting 'time.dedup_horizon_days' must be >= 'time.lateness_days'")
     if s.emit.max_delay_seconds < s.emit.interval_seconds:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from typing import Any
 
 import orjson
@@ -113,7 +114,7 @@ def read(*messages: Msg, topic: str = "events.usage",
     ingest = Ingest(settings, metrics, lambda cid: 0)
     aligner = TimeAligner()
     ingest.read({TopicPartition(topic, 0): list(messages)}, aligner)
-    return [item for buf in aligner.buffers.values() for _, _, item in buf], metrics
+    return [item for buf in aligner.buffers.values() for _, _, item, _ in buf], metrics
 
 
 def rejected(metrics: Metrics, family: str, code: str) -> float:
@@ -186,7 +187,7 @@ def test_ingest_quarantines_an_unexpected_validator_error(monkeypatch: pytest.Mo
     aligner = TimeAligner()
     ingest.read({TopicPartition("events.usage", 0): [Msg(b"{}", None, 0),
                                                      Msg(b"{}", None, 1)]}, aligner)
-    items = [item for _, _, item in aligner.buffers[TopicPartition("events.usage", 0)]]
+    items = [item for _, _, item, _ in aligner.buffers[TopicPartition("events.usage", 0)]]
     assert len(items) == 2
     d = orjson.loads(items[0][1])
     assert d["error"] == "processing_error" and "RuntimeError: validator bug" in d["detail"]
@@ -202,7 +203,7 @@ def test_route_counts_events_outside_their_customers_partition() -> None:
         Msg(orjson.dumps({**USAGE, "event_id": "e-2", "customer_id": "c-2"}), b"c-2", 1)]},
         aligner)
     batches, _ = ingest.route(aligner.release([TopicPartition("events.usage", 0)],
-                                              caught_up=lambda tp: True))
+                                              empty_at=lambda tp: math.inf))
     assert sorted(batches) == [0, 1]
     assert metrics.registry.get_sample_value(
         "vitals_input_not_copartitioned_total", {"family": "usage"}) == 1

@@ -364,7 +364,7 @@ def test_fuzz_ingest_read_turns_every_record_into_one_item(records: list[Any]) -
         tp = TopicPartition(TOPICS[family], 0)
         polled.setdefault(tp, []).append(Msg(value, key, i))
     ingest.read(polled, aligner)
-    items = [item for buf in aligner.buffers.values() for _, _, item in buf]
+    items = [item for buf in aligner.buffers.values() for _, _, item, _ in buf]
     assert len(items) == len(records)
     for item in items:
         if isinstance(item, tuple):

@@ -3,6 +3,7 @@ their customer partition, and input offsets committed only once the broker holds
 from __future__ import annotations
 
 import asyncio
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,7 +45,7 @@ def read(records: dict[TopicPartition, list[Any]]) -> tuple[Ingest, Metrics, lis
     ingest = Ingest(SETTINGS, metrics, Partitioner(4))
     aligner = TimeAligner()
     ingest.read(records, aligner)
-    return ingest, metrics, aligner.release(list(records), lambda tp: True)
+    return ingest, metrics, aligner.release(list(records), lambda tp: math.inf)
 
 
 def deadletters(metrics: Metrics, family: str, error: str) -> float | None:
@@ -94,7 +95,7 @@ def test_a_validator_bug_is_a_processing_error_and_the_next_record_still_goes_th
     aligner = TimeAligner()
     ingest.read({USAGE: [record(0, usage("boom", "c-1", T0)), record(1, usage("ok", "c-1", T0))]},
                 aligner)
-    batches, letters = ingest.route(aligner.release([USAGE], lambda tp: True))
+    batches, letters = ingest.route(aligner.release([USAGE], lambda tp: math.inf))
     [(_, value)] = letters
     letter = orjson.loads(value)
     assert letter["error"] == PROCESSING_ERROR and "ZeroDivisionError" in letter["detail"]
@@ -153,7 +154,7 @@ def test_publish_sends_batches_and_dead_letters_then_commits_what_was_released()
     service = service_with(consumer, producer)
     many = [record(i, usage(f"e{i}", "c-1", T0 + i)) for i in range(MAX_EVENTS_PER_MESSAGE + 1)]
     service.ingest.read({USAGE: [*many, record(len(many), b"[]", key=b"bad")]}, service.aligner)
-    released = service.aligner.release([USAGE], lambda tp: True)
+    released = service.aligner.release([USAGE], lambda tp: math.inf)
     asyncio.run(service._publish(released))
     topics = SETTINGS.topics
     partition = Partitioner(SETTINGS.app.partitions)("c-1")
@@ -167,7 +168,7 @@ def test_nothing_is_committed_when_a_send_fails() -> None:
     service = service_with(consumer, Producer(fail=True))
     service.ingest.read({USAGE: [record(0, usage("e1", "c-1", T0))]}, service.aligner)
     with pytest.raises(ConnectionError):
-        asyncio.run(service._publish(service.aligner.release([USAGE], lambda tp: True)))
+        asyncio.run(service._publish(service.aligner.release([USAGE], lambda tp: math.inf)))
     assert consumer.commits == [] and service.polls == 0
 
 
@@ -175,7 +176,7 @@ def test_a_failed_commit_after_a_rebalance_is_logged_not_raised(
         caplog: pytest.LogCaptureFixture) -> None:
     service = service_with(Consumer(commit_error=CommitFailedError("rebalanced")), Producer())
     service.ingest.read({USAGE: [record(0, usage("e1", "c-1", T0))]}, service.aligner)
-    asyncio.run(service._publish(service.aligner.release([USAGE], lambda tp: True)))
+    asyncio.run(service._publish(service.aligner.release([USAGE], lambda tp: math.inf)))
     assert service.polls == 1
     assert "ingest commit failed" in caplog.text
 
@@ -187,7 +188,7 @@ def test_a_partition_read_far_ahead_is_paused_then_resumed() -> None:
         service.aligner.add(USAGE, T0 + i, i, i)
     service._throttle({USAGE, SIGNUP})
     assert consumer.paused_tps == {USAGE}
-    service.aligner.release([USAGE], lambda tp: True)
+    service.aligner.release([USAGE], lambda tp: math.inf)
     service._throttle({USAGE, SIGNUP})
     assert consumer.paused_tps == set()
 
@@ -199,4 +200,4 @@ def test_revoked_partitions_leave_nothing_buffered() -> None:
     service.forget({USAGE})
     assert service.aligner.buffered(USAGE) == 0 and USAGE not in service.assigned_at
     assert service.aligner.committable() == {} and service.aligner.read_to == {}
-    assert service.aligner.release([USAGE], lambda tp: True) == []
+    assert service.aligner.release([USAGE], lambda tp: math.inf) == []

@@ -22,7 +22,7 @@ def test_merges_partitions_in_event_time_order() -> None:
     aligner = TimeAligner(max_skew=DAY)
     feed(aligner, "a", [T0 + h * 3600 for h in (1, 3, 5, 7)])
     feed(aligner, "b", [T0 + h * 3600 for h in (2, 4, 6, 8)])
-    out = aligner.release(["a", "b"], caught_up=lambda tp: True)
+    out = aligner.release(["a", "b"], empty_at=lambda tp: math.inf)
     assert [ts for _, ts in out] == sorted(ts for _, ts in out) and len(out) == 8
 
 
@@ -30,7 +30,7 @@ def test_nothing_leaves_past_what_a_partition_still_reading_has_reached() -> Non
     aligner = TimeAligner(max_skew=DAY)
     feed(aligner, "a", [T0 + h * 3600 for h in (1, 2, 3, 4, 5, 6)])
     feed(aligner, "b", [T0 + h * 3600 for h in (1.5, 2.5)])   # b has more to read
-    out = aligner.release(["a", "b"], caught_up=lambda tp: tp == "a")
+    out = aligner.release(["a", "b"], empty_at=lambda tp: math.inf if tp == "a" else None)
     assert max(ts for _, ts in out) <= T0 + 1.5 * 3600
     assert aligner.committable()["a"] == 1 and aligner.committable()["b"] == 1
 
@@ -43,11 +43,11 @@ def test_a_bad_clock_neither_holds_its_partition_back_nor_lets_others_run_ahead(
     a[3] = T0 + 40 * DAY
     feed(aligner, "a", a)
     feed(aligner, "b", [T0 + h * 3600 + 1 for h in range(6)])
-    out = aligner.release(["a", "b"], caught_up=lambda tp: tp == "a")
+    out = aligner.release(["a", "b"], empty_at=lambda tp: math.inf if tp == "a" else None)
     released_a = [ts for tp, ts in out if tp == "a"]
     assert released_a == a[:5]                 # the bad clock among them, in offset order
     assert aligner.read_to["a"] == a[8]        # the bad clock is not a's time
-    rest = aligner.release(["a", "b"], caught_up=lambda tp: True)
+    rest = aligner.release(["a", "b"], empty_at=lambda tp: math.inf)
     assert [ts for tp, ts in rest if tp == "a"] == a[5:]
 
 
@@ -72,10 +72,49 @@ def test_every_item_leaves_once_and_each_partition_in_offset_order(
         p = parts[names.index(n)]
         aligner.add(n, T0 + p[pos[n]], pos[n], (n, pos[n]))
         pos[n] += 1
-        out += aligner.release(names, caught_up=lambda tp: pos[tp] >= len(parts[names.index(tp)]))
-    out += aligner.release(names, caught_up=lambda tp: True)
+        out += aligner.release(names, empty_at=lambda tp: math.inf if pos[tp] >= len(parts[names.index(tp)]) else None)
+    out += aligner.release(names, empty_at=lambda tp: math.inf)
     assert sorted(out) == sorted((n, i) for n, p in zip(names, parts, strict=True)
                                  for i in range(len(p)))
     for n in names:
         assert [i for m, i in out if m == n] == sorted(i for m, i in out if m == n)
     assert not math.isnan(sum(aligner.read_to.values()))
+
+
+def test_an_idle_partition_holds_back_only_what_was_written_after_its_empty_fetch() -> None:
+    """b was read to its end by a fetch at wall time 100. An item of a written at 99.5 may have
+    a companion still on its way to b (producers of two topics are not in step): it waits for
+    a later empty fetch. An item written at 98, before the fetch minus the grace, leaves."""
+    aligner = TimeAligner(max_skew=DAY, order_grace=1.0)
+    aligner.add("b", T0, 0, ("b", T0), written=90.0)
+    aligner.add("a", T0 + 3600, 0, ("a", T0 + 3600), written=98.0)
+    aligner.add("a", T0 + 7200, 1, ("a", T0 + 7200), written=99.5)
+    fetched = {"a": 100.0, "b": 100.0}
+    out = aligner.release(["a", "b"], empty_at=fetched.get)
+    assert out == [("b", T0), ("a", T0 + 3600)]
+    fetched["b"] = 100.6       # b found empty again, later: nothing more came before a's item
+    assert aligner.release(["a", "b"], empty_at=fetched.get) == [("a", T0 + 7200)]
+
+
+def test_an_idle_partition_never_holds_back_what_is_within_its_own_time() -> None:
+    aligner = TimeAligner(max_skew=DAY, order_grace=5.0)
+    aligner.add("b", T0 + 3600, 0, ("b", T0 + 3600), written=100.0)
+    aligner.add("a", T0 + 60, 0, ("a", T0 + 60), written=100.0)
+    out = aligner.release(["a", "b"], empty_at=lambda tp: 100.0)
+    # a's item is older than b's level: it leaves; b's own item is not held by b itself,
+    # but a (idle, level T0 + 60) holds it until it is older than a's empty fetch minus 5 s.
+    assert out == [("a", T0 + 60)]
+    assert aligner.release(["a", "b"], empty_at=lambda tp: 106.0) == [("b", T0 + 3600)]
+
+
+def test_a_late_companion_on_an_idle_partition_is_released_in_event_time_order() -> None:
+    """The burst case: a's usage at 23:59 and b's billing at 23:58 written together; the fetch
+    saw a's record first. Without the grace the usage would leave first and the billing would
+    reach the customer stage after a later event of its own partition had closed the day."""
+    aligner = TimeAligner(max_skew=DAY, order_grace=1.0)
+    aligner.add("a", T0 + DAY - 60, 0, "usage 23:59", written=50.0)
+    aligner.add("a", T0 + DAY + 60, 1, "usage 00:01", written=50.1)
+    assert aligner.release(["a", "b"], empty_at=lambda tp: 50.2) == []
+    aligner.add("b", T0 + DAY - 120, 0, "billing 23:58", written=50.0)
+    out = aligner.release(["a", "b"], empty_at=lambda tp: 51.5)
+    assert out == ["billing 23:58", "usage 23:59", "usage 00:01"]
