@@ -66,13 +66,19 @@ class AlertBook:
         return [rule for rule, s in self.state.items() if s.get("firing")]
 
     def evaluate(self, rules: Mapping[str, AlertRule], names: list[str],
-                 figures: Mapping[str, Any], segment: str | None, as_of: float
-                 ) -> list[Transition]:
+                 figures: Mapping[str, Any], segment: str | None, as_of: float,
+                 judged_at: Mapping[str, float] | None = None) -> list[Transition]:
+        """``judged_at``: per metric, the event-time point its value was fixed at, when that
+        is earlier than ``as_of`` (a figure that no longer changes is judged where it became
+        final, not where a flush happened to look at it)."""
         out: list[Transition] = []
         for stale in [r for r in self.state if r not in names]:
             del self.state[stale]  # a rule taken out of the configuration
+        judged_at = judged_at or {}
+        start = as_of
         for name in names:
             rule = rules[name]
+            as_of = min(start, judged_at.get(rule.metric, start))
             threshold = rule.threshold_by_segment.get(segment or "", rule.threshold)
             value = lookup(figures, rule.metric)
             entry = self.state.get(name)

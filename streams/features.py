@@ -20,6 +20,7 @@ from models.features import (
     FeatureBook,
     FeatureContribution,
     adoption_30d_after_release,
+    after_release_fix_day,
     feature_record,
     stickiness_days,
 )
@@ -122,8 +123,15 @@ class FeatureAggregator:
         if not self.feature_rules:
             return
         as_of = datetime.fromisoformat(record["as_of"]).timestamp()
+        # The after-release figure is fixed at one close and never changes after it: judged
+        # there, whichever later close the flush merged first.
+        judged_at = {}
+        released = state.book.released_at(self.released.get(state.book.feature))
+        if record.get("adoption_30d_after_release") is not None and released is not None:
+            fixed = after_release_fix_day(released, self.lateness_days)
+            judged_at["feature.adoption_30d_after_release"] = (fixed + 1) * DAY_SECONDS
         for t in state.alerts.evaluate(self.rules, self.feature_rules, {"feature": record},
-                                       None, as_of):
+                                       None, as_of, judged_at):
             subject = {"feature": record["feature"]}
             alert = alert_record(t.rule, self.rules[t.rule], t, subject, record["feature"])
             out.alerts.append((alert["alert_id"], orjson.dumps(alert)))

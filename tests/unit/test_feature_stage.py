@@ -73,6 +73,21 @@ def test_adoption_low_fires_once_when_the_30_days_after_release_are_known(caplog
     assert "5%" in alert["summary"] and "reports" in alert["summary"]
 
 
+def test_adoption_low_is_judged_at_the_close_that_fixed_it_whatever_close_is_flushed_first(
+        ) -> None:
+    """The after-release figure is fixed at the close of R+32. A flush that first merges a
+    later close (a catch-up that coalesced days) fires with the same as_of as a flush at R+32."""
+    stamps = []
+    for first_flushed in (R + 32, R + 37):
+        stage = FeatureAggregator(settings(), {})
+        for day in range(R, R + 30):
+            assert feed(stage, "reports", day, (2, 3))["alerts"] == []
+        out = feed(stage, "reports", first_flushed, (2, 3))
+        assert [a["status"] for a in out["alerts"]] == ["firing"]
+        stamps.append(out["alerts"][0]["as_of"])
+    assert stamps[0] == stamps[1] == "2026-03-21T00:00:00Z"      # R + 33 00:00
+
+
 def test_a_well_adopted_feature_does_not_fire() -> None:
     stage = FeatureAggregator(settings(), {})
     fired = []
