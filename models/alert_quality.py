@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import bisect
 import statistics
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 DAY_SECONDS = 86_400.0
 QUARTER_DAYS = 365.25 / 4
@@ -150,3 +151,80 @@ def alert_quality(by_customer: Mapping[str, list[Episode]], churned_at: Mapping[
         flaps_per_quarter=(flaps / (flagged_seconds / quarter)
                            if flagged_seconds > 0 else None),
         max_flaps_in_quarter=max_flaps)
+
+
+# --------------------------------------------------------------------------------------------
+# The live figures: firings judged one labelled snapshot at a time (the churn learner)
+# --------------------------------------------------------------------------------------------
+
+# Below this many judged firings a rule's precision is not published (null, no gauge): a
+# ratio of a handful of firings says nothing and would swing at every label.
+MIN_JUDGED_FIRINGS = 20
+
+
+def histogram_median(counts: Mapping[int, int]) -> float | None:
+    """The median of the values counted in ``counts`` (value -> how many), as
+    ``statistics.median`` would give it over the values spelt out; None when empty."""
+    n = sum(counts.values())
+    if n <= 0:
+        return None
+    lower_rank, upper_rank = (n - 1) // 2, n // 2
+    seen = 0
+    lower: int | None = None
+    for value in sorted(counts):
+        seen += counts[value]
+        if lower is None and seen > lower_rank:
+            lower = value
+        if seen > upper_rank:
+            assert lower is not None
+            return (lower + value) / 2
+    raise AssertionError("unreachable: the ranks are below the total")
+
+
+@dataclass
+class RuleTally:
+    """One rule's firings judged on the churn labels, as they come (docs/churn.md).
+
+    ``judged``: firings whose snapshot was labelled; ``hits``: those labelled churn (within the
+    horizon); ``leads``: lead days (churn day - firing day) -> churners caught, counting each
+    churner once, at its earliest firing within the horizon. Lead days are whole days below the
+    horizon, so the histogram is small and its median exact (no sample needed).
+    """
+    judged: int = 0
+    hits: int = 0
+    leads: dict[int, int] = field(default_factory=dict)
+
+    def judge(self, churned: bool) -> None:
+        self.judged += 1
+        self.hits += int(churned)
+
+    def caught(self, lead_days: int) -> None:
+        """A churner whose earliest firing within the horizon came ``lead_days`` before."""
+        self.leads[lead_days] = self.leads.get(lead_days, 0) + 1
+
+    @property
+    def churners_caught(self) -> int:
+        return sum(self.leads.values())
+
+    def precision(self, min_judged: int = MIN_JUDGED_FIRINGS) -> float | None:
+        """hits / judged, or None below ``min_judged`` judged firings."""
+        return self.hits / self.judged if self.judged and self.judged >= min_judged else None
+
+    def median_lead_days(self) -> float | None:
+        return histogram_median(self.leads)
+
+    def to_record(self, min_judged: int = MIN_JUDGED_FIRINGS) -> dict[str, float | int | None]:
+        """The rule's entry in ``churn_model.alerts``."""
+        p = self.precision(min_judged)
+        return {"firings": self.judged, "hits": self.hits,
+                "precision": None if p is None else round(p, 4),
+                "churners_caught": self.churners_caught,
+                "median_lead_days": self.median_lead_days()}
+
+    def to_state(self) -> list[Any]:
+        return [self.judged, self.hits, sorted([d, n] for d, n in self.leads.items())]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any]) -> RuleTally:
+        judged, hits, leads = state
+        return cls(int(judged), int(hits), {int(d): int(n) for d, n in leads})

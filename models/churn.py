@@ -261,6 +261,11 @@ class Example:
     # What each candidate said at the snapshot (``SCORE_KEYS``: the model's raw probability,
     # the calibrated model, the calibrated health score; None where there was none).
     scores: tuple[float | None, float | None, float | None] | None = None
+    # The customer alert rules that went to firing at the snapshot's day close, and, for a
+    # snapshot labelled by a churn, the days from the snapshot to that churn (churn day - day):
+    # what the learner judges each rule's firings by (docs/churn.md "Alert quality, live").
+    alerts: tuple[str, ...] = ()
+    lead_days: int | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON form for the labelled-snapshots topic (features by name: robust to a
@@ -270,6 +275,10 @@ class Example:
                "model_version": self.model_version, "vector": dict(self.vector)}
         if self.scores is not None:
             out["scores"] = list(self.scores)
+        if self.alerts:
+            out["alerts"] = list(self.alerts)
+        if self.lead_days is not None:
+            out["lead_days"] = self.lead_days
         return out
 
     @classmethod
@@ -280,7 +289,9 @@ class Example:
                                                  data["vector"].items()},
                    label=int(data["label"]), probability=None if p is None else float(p),
                    model_version=int(data.get("model_version", 0)),
-                   scores=_scores(data.get("scores")))
+                   scores=_scores(data.get("scores")),
+                   alerts=tuple(str(r) for r in data.get("alerts", ())),
+                   lead_days=None if data.get("lead_days") is None else int(data["lead_days"]))
 
 
 SCORE_KEYS: tuple[str, ...] = ("raw", "model", "health")
@@ -343,8 +354,10 @@ class LabelBook:
             raise ValueError("horizon must be >= 1 and settle_days >= 0")
         self.horizon = horizon
         self.settle_days = settle_days
-        # d0 -> (encoded vector, probability, model_version, candidate scores)
-        self._pending: dict[int, tuple[list[float | int], float | None, int, Any]] = {}
+        # d0 -> (encoded vector, probability, model_version, candidate scores, alert rules
+        # that fired at that day close)
+        self._pending: dict[int, tuple[list[float | int], float | None, int, Any,
+                                       tuple[str, ...]]] = {}
         self._final_through: int | None = None
 
     # ---- views ---------------------------------------------------------------------------
@@ -374,11 +387,14 @@ class LabelBook:
     # ---- changes -------------------------------------------------------------------------
 
     def add(self, d0: int, vector: Mapping[str, float], probability: float | None,
-            model_version: int, scores: Sequence[float | None] | None = None
-            ) -> list[Example]:
+            model_version: int, scores: Sequence[float | None] | None = None,
+            alerts: Sequence[str] = ()) -> list[Example]:
         """Keep the snapshot as of day d0 (replacing one of the same day); see the class doc.
 
-        Returns the examples settled on the way (closed day d0 - 1), usually none.
+        ``alerts``: the rules that went to firing at this day close. A replaced snapshot keeps
+        the rules of the one it replaces too: a firing happens once, and re-running the close
+        must not forget it. Returns the examples settled on the way (closed day d0 - 1),
+        usually none.
         """
         d0 = int(d0)
         settled = self.settle(d0 - 1)
@@ -387,7 +403,10 @@ class LabelBook:
         prob = None if probability is None else round(float(probability), 6)
         kept = None if scores is None else [None if v is None else round(float(v), 6)
                                             for v in scores]
-        self._pending[d0] = (encode(vector), prob, int(model_version), kept)
+        fired = tuple(alerts)
+        if d0 in self._pending:
+            fired = tuple(dict.fromkeys(self._pending[d0][4] + fired))
+        self._pending[d0] = (encode(vector), prob, int(model_version), kept, fired)
         return settled
 
     def on_churn(self, dc: int) -> list[Example]:
@@ -396,7 +415,7 @@ class LabelBook:
         out = []
         for d0 in sorted(d for d in self._pending if d <= dc):
             label = 1 if dc - d0 < self.horizon else 0
-            out.append(self._pop(d0, label))
+            out.append(self._pop(d0, label, dc - d0 if label else None))
         self._finalise(dc)
         return out
 
@@ -418,10 +437,11 @@ class LabelBook:
             del self._pending[d]
         return len(drop)
 
-    def _pop(self, d0: int, label: int) -> Example:
-        values, prob, version, scores = self._pending.pop(d0)
+    def _pop(self, d0: int, label: int, lead_days: int | None = None) -> Example:
+        values, prob, version, scores, fired = self._pending.pop(d0)
         return Example(day=d0, vector=decode(values), label=label, probability=prob,
-                       model_version=version, encoded=values, scores=_scores(scores))
+                       model_version=version, encoded=values, scores=_scores(scores),
+                       alerts=fired, lead_days=lead_days)
 
     def _finalise(self, day: int) -> None:
         if self._final_through is None or day > self._final_through:
@@ -431,13 +451,14 @@ class LabelBook:
 
     def to_state(self) -> list[Any]:
         """Plain JSON form: [FEATURES_VERSION, final_through, [[d0, p, version, [x...]], ...]],
-        each entry followed by its candidate scores [raw, model, health] when it has them.
+        each entry followed by its candidate scores [raw, model, health] when it has them (or
+        null when it has none but fired alerts), then by its fired alert rules when any.
 
         horizon and settle_days are configuration, not state: they come to ``from_state``.
         """
         return [FEATURES_VERSION, self._final_through,
-                [[d0, p, v, list(x)] + ([s] if s is not None else [])
-                 for d0, (x, p, v, s) in sorted(self._pending.items())]]
+                [[d0, p, v, list(x)] + ([s, list(a)] if a else [s] if s is not None else [])
+                 for d0, (x, p, v, s, a) in sorted(self._pending.items())]]
 
     @classmethod
     def from_state(cls, state: Sequence[Any] | None, horizon: int = HORIZON_DAYS,
@@ -456,7 +477,9 @@ class LabelBook:
             return book
         for d0, p, v, x, *rest in pending:
             scores = list(rest[0]) if rest and rest[0] is not None else None
-            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v), scores)
+            fired = tuple(str(r) for r in rest[1]) if len(rest) > 1 else ()
+            book._pending[int(d0)] = (list(x), None if p is None else float(p), int(v), scores,
+                                      fired)
         return book
 
     def __eq__(self, other: object) -> bool:
@@ -875,7 +898,9 @@ def _metrics(value: Any) -> dict[str, Any]:
         raise SnapshotRefused("bad_field", "metrics must be a small object")
     out: dict[str, Any] = {}
     for k, v in value.items():
-        if v is None or isinstance(v, bool):
+        if k == "alerts" and isinstance(v, dict):
+            out[k] = _alert_figures(v)
+        elif v is None or isinstance(v, bool):
             out[k] = v
         elif isinstance(v, str):
             if len(v) > _METRIC_TEXT_CHARS:
@@ -885,6 +910,27 @@ def _metrics(value: Any) -> dict[str, Any]:
             out[k] = _finite(v, f"metric {k!r:.40}")
             if isinstance(v, int):
                 out[k] = v
+    return out
+
+
+def _alert_figures(value: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    """``metrics.alerts``: rule name -> a small flat object of numbers or null (firings,
+    precision, lead days: ``models.alert_quality.RuleTally.to_record``)."""
+    if len(value) > 64:
+        raise SnapshotRefused("bad_field", "metrics.alerts must be a small object")
+    out: dict[str, dict[str, Any]] = {}
+    for rule, figures in value.items():
+        if not isinstance(rule, str) or len(rule) > _METRIC_TEXT_CHARS:
+            raise SnapshotRefused("bad_field", "metrics.alerts has a bad rule name")
+        if not isinstance(figures, dict) or len(figures) > 16:
+            raise SnapshotRefused("bad_field", f"metrics.alerts[{rule!r:.40}] must be an object")
+        entry: dict[str, Any] = {}
+        for k, v in figures.items():
+            where = f"metrics.alerts[{rule!r:.40}][{k!r:.40}]"
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise SnapshotRefused("bad_field", f"{where} must be a number or null")
+            entry[str(k)] = v if v is None or isinstance(v, int) else _finite(v, where)
+        out[rule] = entry
     return out
 
 

@@ -236,7 +236,8 @@ def learner_gauges(service: Service) -> list[Any]:
     return [gauge("vitals_churn_model_auc", "Progressive ROC AUC of the churn model", (),
                   {} if rec["auc"] is None else {(): rec["auc"]}),
             gauge("vitals_churn_model_labelled", "Labelled snapshots the churn model learnt",
-                  (), {(): float(learner.learned)})]
+                  (), {(): float(learner.learned)}),
+            *learner.alert_gauges()]
 
 
 def lag_gauges(service: Service) -> list[Any]:

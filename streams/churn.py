@@ -24,11 +24,12 @@ import logging
 import pickle
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from models.activity import DAY_SECONDS, ActivityWindow
+from models.alert_quality import MIN_JUDGED_FIRINGS, RuleTally
 from models.churn import (
     REFUSAL_REASONS,
     ChurnModel,
@@ -160,6 +161,10 @@ def example_value(cid: str, example: Example) -> dict[str, Any]:
            "p": example.probability, "v": example.model_version}
     if example.scores is not None:
         out["s"] = list(example.scores)
+    if example.alerts:
+        out["a"] = list(example.alerts)
+    if example.lead_days is not None:
+        out["l"] = example.lead_days
     return out
 
 
@@ -316,12 +321,14 @@ class ChurnLearner:
             self.last_day: dict[str, int] = data["last"]
             self.version: int = data["version"]
             trust = data.get("trust") or {}
+            quality = data.get("alerts") or {}
         else:
             self.model = ChurnModel.create(settings.model)
             self.metrics = ProgressiveMetrics()
             self.last_day = {}
             self.version = 0
             trust = {}
+            quality = {}
         self.metrics_model = ProgressiveMetrics.from_state(trust.get("mm"))
         self.metrics_health = ProgressiveMetrics.from_state(trust.get("mh"))
         self.cal_model: PlattCalibrator = (PlattCalibrator.from_state(trust["cm"])
@@ -345,6 +352,14 @@ class ChurnLearner:
         # What the last published version applies (fitted at each publish).
         self.calibration: dict[str, list[float] | None] = trust.get(
             "cal", {"model": None, "health": None})
+        # Alert quality on the same labels (docs/churn.md "Alert quality, live"): rule -> its
+        # judged firings, and customer -> [churn day, rules whose lead was taken for that
+        # churn] while that customer's snapshots labelled by it may still come.
+        self.alert_tallies: dict[str, RuleTally] = {
+            rule: RuleTally.from_state(t) for rule, t in quality.get("rules", {}).items()}
+        self.caught: dict[str, tuple[int, list[str]]] = {
+            cid: (int(dc), list(rules)) for cid, (dc, rules) in quality.get("caught", {}).items()}
+        self.min_judged_firings = MIN_JUDGED_FIRINGS
         self.duplicates = 0
         self.changed = False
         self.published_at = 0.0
@@ -361,6 +376,7 @@ class ChurnLearner:
                 continue
             self.last_day[cid] = day
             y = ex["y"]
+            self._judge_alerts(cid, day, y, ex.get("a") or (), ex.get("l"))
             if ex["p"] is not None:
                 self.metrics.update(ex["p"], y)
             scores = ex.get("s")
@@ -380,6 +396,8 @@ class ChurnLearner:
             new += 1
         for item in matured:
             self._mature(item, 0)
+        if matured and self.caught:
+            self._forget_old_churns()
         n = len(matured)
         while self.waiting and self.frontier is not None and self.waiting[0][0] <= self.frontier:
             self._mature(heapq.heappop(self.waiting), 1)
@@ -391,6 +409,77 @@ class ChurnLearner:
         if new:
             self.changed = self.unpublished = True
         return new
+
+    def _judge_alerts(self, cid: str, day: int, label: int, rules: Sequence[str],
+                      lead_days: int | None) -> None:
+        """Judge the firings carried by one labelled snapshot (learnt once, in snapshot-day
+        order per customer): a hit when the label is churn. A churner's lead is taken once
+        per rule, at its earliest firing within the horizon, which is the first hit of that
+        churn to come (the customer's snapshots come in day order)."""
+        held = self.caught.get(cid)
+        if held is not None and day > held[0]:
+            del self.caught[cid]      # past that churn: no snapshot of it can come any more
+            held = None
+        for rule in rules:
+            tally = self.alert_tallies.get(rule)
+            if tally is None:
+                tally = self.alert_tallies[rule] = RuleTally()
+            tally.judge(bool(label))
+            if not label or lead_days is None:
+                continue
+            churn_day = day + int(lead_days)
+            if held is None or held[0] != churn_day:
+                held = self.caught[cid] = (churn_day, [])
+            if rule not in held[1]:
+                held[1].append(rule)
+                tally.caught(int(lead_days))
+
+    def _forget_old_churns(self) -> None:
+        """Drop the leads held for churns so old that none of their snapshots can still come:
+        a churn's snapshots are sent when its event is processed, and a non-churner of a day
+        a whole horizon and settling time after it has since been labelled."""
+        if self.frontier is None:
+            return
+        s = self.settings
+        last = self.frontier - s.horizon_days - s.settle_days
+        for cid in [c for c, (dc, _) in self.caught.items() if dc < last]:
+            del self.caught[cid]
+
+    def alert_quality(self) -> dict[str, dict[str, Any]]:
+        """``churn_model.alerts``: per rule, firings judged, hits, precision (null below
+        ``min_judged_firings``), churners caught and their median lead in days."""
+        return {rule: t.to_record(self.min_judged_firings)
+                for rule, t in sorted(self.alert_tallies.items())}
+
+    def alert_gauges(self) -> list[Any]:
+        """Per customer alert rule: ``vitals_alert_precision_ratio`` (absent below
+        ``min_judged_firings``), ``vitals_alert_firings_judged_total`` and
+        ``vitals_alert_lead_time_seconds`` (the churners' median lead). Exported by the one
+        worker holding the learner only, so a sum over workers is right."""
+        from prometheus_client.core import CounterMetricFamily
+
+        from streams.exporters.metrics import gauge
+
+        precision: dict[tuple[str, ...], float] = {}
+        lead: dict[tuple[str, ...], float] = {}
+        judged = CounterMetricFamily(
+            "vitals_alert_firings_judged",
+            "Customer alert firings whose 30-day churn outcome is known", labels=["rule"])
+        for rule, t in sorted(self.alert_tallies.items()):
+            judged.add_metric([rule], float(t.judged))
+            p = t.precision(self.min_judged_firings)
+            if p is not None:
+                precision[(rule,)] = p
+            median = t.median_lead_days()
+            if median is not None:
+                lead[(rule,)] = median * DAY_SECONDS
+        return [gauge("vitals_alert_precision_ratio",
+                      "Share of judged firings of a customer alert rule followed by a churn "
+                      "within the horizon", ("rule",), precision),
+                judged,
+                gauge("vitals_alert_lead_time_seconds",
+                      "Median time from a churner's earliest firing within the horizon to its "
+                      "churn, per customer alert rule", ("rule",), lead)]
 
     def _mature(self, item: tuple[int, int, list[float | int], Any], label: int) -> None:
         """Learn one labelled snapshot: the model, the calibrations, the champion's window.
@@ -432,8 +521,11 @@ class ChurnLearner:
                  "q": [[d, x, sc] for d, _, x, sc in sorted(self.waiting)],
                  "f": self.frontier,
                  "cal": self.calibration}
+        quality = {"rules": {r: t.to_state() for r, t in self.alert_tallies.items()},
+                   "caught": {c: [dc, list(rules)] for c, (dc, rules) in self.caught.items()}}
         return pickle.dumps({"model": self.model.dumps(), "metrics": self.metrics.to_state(),
-                             "last": self.last_day, "version": self.version, "trust": trust})
+                             "last": self.last_day, "version": self.version, "trust": trust,
+                             "alerts": quality})
 
     def publish(self, now: float | None = None) -> bytes | None:
         """A new model version when something was learnt and the interval has passed."""
@@ -480,7 +572,8 @@ class ChurnLearner:
     def metrics_record(self) -> dict[str, Any]:
         """The ``churn_model`` block: the published probability's progressive figures
         (``labelled`` = predictions scored, ``learned`` = labels learnt), the champion, each
-        candidate's progressive AUC, log loss and calibration error, and the window's AUCs."""
+        candidate's progressive AUC, log loss and calibration error, the window's AUCs, and
+        each customer alert rule's quality (``alerts``)."""
         rec = self.metrics.to_record()
         rec["learned"] = self.learned
         rec["champion"] = self.published_champion
@@ -492,15 +585,17 @@ class ChurnLearner:
         rec["window_labelled"] = len(self.window)
         rec["window_model_auc"] = None if auc_model is None else round(auc_model, 4)
         rec["window_health_auc"] = None if auc_health is None else round(auc_health, 4)
+        rec["alerts"] = self.alert_quality()
         return rec
 
 
 def snapshot(state: CustomerView, record: Mapping[str, Any], day: int,
-             scorer: ChurnScorer) -> list[Example]:
-    """Score a paying customer at day close and keep its snapshot until the label is known;
-    returns the examples the book settled on the way."""
+             scorer: ChurnScorer, fired: Sequence[str] = ()) -> list[Example]:
+    """Score a paying customer at day close and keep its snapshot until the label is known,
+    with the customer alert rules that went to firing at that close (``fired``), so that
+    the label judges them too; returns the examples the book settled on the way."""
     vector = snapshot_vector(raw_figures(state, record, day))
     block = scorer.score(vector)
     state.churn.last = block
     return state.churn.book.add(day, vector, block["probability"], block["model_version"],
-                                block.get("scores"))
+                                block.get("scores"), fired)

@@ -568,7 +568,8 @@ class CustomerProcessor:
         book.settle_days = self.settings.churn.settle_days
         settled = book.settle(day - 1)                     # day = d0, the day close's as-of day
         if mrr > 0:
-            settled += snapshot(state, result.record, day, self.scorer)
+            fired = [a["rule"] for a in result.alerts if a["status"] == "firing"]
+            settled += snapshot(state, result.record, day, self.scorer, fired)
         self.examples_out.extend(example_value(cid, x) for x in settled)
 
     # -- wall clock -----------------------------------------------------------------------

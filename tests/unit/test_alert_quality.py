@@ -85,3 +85,36 @@ def test_nothing_flagged() -> None:
     assert (q.flagged, q.firings, q.precision, q.customer_precision) == (0, 0, None, None)
     assert q.recall == 0.0 and q.lead_days_median is None and q.flaps_per_quarter is None
     assert q.flagged_share == 0.0
+
+
+def test_histogram_median_is_the_median_of_the_values_spelt_out() -> None:
+    import random
+    import statistics
+
+    from models.alert_quality import histogram_median
+
+    rng = random.Random(5)
+    assert histogram_median({}) is None
+    for _ in range(300):
+        values = [rng.randint(0, 29) for _ in range(rng.randint(1, 12))]
+        counts: dict[int, int] = {}
+        for v in values:
+            counts[v] = counts.get(v, 0) + 1
+        assert histogram_median(counts) == statistics.median(values)
+
+
+def test_rule_tally_precision_needs_the_minimum_and_survives_its_state() -> None:
+    from models.alert_quality import RuleTally
+
+    t = RuleTally()
+    for churned in (True, False, False, True, False):
+        t.judge(churned)
+    t.caught(4)
+    t.caught(10)
+    t.caught(4)
+    assert t.precision(min_judged=6) is None and t.precision(min_judged=5) == pytest.approx(0.4)
+    assert t.to_record(min_judged=5) == {"firings": 5, "hits": 2, "precision": 0.4,
+                                         "churners_caught": 3, "median_lead_days": 4.0}
+    assert RuleTally.from_state(t.to_state()) == t
+    assert RuleTally().to_record() == {"firings": 0, "hits": 0, "precision": None,
+                                       "churners_caught": 0, "median_lead_days": None}
