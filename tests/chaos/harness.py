@@ -9,10 +9,9 @@ worked off its input, the outputs are read back from the topics and compared:
 - the alert transitions per alert id (a resend of the same transition is listed apart);
 - the dead letters, by input family, content and code.
 
-Churn-model fields follow model versions that reach each worker asynchronously, so they are
-compared apart (`churn_differences`); customer alert transitions and a business record's
-customer aggregates are known open differences (`soft`). Neither fails a run; both are
-listed (docs/chaos.md).
+Churn-model fields (and `churn_risk_high` transitions) follow model versions that reach each
+worker asynchronously, so they are compared apart (`churn_differences`) and do not fail a run
+(docs/chaos.md). Everything else must be identical.
 """
 from __future__ import annotations
 
@@ -33,11 +32,6 @@ OUTPUTS = ("customer", "business", "feature_out", "alerts", "deadletter")
 # Fields driven by the churn model (its versions reach workers asynchronously).
 CHURN_FIELDS = {"customer": ("churn",), "business": ("churn_model",)}
 CHURN_RULES = ("churn_risk_high",)
-# Known open differences, listed but not failing a run (docs/chaos.md): customer alert
-# transitions judged at day closes, and the customer aggregates of a business record, both of
-# which still depend on where a day boundary falls in a re-published internal log.
-SOFT_FIELDS = {"business": ("avg_health", "at_risk_customers", "ttv_median_days",
-                            "success_rate_90d", "clv_to_cac")}
 
 
 def input_topic(prefix: str, family: str) -> str:
@@ -212,7 +206,6 @@ class Comparison:
     differences: list[str]
     churn_differences: int
     keys: int
-    soft: list[str] = field(default_factory=list)   # known open differences (SOFT_FIELDS, alerts)
 
     @property
     def ok(self) -> bool:
@@ -237,23 +230,18 @@ def _diff_record(where: str, expected: Any, actual: Any, out: list[str], skip: t
 
 def compare(reference: Outputs, other: Outputs) -> Comparison:
     diffs: list[str] = []
-    soft: list[str] = []
     churn = 0
     keys = 0
     for output, records in reference.latest.items():
         mine = other.latest[output]
         skip = CHURN_FIELDS.get(output, ())
-        known = SOFT_FIELDS.get(output, ())
         for key in sorted(set(records) | set(mine)):
             keys += 1
             if key not in mine or key not in records:
                 diffs.append(f"{output}[{key}]: only in "
                              f"{'reference' if key in records else 'disturbed run'}")
                 continue
-            churn += _diff_record(f"{output}[{key}]", _without(records[key], known),
-                                  _without(mine[key], known), diffs, skip)
-            _diff_record(f"{output}[{key}]", _only(records[key], known),
-                         _only(mine[key], known), soft, ())
+            churn += _diff_record(f"{output}[{key}]", records[key], mine[key], diffs, skip)
     for alert_id in sorted(set(reference.transitions) | set(other.transitions)):
         if alert_id.split(":", 1)[0] in CHURN_RULES:
             churn += reference.transitions.get(alert_id) != other.transitions.get(alert_id)
@@ -261,20 +249,12 @@ def compare(reference: Outputs, other: Outputs) -> Comparison:
         expected = reference.transitions.get(alert_id, [])
         actual = other.transitions.get(alert_id, [])
         if expected != actual:
-            soft.append(f"alerts[{alert_id}]: {expected} != {actual}")
+            diffs.append(f"alerts[{alert_id}]: {expected} != {actual}")
     for dl in sorted(reference.deadletters - other.deadletters, key=repr):
         diffs.append(f"deadletter {dl}: only in reference")
     for dl in sorted(other.deadletters - reference.deadletters, key=repr):
         diffs.append(f"deadletter {dl}: only in disturbed run")
-    return Comparison(diffs, churn, keys, soft)
-
-
-def _without(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in fields}
-
-
-def _only(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k in fields}
+    return Comparison(diffs, churn, keys)
 
 
 def kill_moments(seed: int, kills: int, span: float) -> list[float]:
@@ -288,10 +268,8 @@ def kill_moments(seed: int, kills: int, span: float) -> list[float]:
 
 def report(name: str, comparison: Comparison, limit: int = 40) -> str:
     lines = [f"{name}: {len(comparison.differences)} differences over {comparison.keys} keys "
-             f"({comparison.churn_differences} churn-model fields apart, "
-             f"{len(comparison.soft)} known open differences)"]
+             f"({comparison.churn_differences} churn-model fields apart)"]
     lines += [f"  {d}" for d in comparison.differences[:limit]]
     if len(comparison.differences) > limit:
         lines.append(f"  ... and {len(comparison.differences) - limit} more")
-    lines += [f"  (open) {d}" for d in comparison.soft[:limit // 4]]
     return "\n".join(lines)

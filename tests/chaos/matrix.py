@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.broker import EmbeddedBroker
+from streams.events import InvalidEvent, parse_rfc3339
 from streams.simulator import SimConfig, generate
 from tests.chaos.harness import Comparison, Outputs, Run, compare, fill, kill_moments, report
 from tests.integration.kafka import In
@@ -104,11 +105,48 @@ SCENARIOS = [
 ]
 
 
+def hostile(events: list[tuple[str, Any]], seed: int) -> list[tuple[str, Any]]:
+    """The simulated history made harder, deterministically per seed: 0.5 % of the usage and
+    feature events arrive up to 20 hours late (in their partition, within the allowed
+    lateness), and a few events carry clocks of 2099 (``future_ts``) or 1970 (``invalid_ts``).
+    The simulator's own bad records add clocks weeks ahead but in the past."""
+    rng = random.Random(seed * 104729)
+    times = [_event_time(e) for _, e in events]
+    out: list[tuple[float, int, tuple[str, Any]]] = []
+    last = times[0] or 0.0
+    for i, ((family, event), ts) in enumerate(zip(events, times, strict=True)):
+        when = last if ts is None else ts
+        last = when
+        if ts is not None and family in ("usage", "feature") and rng.random() < 0.005:
+            when = ts + rng.uniform(1, 20) * 3600          # produced later than its time
+        out.append((when, i, (family, event)))
+        if isinstance(event, dict) and rng.random() < 0.001:
+            bad = dict(event, event_id=f"{event['event_id']}-clock",
+                       ts=rng.choice(("2099-06-01T00:00:00Z", "1970-01-02T00:00:00Z")))
+            out.append((when, i, (family, bad)))
+    out.sort(key=lambda x: (x[0], x[1]))
+    return [e for _, _, e in out]
+
+
+def _event_time(event: Any) -> float | None:
+    """Its ts in epoch seconds (the simulator writes RFC 3339 text or epoch numbers)."""
+    if not isinstance(event, dict):
+        return None
+    ts = event.get("ts")
+    if isinstance(ts, int | float):
+        return float(ts) / 1000 if ts > 1e11 else float(ts)
+    try:
+        return parse_rfc3339(str(ts))
+    except InvalidEvent:     # the simulator's bad records
+        return None
+
+
 def run_seed(broker: EmbeddedBroker, workdir: Path, seed: int, customers: int, days: int,
              kill_count: int, only: set[str] | None) -> list[tuple[str, Comparison, Run]]:
     prefix = f"cx{seed}"
-    events = list(generate(SimConfig(seed=seed, customers=customers, days=days,
-                                     bad_fraction=0.005, duplicate_fraction=0.01)))
+    events = hostile(list(generate(SimConfig(seed=seed, customers=customers, days=days,
+                                             bad_fraction=0.005, duplicate_fraction=0.01))),
+                     seed)
     fill(broker.address, prefix, events)
     reference = Run(broker.url, broker.address, prefix, "ref", 1, workdir).start()
     try:
@@ -160,12 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.days, args.kills, only):
                     rows.append((seed, name, run.kills, result))
     if args.markdown:
-        print("\n| seed | scenario | kills | keys compared | differences | "
-              "alert and aggregate differences (open) | churn fields apart |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| seed | scenario | kills | keys compared | differences | churn fields apart |")
+        print("|---|---|---|---|---|---|")
         for seed, name, killed, r in rows:
             print(f"| {seed} | {name} | {killed} | {r.keys} | {len(r.differences)} "
-                  f"| {len(r.soft)} | {r.churn_differences} |")
+                  f"| {r.churn_differences} |")
     return 1 if any(not r.ok for *_, r in rows) else 0
 
 
