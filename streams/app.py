@@ -230,14 +230,7 @@ def _lifecycle(service: Service, follower: Follower, supervisor: ReportingSuperv
 def learner_gauges(service: Service) -> list[Any]:
     """The learner's figures, from the one worker that owns it (so sum() is right)."""
     learner = service.learner
-    if learner is None:
-        return []
-    rec = learner.metrics_record()
-    return [gauge("vitals_churn_model_auc", "Progressive ROC AUC of the churn model", (),
-                  {} if rec["auc"] is None else {(): rec["auc"]}),
-            gauge("vitals_churn_model_labelled", "Labelled snapshots the churn model learnt",
-                  (), {(): float(learner.learned)}),
-            *learner.alert_gauges()]
+    return [] if learner is None else learner.gauges()
 
 
 def lag_gauges(service: Service) -> list[Any]:

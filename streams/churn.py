@@ -451,6 +451,17 @@ class ChurnLearner:
         return {rule: t.to_record(self.min_judged_firings)
                 for rule, t in sorted(self.alert_tallies.items())}
 
+    def gauges(self) -> list[Any]:
+        """The learner's series: model AUC, labels learnt, and the alert rules' quality."""
+        from streams.exporters.metrics import gauge
+
+        rec = self.metrics_record()
+        return [gauge("vitals_churn_model_auc", "Progressive ROC AUC of the churn model", (),
+                      {} if rec["auc"] is None else {(): rec["auc"]}),
+                gauge("vitals_churn_model_labelled", "Labelled snapshots the churn model learnt",
+                      (), {(): float(self.learned)}),
+                *self.alert_gauges()]
+
     def alert_gauges(self) -> list[Any]:
         """Per customer alert rule: ``vitals_alert_precision_ratio`` (absent below
         ``min_judged_firings``), ``vitals_alert_firings_judged_total`` and
