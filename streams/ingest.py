@@ -127,8 +127,9 @@ class TimeAligner:
             if ts > limit:
                 break
             buf = self.buffers[tp]
-            head = buf[0]
-            if not bound.passes(tp, ts, head[3]):
+            written = buf[0][3]
+            if ts > bound.any_level and written > bound.any_written and not bound.passes(
+                    tp, ts, written):
                 break
             out.append(buf.popleft()[2])
             if buf:
@@ -165,11 +166,14 @@ class _IdleBound:
     asking each partition in turn, and costs O(1) per item: only the two smallest of each
     matter (one of them may be the item's own partition)."""
 
-    __slots__ = ("levels", "written")
+    __slots__ = ("levels", "written", "any_level", "any_written")
 
     def __init__(self, idle: list[tuple[float, float, Hashable]]) -> None:
         self.levels = heapq.nsmallest(2, ((lv, tp) for lv, _, tp in idle), key=_first)
         self.written = heapq.nsmallest(2, ((w, tp) for _, w, tp in idle), key=_first)
+        # Within these an item passes every idle partition, its own included (the fast path).
+        self.any_level = self.levels[0][0] if self.levels else math.inf
+        self.any_written = self.written[0][0] if self.written else math.inf
 
     def passes(self, tp: Hashable, ts: float, written: float) -> bool:
         return ts <= _smallest_other(self.levels, tp) or written <= _smallest_other(
