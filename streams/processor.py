@@ -168,9 +168,10 @@ class CustomerProcessor:
                 state = self._attach_stored(cid)
             if offset is not None and state is not None and state.offset is not None \
                     and offset <= state.offset:
-                if not state.held or all(e["h"] != event["h"] for e in state.held):
-                    # Applied before: the clock moves with it as it did then. One still held
-                    # did not move it then and does not now.
+                if (now is None or ts <= now + policy.max_skew) and (
+                        not state.held or all(e["h"] != event["h"] for e in state.held)):
+                    # Applied before: the clock moves with it as it did then. One still held,
+                    # or dead-lettered as a clock error, did not move it then and does not now.
                     self._advance(partition, clock, ts)
                 continue
             windowed = family in WINDOWED

@@ -338,6 +338,20 @@ def test_a_replayed_bad_clock_moves_the_watermark_no_more_than_the_first_time() 
     assert [e["ts"] for e in proc.live["c-1"].held] == [at(D + 20, 9)]
 
 
+def test_a_replayed_clock_error_moves_no_watermark() -> None:
+    """A year-2099 event is a clock error (future_ts) the first time; replayed after a
+    hand-over, in a message its customer already applied, it must not move the clock."""
+    metrics = Metrics()
+    proc = CustomerProcessor(SETTINGS, {}, {}, metrics, partition_of=lambda cid: 0,
+                             wall_clock=lambda: at(D + 1, 0))
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2")], offset=1)
+    batch = [usage("c-1", 4_083_264_000.0, "u9"), usage("c-1", at(D, 11), "u2")]   # 2099
+    first = proc.apply(0, batch, offset=2)
+    assert [orjson.loads(v)["error"] for _, v in first] == ["future_ts"]
+    assert proc.apply(0, batch, offset=2) == []                 # replayed: skipped
+    assert proc.clocks[0].watermark == at(D, 11)
+
+
 def test_a_quiet_gap_is_jumped_when_two_customers_agree() -> None:
     proc, metrics = make()
     proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")])
