@@ -36,6 +36,12 @@ WINDOWED = frozenset({"usage", "feature"})
 FEATURE_BACKFILL_DAYS = 30   # at most this many skipped days get feature contributions
 MAX_HELD_PER_CUSTOMER = 1000  # events held ahead of the watermark; more are future_ts
 AFTER_MIDNIGHT = 0.001        # seconds: the as_of of a record of an event at 00:00:00
+# Catalog entries that carry a partition's watermark instead of a feature: their key is longer
+# than any feature name may be (events.TEXT_MAX_CHARS), so no event can write over them.
+PROGRESS_KEY = "~" * (ev.TEXT_MAX_CHARS + 1) + "watermark:"
+# Event times of features are kept for a partition that has not reported its watermark yet at
+# most this many days longer (a bound on state, should one never report).
+UNREPORTED_KEEP_DAYS = 60
 
 
 
@@ -139,6 +145,10 @@ class CustomerProcessor:
         # close of R + 30d + lateness, and counted from the events of day(R) on.
         self.after_margin = math.ceil(settings.time.lateness_days) + 3
         self.after_tried: dict[tuple[int, str], float] = {}   # (partition, f) -> R last counted
+        # Every customer partition's watermark as last published (the catalog topic), this
+        # worker's included: the after-release event times are kept from the slowest on.
+        self.progress: dict[int, float] = {}
+        self.progress_out: dict[int, float] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -545,10 +555,40 @@ class CustomerProcessor:
                 active += counts[1]
         part.set_after_release(release, users, active)
 
-    def learn_catalog(self, entries: Mapping[str, float]) -> None:
-        """Features first seen by any worker (the shared catalog topic)."""
-        for feature, ts in entries.items():
-            self._learn_feature(feature, ts)
+    def learn_catalog(self, entries: Mapping[str, Any]) -> None:
+        """Features first seen by any worker, and every partition's watermark (the shared
+        catalog topic)."""
+        for key, value in entries.items():
+            if key.startswith(PROGRESS_KEY):
+                if isinstance(value, dict) and isinstance(value.get("wm"), int | float):
+                    self._learn_progress(int(key[len(PROGRESS_KEY):]), float(value["wm"]))
+            elif isinstance(value, int | float):
+                self._learn_feature(key, float(value))
+
+    def _learn_progress(self, partition: int, wm: float) -> None:
+        if wm > self.progress.get(partition, -math.inf):
+            self.progress[partition] = wm
+
+    def _publish_progress(self, partition: int) -> None:
+        wm = self.clocks[partition].watermark
+        if wm is not None and wm > self.progress.get(partition, -math.inf):
+            self.progress[partition] = self.progress_out[partition] = wm
+
+    def _slowest(self) -> float | None:
+        """The lowest watermark over every customer partition of the app (None while one has
+        not reported): a feature first seen there may have its release day behind any
+        partition's window, and its after-release figure needs the events from that day."""
+        marks = []
+        for p in range(self.settings.app.partitions):
+            clock = self.clocks.get(p)
+            wm = clock.watermark if clock is not None else None
+            known = self.progress.get(p)
+            if wm is None or (known is not None and known < wm):
+                wm = known
+            if wm is None:
+                return None
+            marks.append(wm)
+        return min(marks)
 
     def _learn_feature(self, feature: str, ts: float) -> bool:
         """Keep the earliest time a feature was seen; True when ts is earlier than known."""
@@ -605,6 +645,7 @@ class CustomerProcessor:
             self._report_partition(partition)
         for partition in self.dirty_clocks:
             out.clocks.append((partition, self.clocks[partition].to_dict()))
+            self._publish_progress(partition)
         self.dirty_clocks = set()
         self.dirty_summaries = set()
         out.alerts, self.alerts_out = self.alerts_out, []
@@ -612,7 +653,12 @@ class CustomerProcessor:
         out.examples = self._take_examples()
         out.features, self.features_out = self.features_out, []
         out.catalog = [(f, orjson.dumps(ts)) for f, ts in self.catalog_out.items()]
+        # After the features: a worker that reads a partition's watermark has read every
+        # feature that partition saw before it.
+        out.catalog += [(f"{PROGRESS_KEY}{p}", orjson.dumps({"wm": wm}))
+                        for p, wm in sorted(self.progress_out.items())]
         self.catalog_out = {}
+        self.progress_out = {}
         return out
 
     def _take_examples(self, chunk: int = 500) -> list[bytes]:
@@ -681,10 +727,7 @@ class CustomerProcessor:
         self.dirty_summaries.add(partition)
 
     def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
-        # The after-release event times are kept from the worker's slowest partition on: a
-        # feature first seen there may have its release day behind another partition's window.
-        slowest = min((c.watermark for c in self.clocks.values() if c.watermark is not None),
-                      default=None)
+        slowest = self._slowest()
         for cid, partition in dirty.items():
             state = self.live[cid]
             self._prune(state, partition, slowest)
@@ -714,9 +757,13 @@ class CustomerProcessor:
         # as of the last close (after a restart) covers the window ending the day before.
         state.activity.prune(last_day(wm) - self.window)
         state.onboarding.prune(wm - self.policy.dedup_horizon - DAY_SECONDS)
-        slowest = wm if slowest is None else min(slowest, wm)
-        state.feature_use.prune(day_of(wm) - self.window,
-                                keep_from=day_of(slowest) - self.window - self.after_margin)
+        keep_from = day_of(wm) - self.window - self.after_margin
+        if slowest is None:
+            keep_from -= UNREPORTED_KEEP_DAYS
+        else:
+            keep_from = max(min(keep_from, day_of(slowest) - self.window - self.after_margin),
+                            keep_from - UNREPORTED_KEEP_DAYS)
+        state.feature_use.prune(day_of(wm) - self.window, keep_from=keep_from)
         keep = self.settings.features.retention_window_days + self.settings.time.lateness_days + 1
         state.paid.prune(wm - keep * DAY_SECONDS)
 

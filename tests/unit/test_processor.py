@@ -724,6 +724,30 @@ def test_a_feature_learnt_late_gets_the_active_users_of_earlier_days_once() -> N
     assert book.after_release_counts(at(D, 0), partitions=2) == (4, 12)
 
 
+def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactly() -> None:
+    """Two workers, one partition each. "exports" is first used on partition 1 at D 14:00, but
+    that worker is slow: partition 0 is 50 days on when the catalog tells it. Partition 1's
+    published watermark (D + 1) keeps partition 0 from dropping the event times of day D,
+    so it sends the exact [R, R+30d) counts, not the fallback by UTC days."""
+    settings = load_settings(env={"VITALS_APP__PARTITIONS": "2"})
+    proc = CustomerProcessor(settings, {}, {}, Metrics(), partition_of=lambda cid: 0,
+                             wall_clock=None)
+    release = at(D, 14)
+    from streams.processor import PROGRESS_KEY
+    proc.learn_catalog({f"{PROGRESS_KEY}1": {"wm": at(D + 1, 0)}})
+    events = [usage("c-1", at(day, 10), "u1") for day in range(D, D + 50)]
+    events += [usage("c-2", at(D, 9), "v1"),                     # before R: not in the window
+               usage("c-2", at(D, 15), "v2"),                    # after R on day D: in it
+               feature("c-1", at(D + 2, 10), "u1", "exports")]
+    proc.apply(0, sorted(events, key=lambda e: e["ts"]))
+    proc.flush()
+    proc.learn_catalog({"exports": release, f"{PROGRESS_KEY}1": {"wm": at(D + 40, 0)}})
+    proc.apply(0, [usage("c-1", at(D + 50, 10), "u1"), usage("c-1", at(D + 51, 10), "u1")])
+    sent = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
+    exact = [c["ar"] for c in sent if "ar" in c]
+    assert exact == [[release, 1, 2]], sent    # u1 used it; u1 and v2 active in [R, R+30d)
+
+
 def test_a_replay_is_skipped_by_position_not_judged_too_late() -> None:
     """After a crash the internal topic is read again from the last commit. Events the restored
     records already hold are skipped by position, even those now far behind the watermark."""
