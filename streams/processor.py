@@ -149,6 +149,7 @@ class CustomerProcessor:
         # worker's included: the after-release event times are kept from the slowest on.
         self.progress: dict[int, float] = {}
         self.progress_out: dict[int, float] = {}
+        self.recount: set[str] = set()   # features whose release was learnt or moved earlier
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -596,7 +597,25 @@ class CustomerProcessor:
         if first is not None and first <= ts:
             return False
         self.catalog[feature] = ts
+        if feature not in self.evaluator.released:
+            self.recount.add(feature)
         return True
+
+    def _recount_after_release(self) -> None:
+        """A release learnt, or moved earlier, after a partition had closed the day that fixes
+        its after-release figure: that partition sends its last close's contributions again,
+        now with the exact counts for the release. A partition with no day left to close (at
+        the end of a backfill) would otherwise never send them, and the figure stay null."""
+        features, self.recount = self.recount, set()
+        lateness = self.settings.time.lateness_days
+        for partition, clock in list(self.clocks.items()):
+            if clock.closed_day is None or partition not in self.members:
+                continue
+            closed = clock.closed_day - 1
+            if any(after_release_fix_day(self.catalog[f], lateness) <= closed
+                   and self.after_tried.get((partition, f)) != self.catalog[f]
+                   for f in features if f in self.catalog):
+                self._features_day(partition, closed)
 
     def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
         """Day close for churn: settle old snapshots, snapshot and score a paying customer."""
@@ -628,6 +647,8 @@ class CustomerProcessor:
 
     def flush(self) -> Flush:
         out = Flush()
+        if self.recount:
+            self._recount_after_release()
         out.records, self.closed_records = self.closed_records, []
         for cid, partition in self.to_emit.items():
             state = self._load(cid)

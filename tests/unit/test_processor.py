@@ -742,10 +742,12 @@ def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactl
     proc.apply(0, sorted(events, key=lambda e: e["ts"]))
     proc.flush()
     proc.learn_catalog({"exports": release, f"{PROGRESS_KEY}1": {"wm": at(D + 40, 0)}})
-    proc.apply(0, [usage("c-1", at(D + 50, 10), "u1"), usage("c-1", at(D + 51, 10), "u1")])
+    # No day is left to close here (the end of a backfill): the flush sends them at once.
     sent = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
+    assert [c["d"] for c in sent] == [D + 48]   # the last closed day, sent again
     exact = [c["ar"] for c in sent if "ar" in c]
     assert exact == [[release, 1, 2]], sent    # u1 used it; u1 and v2 active in [R, R+30d)
+    assert proc.flush().features == []          # once
 
 
 def test_a_replay_is_skipped_by_position_not_judged_too_late() -> None:
