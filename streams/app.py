@@ -139,13 +139,7 @@ def _faust_app(s: Settings, broker_url: str) -> faust.App:
         table_cleanup_interval=3600.0,
         topic_disable_leader=True,
         topic_replication_factor=s.topics.replication_factor,
-        topic_allow_declare=s.app.create_topics,
-        # The flush acknowledges input once its state is delivered (streams/delivery.py); the
-        # events of a revoked partition or of a stopping worker stay unacknowledged on purpose
-        # (the next owner replays them, skipped by position). Faust's wait for every started
-        # event to be acknowledged would wait for those: a SIGTERM hung until the kill.
-        stream_wait_empty=False,
-        **faust_kwargs(s.kafka),
+        topic_allow_declare=s.app.create_topics, **faust_kwargs(s.kafka),
     )
     # Faust warns when more than 100 messages wait in its producer buffer; a flush hands over
     # one changelog and one output record per changed customer at once, by design.
