@@ -120,8 +120,25 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     return service
 
 
+class _App(faust.App):
+    """Faust's app, which does not wait for acknowledgements when it stops.
+
+    Input is acknowledged by the flush timer once its state is delivered
+    (streams/delivery.py). At a rebalance Faust waits for that, and the timer still runs. When
+    the worker stops, the timer stops with it and nothing can be acknowledged any more, so the
+    wait never ended (a SIGTERM hung until the kill). Unacknowledged events are replayed by
+    their next owner and skipped by position.
+    """
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        if self.should_stop:
+            logger.info("Stopping: unacknowledged events are left to the next owner")
+            return
+        await super()._consumer_wait_empty(consumer, logger)
+
+
 def _faust_app(s: Settings, broker_url: str) -> faust.App:
-    app = faust.App(
+    app = _App(
         s.app.id,
         broker=broker_url,
         store=s.app.store,

@@ -108,7 +108,13 @@ class Run:
         worker.start(timeout=120)
 
     def stop_worker(self, index: int) -> None:
-        self.procs[index].stop()
+        """A graceful stop (SIGTERM), as an orchestrator scales down: it must exit 0."""
+        started = time.monotonic()
+        code = self.procs[index].stop()
+        if code != 0:
+            raise AssertionError(f"{self.name}: a worker stopped with SIGTERM exited {code} "
+                                 f"after {time.monotonic() - started:.0f} s:\n"
+                                 f"{self.procs[index].log_tail()}")
 
     def lag(self) -> int:
         ingest = group_lag(self.bootstrap, f"{self.app_id}-ingest",
