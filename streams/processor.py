@@ -150,6 +150,8 @@ class CustomerProcessor:
         self.progress: dict[int, float] = {}
         self.progress_out: dict[int, float] = {}
         self.recount: set[str] = set()   # features whose release was learnt or moved earlier
+        # The contribution each partition last sent for each feature (of its last closed day)
+        self.sent_parts: dict[tuple[int, str], FeatureContribution] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -535,6 +537,7 @@ class CustomerProcessor:
                 # event times of that partition's slowest sibling.
                 self.after_tried[(partition, feature)] = release
                 self._after_release(part, customers, rule, release)
+            self.sent_parts[(partition, feature)] = part
             message: dict[str, Any] = {"p": partition, "c": part.to_state()}
             if (partition, feature) not in self.base_sent:
                 self.base_sent.add((partition, feature))
@@ -612,10 +615,24 @@ class CustomerProcessor:
             if clock.closed_day is None or partition not in self.members:
                 continue
             closed = clock.closed_day - 1
-            if any(after_release_fix_day(self.catalog[f], lateness) <= closed
-                   and self.after_tried.get((partition, f)) != self.catalog[f]
-                   for f in features if f in self.catalog):
-                self._features_day(partition, closed)
+            customers = None
+            for feature in sorted(features):
+                release = self.catalog.get(feature)
+                part = self.sent_parts.get((partition, feature))
+                if release is None or part is None or part.day != closed \
+                        or after_release_fix_day(release, lateness) > closed \
+                        or self.after_tried.get((partition, feature)) == release:
+                    continue
+                # The contribution as it was sent at the close (events applied since, late
+                # ones included, must not change it), now with the exact counts.
+                if customers is None:
+                    customers = [(self._load(cid), 0, False, False)
+                                 for cid in self.members[partition]]
+                self.after_tried[(partition, feature)] = release
+                self._after_release(part, customers, self.settings.features.eligible.get(feature),
+                                    release)
+                self.features_out.append((feature, orjson.dumps(
+                    {"p": partition, "c": part.to_state()})))
 
     def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
         """Day close for churn: settle old snapshots, snapshot and score a paying customer."""
@@ -849,6 +866,8 @@ class CustomerProcessor:
             self.dirty_summaries.discard(partition)
             for key in [k for k in self.after_tried if k[0] == partition]:
                 del self.after_tried[key]
+            for key in [k for k in self.sent_parts if k[0] == partition]:
+                del self.sent_parts[key]
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
         # Alerts and business messages already decided go out with the state that records them.

@@ -740,13 +740,16 @@ def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactl
                usage("c-2", at(D, 15), "v2"),                    # after R on day D: in it
                feature("c-1", at(D + 2, 10), "u1", "exports")]
     proc.apply(0, sorted(events, key=lambda e: e["ts"]))
-    proc.flush()
+    last = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
+    # A late event of the last closed day: applied, but that close's counts stay as sent.
+    proc.apply(0, [feature("c-2", at(D + 48, 23), "v3", "exports")])
     proc.learn_catalog({"exports": release, f"{PROGRESS_KEY}1": {"wm": at(D + 40, 0)}})
     # No day is left to close here (the end of a backfill): the flush sends them at once.
     sent = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
     assert [c["d"] for c in sent] == [D + 48]   # the last closed day, sent again
     exact = [c["ar"] for c in sent if "ar" in c]
     assert exact == [[release, 1, 2]], sent    # u1 used it; u1 and v2 active in [R, R+30d)
+    assert {k: v for k, v in sent[0].items() if k != "ar"} == last[-1]
     assert proc.flush().features == []          # once
 
 
