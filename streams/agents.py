@@ -40,6 +40,10 @@ def _customer_agent(service: Service, topic: faust.TopicT) -> None:
         # handed to the changelog: a crash before that replays them (and dedup drops them).
         async for event in _unacked(stream):
             if not service.owned_event(event):
+                # Not acknowledged (its next owner reads it again), and not kept alive here
+                # either: Faust waits at the next rebalance for every live unacknowledged
+                # message, and a stray held by this loop until the next event hung it.
+                del event
                 continue
             try:
                 batch = orjson.loads(_value(event))
@@ -73,6 +77,10 @@ def _stage_agent(service: Service, topic: faust.TopicT, name: str, pending: str,
         # Same contract as the customer agent: acknowledged by the flush timer only.
         async for event in _unacked(stream):
             if not service.owned_event(event):
+                # Not acknowledged (its next owner reads it again), and not kept alive here
+                # either: Faust waits at the next rebalance for every live unacknowledged
+                # message, and a stray held by this loop until the next event hung it.
+                del event
                 continue
             try:
                 apply(event)
@@ -90,6 +98,10 @@ def _churn_agent(service: Service, topic: faust.TopicT, learner_table: faust.Tab
         # One partition: one learner for the service. Acknowledged once its state is written.
         async for event in _unacked(stream):
             if not service.owned_event(event):
+                # Not acknowledged (its next owner reads it again), and not kept alive here
+                # either: Faust waits at the next rebalance for every live unacknowledged
+                # message, and a stray held by this loop until the next event hung it.
+                del event
                 continue
             if service.learner is None:
                 service.learner = ChurnLearner(s.churn, learner_table.data.get("learner"))
