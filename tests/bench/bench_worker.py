@@ -826,7 +826,8 @@ def wait_applied(worker: Worker, target: float, flushes_after: int, timeout: flo
     counted, flushes, reached = 0.0, -1, None
     while time.monotonic() < deadline:
         if not worker.alive():
-            raise RuntimeError(f"worker exited {worker.proc.returncode}:\n{worker.log_tail()}")
+            code = worker.proc.returncode if worker.proc else None
+            raise RuntimeError(f"worker exited {code}:\n{worker.log_tail()}")
         counted, _ = worker.events()
         _, flushes = worker.health()
         if reached is None and counted >= target:
@@ -867,17 +868,19 @@ def live(args: argparse.Namespace) -> int:
                           emit_interval_seconds=settings.emit.interval_seconds,
                           emit_max_delay_seconds=settings.emit.max_delay_seconds)
             produce(bootstrap, events[:warm])
+            assert broker.process is not None
+            broker_pid = broker.process.pid
             worker = Worker(env, port, tmp / "worker.log")
             worker.start()
             try:
                 wait_applied(worker, warm, 2, args.timeout)
                 log(f"warm-up: {warm:,} events applied and flushed")
                 before = read_histogram(worker)
-                cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(broker.process.pid)
+                cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
                 bench0, machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
                 produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate)
                 t_end = time.perf_counter()
-                cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(broker.process.pid)
+                cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
                 bench1, machine1 = cpu_seconds(os.getpid()), machine_busy_seconds()
                 counted, _ = wait_applied(worker, warm + timed, 2, args.timeout)
                 drain_s = time.perf_counter() - t_end
