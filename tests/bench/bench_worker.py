@@ -47,6 +47,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,8 +578,6 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
     spy: subprocess.Popen[bytes] | None = None
     deadline = run.spawned + timeout
     try:
-        if profile:
-            spy = _profiler(worker, profile)
         while True:
             now = time.perf_counter()
             watch.check(now, deadline, timeout)
@@ -589,6 +588,8 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
             counted, outcomes = worker.events()
             if run.first is None:
                 watch.note_start(now, counted, mem)
+                if profile and run.first is not None:
+                    spy = _profiler(worker, profile)   # the timed window only, not the start
             watch.prev_rss = mem.get("VmRSS", 0)
             run.events_counted, run.outcomes = max(counted, 0), outcomes
             if run.first is not None and run.applied is None and counted >= total:
@@ -620,7 +621,6 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
 
 def _profiler(worker: Worker, profile: str) -> subprocess.Popen[bytes]:
     """py-spy sampling the worker into `profile` (raw format)."""
-    time.sleep(0.5)  # let the interpreter come up before attaching
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
          "--format", "raw", "-r", "100", "-o", profile, "-p", str(worker.pid)],
@@ -695,6 +695,72 @@ def changelog_sizes(bootstrap: str, topic: str) -> dict[str, Any]:
 
 
 # -- profile summary -----------------------------------------------------------------------
+
+#: Stages of the worker for --profile, in the order they are tried: a sample belongs to the
+#: first stage one of whose patterns occurs in its stack (function names as py-spy shows them).
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("startup (imports, settings; before consumption)",
+     ("(<frozen importlib", "load_settings (", "build_app (")),
+    ("/metrics and /healthz answers (this script polls them)",
+     ("(faust/web/", "Metrics.exposition (")),
+    ("flush: state -> changelog value (encode)",
+     ("encode_state (", "_StateCodec._dumps (", "CustomerState.to_dict (")),
+    ("dedup (seen event ids)", ("SeenIds.", "(streams/dedup.py")),
+    ("day close: evaluate, snapshots, features",
+     ("CustomerProcessor._close_day (", "CustomerProcessor._close_customers (",
+      "CustomerProcessor._advance (")),
+    ("producer (aiokafka sender, Faust producer buffer)",
+     ("(aiokafka/producer/", "(faust/transport/producer.py", "Producer.send (faust/",
+      "Topic.send_soon (", "Topic.publish_message (", "Sender.")),
+    ("flush: in-day records, output encode, delivery bookkeeping",
+     ("Delivery.flush (", "CustomerProcessor.flush (", "flush_customers (")),
+    ("processor: apply events (activity, features, onboarding, revenue)",
+     ("CustomerProcessor.apply (",)),
+    ("Faust agent: loop, orjson.loads of internal batches",
+     ("apply_customer_events (",)),
+    ("ingest: TimeAligner and partition bookkeeping",
+     ("TimeAligner.", "_IdleBound", "IngestService._throttle (", "IngestService._empty_at (",
+      "IngestService._track_assignment (")),
+    ("ingest: parse + validate (orjson, EventValidator, hash)", ("Ingest.read (",)),
+    ("ingest: route + serialize internal batches", ("Ingest.route (", "IngestService._publish (")),
+    ("ingest: aiokafka fetch + record decode", ("IngestService._poll_loop (",)),
+    ("other stages (business, features, churn learner)",
+     ("_stage_agent.", "learn_churn (", "_business_agent", "_feature_agent")),
+    ("Faust consumer (fetch thread, stream dispatch, commits)",
+     ("(faust/", "(mode/threads.py")),
+    ("Kafka client I/O outside a stage (fetch responses, commits)", ("(aiokafka/",)),
+    ("event loop: waiting in select", ("EpollSelector.select (",)),
+)
+OTHER_STAGE = "other"
+
+
+def stage_breakdown(path: str) -> list[tuple[str, int, float]]:
+    """(stage, samples, share) from py-spy's collapsed stacks, in STAGES order, then other."""
+    counts: Counter[str] = Counter()
+    total = 0
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            for stage, patterns in STAGES:
+                if any(p in stack for p in patterns):
+                    counts[stage] += n
+                    break
+            else:
+                counts[OTHER_STAGE] += n
+    names = [s for s, _ in STAGES] + [OTHER_STAGE]
+    return [(s, counts[s], counts[s] / total if total else math.nan) for s in names]
+
+
+def format_stages(rows: list[tuple[str, int, float]]) -> str:
+    lines = ["worker CPU samples by stage (first matching stage of each stack):",
+             "  share  samples  stage"]
+    lines += [f"  {100 * share:5.1f}  {n:7d}  {stage}" for stage, n, share in rows]
+    return "\n".join(lines)
+
 
 def summarize_profile(path: str, top: int = 25) -> str:
     """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
@@ -772,10 +838,12 @@ def histogram_quantile(cumulative: list[tuple[float, float]], q: float) -> float
     return lower
 
 
-def paced_produce(bootstrap: str, events: list[tuple[str, bytes, bytes]], rate: float
+def paced_produce(bootstrap: str, events: list[tuple[str, bytes, bytes]], rate: float,
+                  every_second: Callable[[float, int], None] | None = None
                   ) -> tuple[float, int]:
     """Produces `events` at `rate` per second (in slices of a few ms), each record stamped by
-    the producer when it is handed over; returns (seconds taken, records delivered)."""
+    the producer when it is handed over; returns (seconds taken, records delivered).
+    `every_second(elapsed, sent)` is called about once a second."""
     from confluent_kafka import Producer
 
     errors: list[Any] = []
@@ -806,9 +874,10 @@ def paced_produce(bootstrap: str, events: list[tuple[str, bytes, bytes]], rate: 
                 continue
             sent += 1
         p.poll(0)
-        if now - last_log > 5:
+        if now - last_log >= 1.0:
             last_log = now
-            log(f"live: produced {sent:,}/{n:,} ({sent / (now - t0):,.0f}/s)")
+            if every_second is not None:
+                every_second(now - t0, sent)
         if sent < n:
             time.sleep(max(0.0, t0 + (sent + 1) / rate - time.perf_counter()))
     elapsed = time.perf_counter() - t0
@@ -878,8 +947,24 @@ def live(args: argparse.Namespace) -> int:
                 before = read_histogram(worker)
                 cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
                 bench0, machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
-                produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate)
+                timeline: list[dict[str, float]] = []
+
+                def sample(elapsed: float, sent: int) -> None:
+                    counted, _ = worker.events()
+                    _, flushes = worker.health()
+                    _, count, total_s = read_histogram(worker)
+                    timeline.append({"t": round(elapsed, 1), "produced": sent,
+                                     "applied": counted - warm, "flushes": flushes,
+                                     "delay_count": count - before[1],
+                                     "delay_sum": round(total_s - before[2], 2)})
+                    if len(timeline) % 5 == 0:
+                        log(f"live: {elapsed:.0f} s, produced {sent:,}, applied "
+                            f"{counted - warm:,.0f}, flushes {flushes}, delay observations "
+                            f"{count - before[1]:.0f}")
+
+                produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate, sample)
                 t_end = time.perf_counter()
+                result["timeline"] = timeline
                 cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
                 bench1, machine1 = cpu_seconds(os.getpid()), machine_busy_seconds()
                 counted, _ = wait_applied(worker, warm + timed, 2, args.timeout)
@@ -1074,6 +1159,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize_profile(run.profile)
             result["profile_file"] = run.profile
             print(summary, file=sys.stderr)
+            stages = stage_breakdown(run.profile)
+            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
+            print(format_stages(stages), file=sys.stderr)
         result["total_seconds"] = time.perf_counter() - t_all
         print_table(result)
         if args.json:
