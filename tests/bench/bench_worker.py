@@ -608,13 +608,8 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
         run.rss_end = mem.get("VmRSS", 0)
         run.children = children(worker.pid)
     finally:
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(30)
-                run.profile = profile
-            except subprocess.TimeoutExpired:
-                spy.kill()
+        if spy is not None and _stop_profiler(spy):
+            run.profile = profile
         watch.close()
     return run
 
@@ -625,6 +620,17 @@ def _profiler(worker: Worker, profile: str) -> subprocess.Popen[bytes]:
         [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
          "--format", "raw", "-r", "100", "-o", profile, "-p", str(worker.pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes]) -> bool:
+    """Stops py-spy (it writes its file on SIGINT); whether it did in time."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+        return True
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        return False
 
 
 # -- 5. state size -------------------------------------------------------------------------
@@ -962,7 +968,13 @@ def live(args: argparse.Namespace) -> int:
                             f"{counted - warm:,.0f}, flushes {flushes}, delay observations "
                             f"{count - before[1]:.0f}")
 
-                produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate, sample)
+                spy = _profiler(worker, args.profile) if args.profile else None
+                try:
+                    produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate,
+                                                          sample)
+                finally:
+                    if spy is not None:
+                        _stop_profiler(spy)
                 t_end = time.perf_counter()
                 result["timeline"] = timeline
                 cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
@@ -988,6 +1000,12 @@ def live(args: argparse.Namespace) -> int:
             delay_count=count, delay_mean=total_s / count if count else math.nan,
             delay_p50=histogram_quantile(cum, 0.5), delay_p90=histogram_quantile(cum, 0.9),
             delay_p99=histogram_quantile(cum, 0.99))
+        if args.profile:
+            result["profiled"] = True
+            print(summarize_profile(args.profile), file=sys.stderr)
+            stages = stage_breakdown(args.profile)
+            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
+            print(format_stages(stages), file=sys.stderr)
         print_live(result)
         if args.json:
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
@@ -1003,7 +1021,7 @@ def live(args: argparse.Namespace) -> int:
 
 def print_live(r: dict[str, Any]) -> None:
     print()
-    print(f"live: {r['rate']:,.0f} events/s requested for {r['seconds']:.0f} s, "
+    print(f"live{' [py-spy attached]' if r['profiled'] else ''}: {r['rate']:,.0f} events/s requested for {r['seconds']:.0f} s, "
           f"{r['achieved_rate']:,.0f}/s produced ({r['produced']:,} events after "
           f"{r['warmup_events']:,} of warm-up); all counted and flushed "
           f"{r['drain_seconds']:.1f} s after the last was produced")
