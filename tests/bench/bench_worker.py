@@ -22,6 +22,13 @@ In one run, on one embedded (Tansu, in-memory) broker:
 Progress goes to stderr; the result table (and with --json a JSON object) to stdout. With
 `--profile FILE` the worker is sampled by py-spy during the timed window (collapsed stacks in
 FILE, a summary on stderr); that slows it down, so the numbers of such a run are marked.
+
+    python tests/bench/bench_worker.py --rate N [--seconds S] [--warmup W]
+
+is the live mode instead: W events produced at once and applied first, then N events/s for S
+seconds produced while the worker runs; it prints the distribution of
+vitals_processing_delay_seconds (input record timestamp to the broker's acknowledgement of the
+customer records) over that window, read from /metrics before and after it.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,8 +578,6 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
     spy: subprocess.Popen[bytes] | None = None
     deadline = run.spawned + timeout
     try:
-        if profile:
-            spy = _profiler(worker, profile)
         while True:
             now = time.perf_counter()
             watch.check(now, deadline, timeout)
@@ -582,6 +588,8 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
             counted, outcomes = worker.events()
             if run.first is None:
                 watch.note_start(now, counted, mem)
+                if profile and run.first is not None:
+                    spy = _profiler(worker, profile)   # the timed window only, not the start
             watch.prev_rss = mem.get("VmRSS", 0)
             run.events_counted, run.outcomes = max(counted, 0), outcomes
             if run.first is not None and run.applied is None and counted >= total:
@@ -600,24 +608,29 @@ def run_worker(worker: Worker, bootstrap: str, total: int, input_ends: dict[tupl
         run.rss_end = mem.get("VmRSS", 0)
         run.children = children(worker.pid)
     finally:
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(30)
-                run.profile = profile
-            except subprocess.TimeoutExpired:
-                spy.kill()
+        if spy is not None and _stop_profiler(spy):
+            run.profile = profile
         watch.close()
     return run
 
 
 def _profiler(worker: Worker, profile: str) -> subprocess.Popen[bytes]:
     """py-spy sampling the worker into `profile` (raw format)."""
-    time.sleep(0.5)  # let the interpreter come up before attaching
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking",
          "--format", "raw", "-r", "100", "-o", profile, "-p", str(worker.pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes]) -> bool:
+    """Stops py-spy (it writes its file on SIGINT); whether it did in time."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+        return True
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        return False
 
 
 # -- 5. state size -------------------------------------------------------------------------
@@ -689,6 +702,72 @@ def changelog_sizes(bootstrap: str, topic: str) -> dict[str, Any]:
 
 # -- profile summary -----------------------------------------------------------------------
 
+#: Stages of the worker for --profile, in the order they are tried: a sample belongs to the
+#: first stage one of whose patterns occurs in its stack (function names as py-spy shows them).
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("startup (imports, settings; before consumption)",
+     ("(<frozen importlib", "load_settings (", "build_app (")),
+    ("/metrics and /healthz answers (this script polls them)",
+     ("(faust/web/", "Metrics.exposition (")),
+    ("flush: state -> changelog value (encode)",
+     ("encode_state (", "_StateCodec._dumps (", "CustomerState.to_dict (")),
+    ("dedup (seen event ids)", ("SeenIds.", "(streams/dedup.py")),
+    ("day close: evaluate, snapshots, features",
+     ("CustomerProcessor._close_day (", "CustomerProcessor._close_customers (",
+      "CustomerProcessor._advance (")),
+    ("producer (aiokafka sender, Faust producer buffer)",
+     ("(aiokafka/producer/", "(faust/transport/producer.py", "Producer.send (faust/",
+      "Topic.send_soon (", "Topic.publish_message (", "Sender.")),
+    ("flush: in-day records, output encode, delivery bookkeeping",
+     ("Delivery.flush (", "CustomerProcessor.flush (", "flush_customers (")),
+    ("processor: apply events (activity, features, onboarding, revenue)",
+     ("CustomerProcessor.apply (",)),
+    ("Faust agent: loop, orjson.loads of internal batches",
+     ("apply_customer_events (",)),
+    ("ingest: TimeAligner and partition bookkeeping",
+     ("TimeAligner.", "_IdleBound", "IngestService._throttle (", "IngestService._empty_at (",
+      "IngestService._track_assignment (")),
+    ("ingest: parse + validate (orjson, EventValidator, hash)", ("Ingest.read (",)),
+    ("ingest: route + serialize internal batches", ("Ingest.route (", "IngestService._publish (")),
+    ("ingest: aiokafka fetch + record decode", ("IngestService._poll_loop (",)),
+    ("other stages (business, features, churn learner)",
+     ("_stage_agent.", "learn_churn (", "_business_agent", "_feature_agent")),
+    ("Faust consumer (fetch thread, stream dispatch, commits)",
+     ("(faust/", "(mode/threads.py")),
+    ("Kafka client I/O outside a stage (fetch responses, commits)", ("(aiokafka/",)),
+    ("event loop: waiting in select", ("EpollSelector.select (",)),
+)
+OTHER_STAGE = "other"
+
+
+def stage_breakdown(path: str) -> list[tuple[str, int, float]]:
+    """(stage, samples, share) from py-spy's collapsed stacks, in STAGES order, then other."""
+    counts: Counter[str] = Counter()
+    total = 0
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            for stage, patterns in STAGES:
+                if any(p in stack for p in patterns):
+                    counts[stage] += n
+                    break
+            else:
+                counts[OTHER_STAGE] += n
+    names = [s for s, _ in STAGES] + [OTHER_STAGE]
+    return [(s, counts[s], counts[s] / total if total else math.nan) for s in names]
+
+
+def format_stages(rows: list[tuple[str, int, float]]) -> str:
+    lines = ["worker CPU samples by stage (first matching stage of each stack):",
+             "  share  samples  stage"]
+    lines += [f"  {100 * share:5.1f}  {n:7d}  {stage}" for stage, n, share in rows]
+    return "\n".join(lines)
+
+
 def summarize_profile(path: str, top: int = 25) -> str:
     """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
     self_n: Counter[str] = Counter()
@@ -718,6 +797,253 @@ def summarize_profile(path: str, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+# -- live mode: end-to-end latency at a paced rate ------------------------------------------
+
+DELAY_METRIC = "vitals_processing_delay_seconds"
+
+
+def read_histogram(worker: Worker, name: str = DELAY_METRIC) -> tuple[list[tuple[float, float]],
+                                                                      float, float]:
+    """A histogram of the worker's /metrics: (cumulative (le, count) by le, count, sum)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = worker.get("/metrics")[1].decode()
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+            elif sample.name == f"{name}_count":
+                count += sample.value
+            elif sample.name == f"{name}_sum":
+                total += sample.value
+    if not buckets:
+        raise RuntimeError(f"no histogram {name} in the worker's /metrics")
+    return sorted(buckets.items()), count, total
+
+
+def histogram_quantile(cumulative: list[tuple[float, float]], q: float) -> float:
+    """As Prometheus' histogram_quantile: linear within the bucket that holds the quantile;
+    the highest finite bound if it falls in the +Inf bucket; nan without observations."""
+    total = cumulative[-1][1]
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le, cum in cumulative:
+        if cum >= rank:
+            if math.isinf(le):
+                return lower
+            inside = cum - below
+            return le if inside <= 0 else lower + (le - lower) * (rank - below) / inside
+        lower, below = le, cum
+    return lower
+
+
+def paced_produce(bootstrap: str, events: list[tuple[str, bytes, bytes]], rate: float,
+                  every_second: Callable[[float, int], None] | None = None
+                  ) -> tuple[float, int]:
+    """Produces `events` at `rate` per second (in slices of a few ms), each record stamped by
+    the producer when it is handed over; returns (seconds taken, records delivered).
+    `every_second(elapsed, sent)` is called about once a second."""
+    from confluent_kafka import Producer
+
+    errors: list[Any] = []
+    delivered = 0
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        nonlocal delivered
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered += 1
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                  "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+    n = len(events)
+    sent = 0
+    t0 = time.perf_counter()
+    last_log = t0
+    while sent < n:
+        now = time.perf_counter()
+        due = min(n, int((now - t0) * rate) + 1)
+        while sent < due:
+            topic, key, value = events[sent]
+            try:
+                p.produce(topic, value, key, on_delivery=on_delivery)
+            except BufferError:
+                p.poll(0.01)
+                continue
+            sent += 1
+        p.poll(0)
+        if now - last_log >= 1.0:
+            last_log = now
+            if every_second is not None:
+                every_second(now - t0, sent)
+        if sent < n:
+            time.sleep(max(0.0, t0 + (sent + 1) / rate - time.perf_counter()))
+    elapsed = time.perf_counter() - t0
+    left = p.flush(120)
+    if left or errors:
+        raise RuntimeError(f"paced produce failed: {left} undelivered, errors {errors[:3]}")
+    return elapsed, delivered
+
+
+def wait_applied(worker: Worker, target: float, flushes_after: int, timeout: float
+                 ) -> tuple[float, int]:
+    """Until `target` events are counted and `flushes_after` more flushes have run since
+    (the records reflecting them are acknowledged and observed); returns (counted, flushes)."""
+    deadline = time.monotonic() + timeout
+    counted, flushes, reached = 0.0, -1, None
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            code = worker.proc.returncode if worker.proc else None
+            raise RuntimeError(f"worker exited {code}:\n{worker.log_tail()}")
+        counted, _ = worker.events()
+        _, flushes = worker.health()
+        if reached is None and counted >= target:
+            reached = flushes
+        if reached is not None and flushes >= reached + flushes_after:
+            return counted, flushes
+        time.sleep(0.1)
+    raise RuntimeError(f"worker counted {counted:,.0f} of {target:,.0f} events in {timeout:.0f} s:"
+                       f"\n{worker.log_tail()}")
+
+
+def live(args: argparse.Namespace) -> int:
+    """--rate: warm up on a backlog, then produce at a steady rate while the worker runs and
+    report the distribution of vitals_processing_delay_seconds over that window."""
+    from streams.broker import EmbeddedBroker, free_port
+
+    warm = max(args.warmup, args.customers)   # the signups at least
+    timed = int(args.rate * args.seconds)
+    tmp = Path(tempfile.mkdtemp(prefix="vitals-bench-live-"))
+    result: dict[str, Any] = {"mode": "live", "rate": args.rate, "seconds": args.seconds,
+                              "customers": args.customers, "warmup_events": warm,
+                              "profiled": False}
+    try:
+        gc.disable()
+        try:
+            events, days = generate(args.customers, warm + timed, args.seed)
+        finally:
+            gc.enable()
+        gc.freeze()
+        log(f"generated {len(events):,} events over {days} days: {warm:,} warm-up, "
+            f"{timed:,} at {args.rate:,.0f}/s for {args.seconds:.0f} s")
+        with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+            bootstrap = broker.address
+            port = free_port()
+            env = worker_env(broker.url, port, str(tmp / "state"), args.config, args.env)
+            settings = create_topics(env, bootstrap)
+            result.update(order_grace_seconds=settings.ingest.order_grace_seconds,
+                          emit_interval_seconds=settings.emit.interval_seconds,
+                          emit_max_delay_seconds=settings.emit.max_delay_seconds)
+            produce(bootstrap, events[:warm])
+            assert broker.process is not None
+            broker_pid = broker.process.pid
+            worker = Worker(env, port, tmp / "worker.log")
+            worker.start()
+            try:
+                wait_applied(worker, warm, 2, args.timeout)
+                log(f"warm-up: {warm:,} events applied and flushed")
+                before = read_histogram(worker)
+                cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
+                bench0, machine0 = cpu_seconds(os.getpid()), machine_busy_seconds()
+                timeline: list[dict[str, float]] = []
+
+                def sample(elapsed: float, sent: int) -> None:
+                    counted, _ = worker.events()
+                    _, flushes = worker.health()
+                    _, count, total_s = read_histogram(worker)
+                    timeline.append({"t": round(elapsed, 1), "produced": sent,
+                                     "applied": counted - warm, "flushes": flushes,
+                                     "delay_count": count - before[1],
+                                     "delay_sum": round(total_s - before[2], 2)})
+                    if len(timeline) % 5 == 0:
+                        log(f"live: {elapsed:.0f} s, produced {sent:,}, applied "
+                            f"{counted - warm:,.0f}, flushes {flushes}, delay observations "
+                            f"{count - before[1]:.0f}")
+
+                spy = _profiler(worker, args.profile) if args.profile else None
+                try:
+                    produced_s, delivered = paced_produce(bootstrap, events[warm:], args.rate,
+                                                          sample)
+                finally:
+                    if spy is not None:
+                        _stop_profiler(spy)
+                t_end = time.perf_counter()
+                result["timeline"] = timeline
+                cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(broker_pid)
+                bench1, machine1 = cpu_seconds(os.getpid()), machine_busy_seconds()
+                counted, _ = wait_applied(worker, warm + timed, 2, args.timeout)
+                drain_s = time.perf_counter() - t_end
+                after = read_histogram(worker)
+            finally:
+                code = worker.stop()
+        window = produced_s
+        cum = [(le, c1 - c0) for (le, c1), (_, c0) in zip(after[0], before[0], strict=True)]
+        count, total_s = after[1] - before[1], after[2] - before[2]
+        result.update(
+            worker_exit_code=code, produced=delivered, produce_seconds=produced_s,
+            achieved_rate=timed / produced_s, drain_seconds=drain_s, counted=counted,
+            worker_cpu_share=(cpu1 - cpu0) / window,
+            worker_cpu_us_per_event=1e6 * (cpu1 - cpu0) / timed,
+            broker_cpu_share=(broker1 - broker0) / window,
+            bench_cpu_share=(bench1 - bench0) / window,
+            other_cpu_share=max(0.0, (machine1 - machine0) - (cpu1 - cpu0) - (broker1 - broker0)
+                                - (bench1 - bench0)) / window,
+            delay_buckets=[[le if math.isfinite(le) else "+Inf", c] for le, c in cum],
+            delay_count=count, delay_mean=total_s / count if count else math.nan,
+            delay_p50=histogram_quantile(cum, 0.5), delay_p90=histogram_quantile(cum, 0.9),
+            delay_p99=histogram_quantile(cum, 0.99))
+        if args.profile:
+            result["profiled"] = True
+            print(summarize_profile(args.profile), file=sys.stderr)
+            stages = stage_breakdown(args.profile)
+            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
+            print(format_stages(stages), file=sys.stderr)
+        print_live(result)
+        if args.json:
+            print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    finally:
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for name in ("tansu.log", "worker.log"):
+                if (tmp / name).exists():
+                    shutil.copy(tmp / name, Path(args.keep) / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_live(r: dict[str, Any]) -> None:
+    print()
+    print(f"live{' [py-spy attached]' if r['profiled'] else ''}: {r['rate']:,.0f} events/s requested for {r['seconds']:.0f} s, "
+          f"{r['achieved_rate']:,.0f}/s produced ({r['produced']:,} events after "
+          f"{r['warmup_events']:,} of warm-up); all counted and flushed "
+          f"{r['drain_seconds']:.1f} s after the last was produced")
+    print(f"worker CPU {100 * r['worker_cpu_share']:.0f}% of a core "
+          f"({r['worker_cpu_us_per_event']:.1f} us/event); broker "
+          f"{100 * r['broker_cpu_share']:.0f}%, this script {100 * r['bench_cpu_share']:.0f}%, "
+          f"others on the machine {100 * r['other_cpu_share']:.0f}%")
+    print(f"settings: ingest.order_grace_seconds {r['order_grace_seconds']}, "
+          f"emit.interval_seconds {r['emit_interval_seconds']}, "
+          f"emit.max_delay_seconds {r['emit_max_delay_seconds']}")
+    print(f"{DELAY_METRIC} over the window ({r['delay_count']:.0f} observations: the oldest "
+          "input record of each customer partition per flush):")
+    print(f"  {'le (s)':>8}  {'in bucket':>9}  {'cumulative':>10}")
+    below = 0.0
+    for le, cum in r["delay_buckets"]:
+        le_s = le if isinstance(le, str) else f"{le:g}"
+        print(f"  {le_s:>8}  {cum - below:>9.0f}  {cum:>10.0f}")
+        below = cum
+    print(f"  p50 {r['delay_p50']:.2f} s, p90 {r['delay_p90']:.2f} s, p99 {r['delay_p99']:.2f} s "
+          f"(interpolated within buckets); mean {r['delay_mean']:.2f} s")
+
+
 # -- main ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -735,7 +1061,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="worker phase limit, seconds")
     ap.add_argument("--poll", type=float, default=0.25, help="metrics poll interval, seconds")
     ap.add_argument("--keep", metavar="DIR", help="keep broker and worker logs in DIR")
+    ap.add_argument("--rate", type=float, metavar="N",
+                    help="live mode: after a warm-up, produce N events/s while the worker runs "
+                         "and report the latency histogram (no throughput run)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="live mode: paced seconds")
+    ap.add_argument("--warmup", type=int, default=50_000,
+                    help="live mode: events produced and applied before the paced window")
     args = ap.parse_args(argv)
+    if args.rate:
+        return live(args)
 
     from streams.broker import EmbeddedBroker, free_port
 
@@ -843,6 +1177,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize_profile(run.profile)
             result["profile_file"] = run.profile
             print(summary, file=sys.stderr)
+            stages = stage_breakdown(run.profile)
+            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
+            print(format_stages(stages), file=sys.stderr)
         result["total_seconds"] = time.perf_counter() - t_all
         print_table(result)
         if args.json:
