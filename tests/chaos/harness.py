@@ -98,7 +98,9 @@ class Run:
         worker = WorkerProcess(self.broker_url, self.logdir / f"{self.name}-{index}.log",
                                **self.env(index))
         self.procs.append(worker)
-        worker.start(timeout=120)
+        # Each joining worker makes both groups rebalance; on a loaded 2-core machine the
+        # fifth of five took over 2 minutes to be ready.
+        worker.start(timeout=300)
         return worker
 
     def kill_and_restart(self, index: int) -> None:
