@@ -32,8 +32,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Two pytest processes (pytest-xdist): each integration file stays in one process, and the
+# tests that work off a large backlog with workers of their own run one at a time in one of
+# them (tests/integration/conftest.py), so the two cores are not both given to backlogs.
+# `make test PYTEST_JOBS=0` runs everything in one process.
+PYTEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadgroup)
+
 test: lint promtool
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 	$(BIN)/python -m pytest -q --doctest-modules models
 
 unit: $(STAMP) promtool
@@ -41,7 +48,7 @@ unit: $(STAMP) promtool
 	$(BIN)/python -m pytest -q --doctest-modules models
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q $(XDIST) tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_worker.py
