@@ -99,27 +99,6 @@ class WorkerProcess:
             return ""
 
 
-# Files whose brokered tests work off a large pre-filled backlog with workers of their own
-# (a CPU core each, for a minute or two, against a group session timeout).
-BACKLOG_FILES = frozenset({"test_business_e2e.py", "test_churn_e2e.py", "test_crash_matrix.py",
-                           "test_features_e2e.py", "test_restart_e2e.py",
-                           "test_two_workers_e2e.py"})
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for `pytest -n 2 --dist loadgroup` (`make test`): each integration file stays in
-    one process (its module fixtures are made once), and the brokered backlog tests all run in
-    one process, one at a time, so that two of them never share the two cores; the in-process
-    tests of those files run apart, beside them."""
-    for item in items:
-        path = Path(str(item.path))
-        if path.parent != Path(__file__).parent:
-            continue
-        backlog = path.name in BACKLOG_FILES and "broker" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("backlog" if backlog else path.stem))
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
