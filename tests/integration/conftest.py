@@ -38,7 +38,7 @@ class WorkerProcess:
         app_id = env.get("VITALS_APP__ID")
         if app_id:  # internal topics of their own for a worker group of its own
             for key in ("FEATURE_INTERNAL", "FEATURE_CATALOG", "CHURN_EXAMPLES",
-                        "CHURN_MODEL"):
+                        "CHURN_MODEL", "BUSINESS_INTERNAL"):
                 self.env.setdefault(f"VITALS_TOPICS__{key}", f"{app_id}.internal.{key.lower()}")
         self.proc: subprocess.Popen[bytes] | None = None
 

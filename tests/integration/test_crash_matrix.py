@@ -47,6 +47,7 @@ def _check(name: str, expected: Outputs, actual: Outputs) -> None:
     assert result.ok, report(name, result)
 
 
+@pytest.mark.full  # make test-full (a subset of make chaos; see the Makefile)
 @pytest.mark.timeout(600)
 def test_sigkills_at_random_moments_change_no_output(broker, reference):
     _, expected, span, logs = reference

@@ -49,6 +49,7 @@ def _settle(bootstrap: str, run: str, out: Out, timeout: float = 150.0) -> None:
     raise AssertionError(f"{run} did not settle")
 
 
+@pytest.mark.full  # make test-full (a subset of make chaos; see the Makefile)
 @pytest.mark.timeout(400)
 def test_two_workers_give_the_same_business_records_as_one(broker, tmp_path):
     producer = In(broker.address)
