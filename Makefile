@@ -36,14 +36,12 @@ test: lint promtool
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --doctest-modules models
 
-# `make test` plus the tests marked `full` (pyproject.toml), which CI does not run: each is a
-# subset of `make chaos` and takes one to two minutes.
-# - test_crash_matrix.py: 5 SIGKILLs of one rocksdb:// worker against a reference run, compared
-#   on every output topic (make chaos: SIGKILL rows, 1-3 workers, both stores). make test keeps
-#   test_restart_e2e.py (SIGKILL mid-stream and restart, same figures as an undisturbed run).
+# `make test` plus the tests marked `full` (pyproject.toml), which CI does not run: a subset
+# of `make chaos` that takes one to two minutes.
 # - test_two_workers_e2e.py: two workers in one group give one worker's business revenue
 #   (make chaos: prefilled 2/3/5 workers, a worker joining, a worker leaving; every output).
-#   make test keeps two workers in one group in test_churn_e2e.py.
+#   make test keeps two workers in one group in test_churn_e2e.py, and two workers under
+#   SIGKILLs in test_crash_matrix.py.
 test-full: lint promtool
 	$(BIN)/python -m pytest -q -m "full or not full"
 	$(BIN)/python -m pytest -q --doctest-modules models

@@ -1,10 +1,11 @@
-"""Crash safety, small matrix: SIGKILLs at seeded random moments give the uninterrupted outputs.
+"""The determinism and crash matrices, small: what `make test` runs of `make chaos`.
 
-On the production store (rocksdb://), against an uninterrupted memory:// worker on pre-filled
-topics (the reference): the last record of every key of every output topic and the dead
-letters must be identical. Customer alert transitions and a business record's customer
-aggregates are still open (docs/chaos.md): they are listed, not asserted. The full matrix (more
-kills, 1-5 workers, both stores, arrival modes, joins and leaves) is `make chaos`.
+One hostile dataset (late events within the lateness, bad clocks of 2099 and 1970, malformed
+records and duplicates; `tests/chaos/matrix.py` `hostile`) and one reference: an
+uninterrupted memory:// worker on pre-filled topics. Each test disturbs one run and compares
+every output with the reference, field by field: the last record per key of every output
+topic, every alert transition and every dead letter. The full matrix (1-5 workers, paced
+arrival, joins and leaves, both stores, more kills) is `make chaos` (docs/chaos.md).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 
 from streams.simulator import SimConfig, generate
 from tests.chaos.harness import Outputs, Run, compare, fill, kill_moments, report
+from tests.chaos.matrix import hostile
+from tests.integration.kafka import In
 
 SEED = 5
 KILLS = 5
@@ -27,8 +30,9 @@ def reference(broker, tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[list[tuple[str, Any]], Outputs, float, Path]:
     """The events, the reference's outputs, the seconds it took, a log folder."""
     logs = tmp_path_factory.mktemp("crash-matrix")
-    events = list(generate(SimConfig(seed=SEED, customers=40, days=45, bad_fraction=0.005,
-                                     duplicate_fraction=0.01)))
+    events = hostile(list(generate(SimConfig(seed=SEED, customers=40, days=45,
+                                             bad_fraction=0.005, duplicate_fraction=0.01))),
+                     SEED)
     fill(broker.address, PREFIX, events)
     run = Run(broker.url, broker.address, PREFIX, "ref", 1, logs).start()
     try:
@@ -41,13 +45,11 @@ def reference(broker, tmp_path_factory: pytest.TempPathFactory
 def _check(name: str, expected: Outputs, actual: Outputs) -> None:
     result = compare(expected, actual)
     assert result.keys > 40, "the reference produced too little to compare"
-    # Every record of every output topic and every dead letter is the reference's; the known
-    # open differences (customer alert transitions, business customer aggregates) are listed.
+    # Every record of every output topic, alert transition and dead letter is the reference's.
     print(report(name, result))
     assert result.ok, report(name, result)
 
 
-@pytest.mark.full  # make test-full (a subset of make chaos; see the Makefile)
 @pytest.mark.timeout(600)
 def test_sigkills_at_random_moments_change_no_output(broker, reference):
     _, expected, span, logs = reference
@@ -66,3 +68,25 @@ def test_sigkills_at_random_moments_change_no_output(broker, reference):
         crash.stop()
     assert crash.kills == KILLS
     _check("sigkill x5, one worker, rocksdb://", expected, actual)
+
+
+@pytest.mark.timeout(600)
+def test_a_burst_into_two_running_workers_with_sigkills_changes_no_output(broker, reference):
+    """Arrival, worker count and crashes at once: two rocksdb:// workers are up before the
+    events, which are produced as fast as possible into input topics of their own, and
+    workers are killed at seeded random moments while they work it off."""
+    events, expected, span, logs = reference
+    run = Run(broker.url, broker.address, PREFIX, "burst", 2, logs, store="rocksdb://",
+              input_prefix=f"{PREFIX}-burst").start()
+    try:
+        started = time.monotonic()
+        In(broker.address).send_events(run.inputs, events)
+        for i, moment in enumerate(kill_moments(SEED + 1, 3, max(span, 8.0))):
+            time.sleep(max(0.0, started + moment - time.monotonic()))
+            run.kill_and_restart(i % 2)
+        run.wait_caught_up()
+        actual = run.outputs()
+    finally:
+        run.stop()
+    assert run.kills == 3
+    _check("burst into 2 running workers, sigkill x3, rocksdb://", expected, actual)
