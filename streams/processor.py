@@ -168,7 +168,8 @@ class CustomerProcessor:
         clock = self._clock(partition)
         deadletters: list[tuple[bytes | None, bytes]] = []
         policy = self.policy
-        count = self.metrics.count
+        # Counted once per batch: a Prometheus counter takes a lock per increment.
+        tally: dict[tuple[str, str], int] = defaultdict(int)
         live = self.live
         now = None if self.wall_clock is None else self.wall_clock()
         touched: list[CustomerState] = []
@@ -212,7 +213,7 @@ class CustomerProcessor:
             h = event["h"]
             seen = state.seen
             if seen.seen(h):
-                count(family, "duplicate")
+                tally[(family, "duplicate")] += 1
                 continue
             if windowed:
                 seen.add_windowed(h, day_of(ts))
@@ -226,7 +227,9 @@ class CustomerProcessor:
             touched.append(state)
             self.dirty[cid] = partition
             self.to_emit[cid] = partition
-            count(family, "late" if where is LATE else "accepted")
+            tally[(family, "late" if where is LATE else "accepted")] += 1
+        for (family, outcome), n in tally.items():
+            self.metrics.count(family, outcome, n)
         return self._end_batch(touched, offset, deadletters)
 
     def _attach_stored(self, cid: str) -> CustomerState | None:
