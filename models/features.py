@@ -213,7 +213,14 @@ def retention_impact(with_kept: int, with_total: int, without_kept: int, without
 
 def _span(spans: dict[int, dict[int, list[float]]], ts: float, index: int) -> None:
     """Widen user `index`'s [first, last] event time of ts's day to include ts."""
-    per_day = spans.setdefault(day_of(ts), {})
+    _span_day(spans, day_of(ts), ts, index)
+
+
+def _span_day(spans: dict[int, dict[int, list[float]]], day: int, ts: float, index: int
+              ) -> None:
+    per_day = spans.get(day)
+    if per_day is None:
+        per_day = spans[day] = {}
     span = per_day.get(index)
     if span is None:
         per_day[index] = [ts, ts]
@@ -294,6 +301,28 @@ class CustomerFeatures:
     def on_activity(self, ts: float, user_id: str) -> None:
         """Any usage or feature event of user at ts (for the after-release active users)."""
         _span(self.active, ts, intern(self.users, self._index, user_id))
+
+    def on_event(self, ts: float, day: int, user_id: str, feature: str | None = None) -> None:
+        """``on_activity`` and, for a feature event, ``record``, with one lookup of the user:
+        the customer stage's path for every usage and feature event."""
+        index = intern(self.users, self._index, user_id)
+        _span_day(self.active, day, ts, index)
+        if feature is None:
+            return
+        first = self.first.get(feature)
+        if first is None or ts < first:
+            self.first[feature] = ts
+        bit = 1 << index
+        days = self.masks.get(feature)
+        if days is None:
+            days = self.masks[feature] = {}
+        mask = days.get(day, 0)
+        if not mask & bit:
+            days[day] = mask | bit
+        spans = self.spans.get(feature)
+        if spans is None:
+            spans = self.spans[feature] = {}
+        _span_day(spans, day, ts, index)
 
     def after_release(self, feature: str, released_at: float, window: int = WINDOW_DAYS
                       ) -> tuple[int, int] | None:

@@ -119,6 +119,7 @@ class TimeAligner:
             else:
                 idle.append((self.read_to.get(tp, -math.inf), at - self.order_grace, tp))
         bound = _IdleBound(idle)
+        any_level, any_written = bound.any_level, bound.any_written
         heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
         heapq.heapify(heads)
         out: list[Any] = []
@@ -127,9 +128,8 @@ class TimeAligner:
             if ts > limit:
                 break
             buf = self.buffers[tp]
-            written = buf[0][3]
-            if ts > bound.any_level and written > bound.any_written and not bound.passes(
-                    tp, ts, written):
+            if ts > any_level and buf[0][3] > any_written and not bound.passes(
+                    tp, ts, buf[0][3]):
                 break
             out.append(buf.popleft()[2])
             if buf:

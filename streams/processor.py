@@ -328,16 +328,18 @@ class CustomerProcessor:
     def _apply_activity(self, state: CustomerState, event: dict[str, Any], ts: float,
                         partition: int) -> None:
         """A usage or feature event: activity, adoption and onboarding."""
-        state.activity.record(day_of(ts), event["user_id"])
-        state.feature_use.on_activity(ts, event["user_id"])
+        day = day_of(ts)
+        user = event["user_id"]
+        state.activity.record(day, user)
         if event["family"] == "usage":
+            state.feature_use.on_event(ts, day, user)
             state.onboarding.on_usage(event["action"], ts)
             return
         feature = event["feature"]
+        state.feature_use.on_event(ts, day, user, feature)
         state.onboarding.on_feature(ts)
-        if state.features.get(feature, -1) < day_of(ts):
-            state.features[feature] = day_of(ts)
-        state.feature_use.record(feature, ts, event["user_id"])
+        if state.features.get(feature, -1) < day:
+            state.features[feature] = day
         self._see_feature(feature, ts, partition)
 
     def _apply_signup(self, state: CustomerState, event: dict[str, Any], ts: float) -> None:

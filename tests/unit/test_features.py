@@ -670,3 +670,23 @@ def test_a_figure_fixed_by_day_counts_in_an_older_record_is_kept() -> None:
     assert book.after_release == (r, 8, 40)
     other = FeatureBook.from_state({"f": F, "p": [], "h": [], "ar": [D + 29, 8, 40]})
     assert other.after_release_counts(at(D + 3), partitions=1) is None   # another release day
+
+
+def test_on_event_is_on_activity_then_record() -> None:
+    """The customer stage's one-call path leaves the same state as the two calls it replaces."""
+    import random
+
+    from models.activity import day_of
+    from models.features import CustomerFeatures
+
+    rng = random.Random(7)
+    one, two = CustomerFeatures(), CustomerFeatures()
+    for _ in range(2000):
+        ts = 1_767_225_600.0 + rng.uniform(0, 40 * DAY_SECONDS)
+        user = f"u{rng.randrange(12)}"
+        feature = rng.choice([None, "reports", "exports"])
+        one.on_event(ts, day_of(ts), user, feature)
+        two.on_activity(ts, user)
+        if feature is not None:
+            two.record(feature, ts, user)
+    assert one.to_dict() == two.to_dict()
