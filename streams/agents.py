@@ -13,6 +13,7 @@ import faust
 import orjson
 from faust.types import EventT
 
+from streams.batches import decode_batch
 from streams.churn import ChurnLearner
 from streams.delivery import Delivery, rewind_uncommitted
 from streams.service import Service
@@ -46,7 +47,7 @@ def _customer_agent(service: Service, topic: faust.TopicT) -> None:
                 del event
                 continue
             try:
-                batch = orjson.loads(_value(event))
+                batch = decode_batch(_value(event))
             except orjson.JSONDecodeError as exc:  # not written by our ingest
                 service.quarantine(event, exc)
             else:

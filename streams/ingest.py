@@ -26,14 +26,14 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from models.activity import DAY_SECONDS
 from streams.assignor import CoPartitionedAssignor
-from streams.deadletter import bounded_key, deadletter_value, raw_excerpt
+from streams.batches import RAW_BYTES, encode_batch
+from streams.deadletter import RAW_MAX_BYTES, bounded_key, deadletter_value, raw_excerpt
 from streams.delay import ARRIVAL, arrival_headers, take_oldest_arrival
 from streams.events import (
     NOT_JSON,
@@ -225,8 +225,14 @@ class Ingest:
                         raise InvalidEvent(NOT_JSON, "value is empty (tombstone)")
                     event = parse(family, raw)
                     event["h"] = event_hash(event["event_id"])
-                    # The JSON without a Schema Registry frame (valid UTF-8: orjson parsed it).
-                    event["raw"] = raw_excerpt(unframe(raw))
+                    # The JSON without a Schema Registry frame (valid UTF-8: orjson parsed it),
+                    # sent after the batch's JSON (streams/batches.py); a large one is cut
+                    # here, into the fields its dead letter would carry.
+                    text = unframe(raw)
+                    if len(text) <= RAW_MAX_BYTES:
+                        event[RAW_BYTES] = text
+                    else:
+                        event["raw"] = raw_excerpt(text)
                 except InvalidEvent as exc:
                     self._reject(tp, msg.offset, key, family, exc.code, exc.detail, raw, aligner)
                     continue
@@ -403,7 +409,7 @@ class IngestService(Service):
             for i in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
                 chunk = events[i:i + MAX_EVENTS_PER_MESSAGE]
                 headers = arrival_headers(take_oldest_arrival(chunk))
-                value = orjson.dumps(chunk)
+                value = encode_batch(chunk)
                 sends.append(await self.producer.send(topics.repartition, value,
                                                       partition=partition, headers=headers))
         for key, value in deadletters:

@@ -23,7 +23,7 @@ from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
 from streams import events as ev
 from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
-from streams.deadletter import deadletter_value
+from streams.deadletter import deadletter_value, raw_excerpt
 from streams.evaluate import Evaluation, Evaluator
 from streams.exporters.metrics import Metrics, gauge, watermark_gauges
 from streams.quarantine import quarantine
@@ -260,6 +260,9 @@ class CustomerProcessor:
         applied as soon as the watermark is within the skew of them.
         """
         cid = state.customer_id
+        raw = event.get("raw")
+        if isinstance(raw, bytes):   # kept with the customer's record (JSON): as text
+            event["raw"] = raw_excerpt(raw)
         state.held.append(event)
         clock.ahead[cid] = min(event["ts"], clock.ahead.get(cid, event["ts"]))
         self.dirty[cid] = partition

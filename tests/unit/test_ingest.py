@@ -59,7 +59,7 @@ def test_a_valid_event_carries_its_hash_source_and_key_and_goes_to_its_customers
     [event] = released
     assert (event["event_id"], event["ts"], event["family"]) == ("e1", T0, "usage")
     assert event["src"] == (USAGE.topic, 0, 7) and event["key"] == "c-1"
-    assert isinstance(event["h"], int) and orjson.loads(event["raw"])["event_id"] == "e1"
+    assert isinstance(event["h"], int) and orjson.loads(event["raw_bytes"])["event_id"] == "e1"
     batches, letters = ingest.route(released)
     assert letters == [] and batches == {Partitioner(4)("c-1"): [event]}
 

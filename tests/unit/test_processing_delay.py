@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
+from streams.batches import decode_batch
 from streams.delay import (
     ARRIVAL,
     ARRIVAL_HEADER,
@@ -166,7 +167,7 @@ def test_the_ingest_sends_each_internal_message_with_the_oldest_arrival_of_its_e
     released = aligner.release([u0, u1], lambda tp: math.inf)
     assert len(released) == 4
     asyncio.run(service._publish(released))
-    sent = {partition: (orjson.loads(value), headers)
+    sent = {partition: (decode_batch(value), headers)
             for topic, value, partition, headers in service.producer.sent  # type: ignore[union-attr]
             if topic == INTERNAL}
     assert set(sent) == {partition_of(a), partition_of(b)}
