@@ -51,7 +51,6 @@ from streams.topics import Partitioner
 log = logging.getLogger(__name__)
 MAX_EVENTS_PER_MESSAGE = 500
 MAX_BUFFERED_PER_PARTITION = 20_000
-ALIGN_GRACE_SECONDS = 2.0
 
 
 class TimeAligner:
@@ -381,9 +380,11 @@ class IngestService(Service):
         if tp not in self.assigned_at:
             return math.inf
         high = self.consumer.highwater(tp)
-        if high is None:  # not fetched yet: wait a little for it, then stop waiting
-            waited = time.monotonic() - self.assigned_at[tp]
-            return time.time() if waited > ALIGN_GRACE_SECONDS else None
+        if high is None:
+            # Not fetched yet since its assignment: nothing is known of it, so it holds the
+            # others back (taking it for empty after a while let a partition handed over
+            # during a burst fall far behind the others, and its events turned too late).
+            return None
         if self.aligner.next_offset.get(tp, 0) < high:
             return None
         fetched_ms = self.consumer.last_poll_timestamp(tp)

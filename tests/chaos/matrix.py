@@ -120,7 +120,8 @@ def hostile(events: list[tuple[str, Any]], seed: int) -> list[tuple[str, Any]]:
         if ts is not None and family in ("usage", "feature") and rng.random() < 0.005:
             when = ts + rng.uniform(1, 20) * 3600          # produced later than its time
         out.append((when, i, (family, event)))
-        if isinstance(event, dict) and rng.random() < 0.001:
+        if isinstance(event, dict) and "event_id" in event and "ts" in event \
+                and rng.random() < 0.001:
             bad = dict(event, event_id=f"{event['event_id']}-clock",
                        ts=rng.choice(("2099-06-01T00:00:00Z", "1970-01-02T00:00:00Z")))
             out.append((when, i, (family, bad)))
