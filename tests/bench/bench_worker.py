@@ -47,7 +47,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -740,23 +740,27 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 OTHER_STAGE = "other"
 
 
+def _collapsed_stacks(path: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of each line of py-spy's collapsed output."""
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if stack:
+                yield stack, int(count)
+
+
 def stage_breakdown(path: str) -> list[tuple[str, int, float]]:
     """(stage, samples, share) from py-spy's collapsed stacks, in STAGES order, then other."""
     counts: Counter[str] = Counter()
     total = 0
-    with open(path) as fh:
-        for line in fh:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            n = int(count)
-            total += n
-            for stage, patterns in STAGES:
-                if any(p in stack for p in patterns):
-                    counts[stage] += n
-                    break
-            else:
-                counts[OTHER_STAGE] += n
+    for stack, n in _collapsed_stacks(path):
+        total += n
+        for stage, patterns in STAGES:
+            if any(p in stack for p in patterns):
+                counts[stage] += n
+                break
+        else:
+            counts[OTHER_STAGE] += n
     names = [s for s, _ in STAGES] + [OTHER_STAGE]
     return [(s, counts[s], counts[s] / total if total else math.nan) for s in names]
 
@@ -773,20 +777,15 @@ def summarize_profile(path: str, top: int = 25) -> str:
     self_n: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
-    with open(path) as fh:
-        for line in fh:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            n = int(count)
-            total += n
-            frames = [f.strip() for f in stack.split(";")]
-            frames = [f for f in frames if f and not f.startswith("process ")
-                      and not f.startswith("thread ")]
-            if frames:
-                self_n[frames[-1]] += n
-            for f in set(frames):
-                incl[f] += n
+    for stack, n in _collapsed_stacks(path):
+        total += n
+        frames = [f.strip() for f in stack.split(";")]
+        frames = [f for f in frames if f and not f.startswith("process ")
+                  and not f.startswith("thread ")]
+        if frames:
+            self_n[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
     lines = [f"py-spy: {total} samples"]
     lines.append("  self%  function")
     for f, n in self_n.most_common(top):
@@ -1003,20 +1002,29 @@ def live(args: argparse.Namespace) -> int:
         if args.profile:
             result["profiled"] = True
             print(summarize_profile(args.profile), file=sys.stderr)
-            stages = stage_breakdown(args.profile)
-            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
-            print(format_stages(stages), file=sys.stderr)
+            _print_stages(result, args.profile)
         print_live(result)
         if args.json:
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:
-        if args.keep:
-            Path(args.keep).mkdir(parents=True, exist_ok=True)
-            for name in ("tansu.log", "worker.log"):
-                if (tmp / name).exists():
-                    shutil.copy(tmp / name, Path(args.keep) / name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _keep_and_remove(args.keep, tmp)
+
+
+def _keep_and_remove(keep: str | None, tmp: Path) -> None:
+    """Copy the broker's and the worker's logs to `keep` (if given), then remove the run's files."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for name in ("tansu.log", "worker.log"):
+            if (tmp / name).exists():
+                shutil.copy(tmp / name, Path(keep) / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_stages(result: dict[str, Any], profile: str) -> None:
+    stages = stage_breakdown(profile)
+    result["profile_stages"] = [[s, n, share] for s, n, share in stages]
+    print(format_stages(stages), file=sys.stderr)
 
 
 def print_live(r: dict[str, Any]) -> None:
@@ -1177,21 +1185,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize_profile(run.profile)
             result["profile_file"] = run.profile
             print(summary, file=sys.stderr)
-            stages = stage_breakdown(run.profile)
-            result["profile_stages"] = [[s, n, share] for s, n, share in stages]
-            print(format_stages(stages), file=sys.stderr)
+            _print_stages(result, run.profile)
         result["total_seconds"] = time.perf_counter() - t_all
         print_table(result)
         if args.json:
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:
-        if args.keep:
-            Path(args.keep).mkdir(parents=True, exist_ok=True)
-            for name in ("tansu.log", "worker.log"):
-                if (tmp / name).exists():
-                    shutil.copy(tmp / name, Path(args.keep) / name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _keep_and_remove(args.keep, tmp)
 
 
 def print_table(r: dict[str, Any]) -> None:
