@@ -120,8 +120,9 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     return service
 
 
-class _App(faust.App):
-    """Faust's app, which does not wait for acknowledgements when it stops.
+class App(faust.App):
+    """Faust's app (same name: the health report says "App died"), which does not wait for
+    acknowledgements when it stops.
 
     Input is acknowledged by the flush timer once its state is delivered
     (streams/delivery.py). At a rebalance Faust waits for that, and the timer still runs. When
@@ -138,7 +139,7 @@ class _App(faust.App):
 
 
 def _faust_app(s: Settings, broker_url: str) -> faust.App:
-    app = _App(
+    app = App(
         s.app.id,
         broker=broker_url,
         store=s.app.store,

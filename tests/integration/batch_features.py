@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,31 +294,36 @@ def _score(events: list[tuple[str, dict, Any]], closed_day: int, key_features: s
 
 
 def customers_at_close(events: list[tuple[str, Any]], closed_day: int,
-                       released: Mapping[str, float] | None = None
+                       released: Mapping[str, float] | None = None,
+                       partition_of: Callable[[str], int] | None = None
                        ) -> dict[str, dict[str, Any]]:
     """The `activity` and `health` of every customer at the close of closed_day (as of
     T = closed_day + 1 00:00), by METRICS.md "Activity" and "Health score": windows over the
     complete days closed_day-29 .. closed_day, trend_7d = score at this close − score at the
     close of closed_day − 7 (over its own complete days, with the events before its close).
-    Key features: every feature released (configured) or first seen by T."""
+    Key features: every feature released (configured) or first seen by T, on the customer's
+    own partition (``partition_of``; the whole input when not given)."""
     released = dict(released or {})
-    first_seen: dict[str, float] = {}
+    part = partition_of or (lambda cid: 0)
+    first_seen: dict[int, dict[str, float]] = {}
     for _, family, e in distinct_valid(events):
         if family == "feature":
-            first_seen[e["feature"]] = min(e["ts"], first_seen.get(e["feature"], e["ts"]))
+            seen = first_seen.setdefault(part(e["customer_id"]), {})
+            seen[e["feature"]] = min(e["ts"], seen.get(e["feature"], e["ts"]))
 
-    def keys(day: int) -> set[str]:
+    def keys(day: int, cid: str) -> set[str]:
         T = (day + 1) * DAY
-        return {f for f in set(first_seen) | set(released)
-                if released.get(f, first_seen.get(f, T + 1)) <= T}
+        seen = first_seen.get(part(cid), {})
+        return {f for f in set(seen) | set(released)
+                if released.get(f, seen.get(f, T + 1)) <= T}
 
     out = {}
     for cid, evs in _customer_events(events).items():
-        now = _score(evs, closed_day, keys(closed_day))
+        now = _score(evs, closed_day, keys(closed_day, cid))
         if now is None:
             continue
         activity, health = now
-        before = _score(evs, closed_day - 7, keys(closed_day - 7))
+        before = _score(evs, closed_day - 7, keys(closed_day - 7, cid))
         rounded = round(health["score"], 2)
         health.update(score=rounded, trend_7d=None if before is None else round(
             rounded - round(before[1]["score"], 2), 2),

@@ -177,7 +177,10 @@ def _check_customers(events: list[tuple[str, Any]], records: dict[str, dict[str,
     """Every customer's record of the same day close as the feature records (stamped
     closed + 1 00:00, over the complete days closed-29 .. closed) against the batch."""
     released = {f: datetime.fromisoformat(ts).timestamp() for f, ts in CONFIGURED.items()}
-    expected = batch.customers_at_close(events, closed, released)
+    from streams.topics import Partitioner
+
+    # the stream's 4 customer partitions (_stream_in_process): key features per partition
+    expected = batch.customers_at_close(events, closed, released, Partitioner(4))
     stamp = datetime.fromtimestamp((closed + 1) * DAY, UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     mine = {cid: r for cid, r in records.items() if not cid.startswith("close-tick-")}
