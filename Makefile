@@ -36,8 +36,10 @@ test: lint promtool
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --doctest-modules models
 
-# `make test` plus the tests marked `full` (pyproject.toml), which CI does not run: a subset
-# of `make chaos` that takes one to two minutes.
+# `make test` plus the tests marked `full` (pyproject.toml), which CI does not run, one to two
+# minutes each:
+# - test_crash_matrix.py, the burst into two running workers with SIGKILLs: not yet exact
+#   (docs/chaos.md), so not a gate.
 # - test_two_workers_e2e.py: two workers in one group give one worker's business revenue
 #   (make chaos: prefilled 2/3/5 workers, a worker joining, a worker leaving; every output).
 #   make test keeps two workers in one group in test_churn_e2e.py, and two workers under
