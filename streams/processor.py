@@ -849,6 +849,10 @@ class CustomerProcessor:
                     clock = self.clocks[partition]
                     first = min(e["ts"] for e in state.held)
                     clock.ahead[cid] = min(first, clock.ahead.get(cid, first))
+                # A crash between the customers' write and their clock's loses the features
+                # the clock first saw in between: the replay skips those events by position.
+                for feature, ts in state.feature_use.first.items():
+                    self._see_feature(feature, ts, partition)
 
     def revoke(self, partitions: Iterable[int]) -> Flush:
         """Hand over partitions another worker now owns.
