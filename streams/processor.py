@@ -839,10 +839,13 @@ class CustomerProcessor:
         for cid in list(self.store.keys()):
             partition = self.partition_of(cid)
             if partition in wanted:
-                self.members[partition].add(cid)
-                if self.clocks[partition].watermark is not None:
-                    self.to_emit[cid] = partition
                 state = self._load(cid)
+                # One that holds only events ahead of the watermark joins its partition's day
+                # closes at its first applied event, as it did before the restart.
+                if state.events:
+                    self.members[partition].add(cid)
+                    if self.clocks[partition].watermark is not None:
+                        self.to_emit[cid] = partition
                 if state.summary is not None:  # its share as of its last close, again
                     self._summarise(cid, CloseSummary(*state.summary))
                 if state.held:  # the clock may have been written before the customer was

@@ -626,8 +626,9 @@ def test_revoke_forgets_gauge_contributions() -> None:
 
 
 def test_assign_without_watermark_publishes_nothing() -> None:
-    store = {"c-1": CustomerState("c-1")}
-    proc, _ = make(store=store)
+    state = CustomerState("c-1")
+    state.events = 1
+    proc, _ = make(store={"c-1": state})
     proc.assign([0])
     assert proc.members[0] == {"c-1"}
     assert proc.flush().records == []
@@ -899,3 +900,29 @@ def test_features_first_seen_survive_a_crash_between_the_customer_and_clock_writ
     assert again.clocks[0].features == proc.clocks[0].features
     assert again.record("c-1", 0) == expected
     assert "exports" in {f for f, _ in again.flush().catalog}
+
+
+def test_a_customer_holding_only_events_ahead_joins_no_day_close_after_a_restart() -> None:
+    """Its first event is held (far ahead of the watermark). It is no member of the partition
+    until an event of it is applied, before a restart as after: no day-close records, health
+    history or alerts of a customer without a single applied event."""
+    def run(restart: bool) -> list[tuple[str, float]]:
+        proc, _ = make()
+        proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")])
+        assert proc.apply(0, [usage("c-9", at(D + 20, 9), "u9")]) == []   # held
+        out = proc.flush()
+        if restart:
+            store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
+            clocks = {str(p): orjson.loads(orjson.dumps(c)) for p, c in out.clocks}
+            proc, _ = make(store, clocks)
+            proc.assign([0])
+            assert "c-9" not in proc.members[0]
+            out = proc.flush()
+        sent = [(cid, orjson.loads(v)["as_of"]) for cid, v in out.records]
+        for k in range(1, 4):                              # three day closes
+            proc.apply(0, [usage("c-2", at(D + k, 12), "u2")])
+            sent += [(cid, orjson.loads(v)["as_of"]) for cid, v in proc.flush().records]
+        return [s for s in sent if s[0] == "c-9"]
+
+    assert run(restart=False) == []
+    assert run(restart=True) == []
