@@ -14,6 +14,9 @@ import orjson
 
 SEPARATOR = b"\x00"
 RAW_BYTES = "raw_bytes"   # an event's raw value on its way to the batch (not serialized)
+# Set on an event far ahead of its input partition's level (a wrong clock): the ingest lets it
+# leave at once, and a customer partition that has no time yet must not take its time from it.
+AHEAD_OF_INPUT = "ahead"
 
 
 def encode_batch(events: list[dict[str, Any]]) -> bytes:

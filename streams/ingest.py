@@ -32,7 +32,7 @@ from mode import Service
 
 from models.activity import DAY_SECONDS
 from streams.assignor import CoPartitionedAssignor
-from streams.batches import RAW_BYTES, encode_batch
+from streams.batches import AHEAD_OF_INPUT, RAW_BYTES, encode_batch
 from streams.deadletter import RAW_MAX_BYTES, bounded_key, deadletter_value, raw_excerpt
 from streams.delay import ARRIVAL, arrival_headers, take_oldest_arrival
 from streams.events import (
@@ -85,16 +85,17 @@ class TimeAligner:
         self.next_offset: dict[Hashable, int] = {}   # offset after the last item read
 
     def add(self, tp: Hashable, ts: float, offset: int, item: Any,
-            written: float = -math.inf) -> None:
+            written: float = -math.inf) -> bool:
         """ts = -inf for items with no event time (dead letters): they leave at once.
-        ``written``: when the record reached the broker (epoch seconds; -inf if unknown)."""
+        ``written``: when the record reached the broker (epoch seconds; -inf if unknown).
+        True when the item is more than ``max_skew`` ahead of its partition's level."""
         buf = self.buffers.get(tp)
         if buf is None:
             buf = self.buffers[tp] = deque()
         self.next_offset[tp] = offset + 1
         if ts == -math.inf:
             buf.append((ts, offset, item, -math.inf))
-            return
+            return False
         level = self.read_to.get(tp, -math.inf)
         last = self.last_ts.get(tp)
         self.last_ts[tp] = ts
@@ -102,7 +103,11 @@ class TimeAligner:
             level = self.read_to[tp] = ts
         elif min(last, ts) > level:
             level = self.read_to[tp] = min(last, ts)
-        buf.append((ts if ts <= level + self.max_skew else level, offset, item, written))
+        if ts <= level + self.max_skew:
+            buf.append((ts, offset, item, written))
+            return False
+        buf.append((level, offset, item, written))
+        return True
 
     def release(self, partitions: Iterable[Hashable],
                 empty_at: Callable[[Hashable], float | None]) -> list[Any]:
@@ -244,7 +249,8 @@ class Ingest:
                 event[ARRIVAL] = msg.timestamp  # taken off again in _publish (streams/delay.py)
                 if key is not None:
                     event["key"] = key.decode("utf-8", "replace")
-                add(tp, event["ts"], msg.offset, event, min(msg.timestamp, now_ms) / 1000.0)
+                if add(tp, event["ts"], msg.offset, event, min(msg.timestamp, now_ms) / 1000.0):
+                    event[AHEAD_OF_INPUT] = True
 
     def _reject(self, tp: TopicPartition, offset: int, key: bytes | None, family: str,
                 code: str, detail: str, raw: bytes | None, aligner: TimeAligner) -> None:

@@ -21,6 +21,7 @@ from models.activity import DAY_SECONDS, day_of, last_day
 from models.features import BASE_HISTORY_DAYS, FeatureContribution, after_release_fix_day
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
 from streams import events as ev
+from streams.batches import AHEAD_OF_INPUT
 from streams.business import add_to_summary, empty_summary
 from streams.churn import ChurnScorer, example_value, remember_mrr, snapshot
 from streams.deadletter import deadletter_value, raw_excerpt
@@ -195,7 +196,7 @@ class CustomerProcessor:
                 continue
             if state is None:
                 state = live[cid] = self.evaluator.attach(CustomerState(cid))
-            if where is AHEAD:
+            if where is AHEAD or (clock.watermark is None and AHEAD_OF_INPUT in event):
                 if len(state.held) >= MAX_HELD_PER_CUSTOMER:
                     deadletters.append(self._reject(event, FUTURE, clock))
                     continue
@@ -266,7 +267,11 @@ class CustomerProcessor:
         state.held.append(event)
         clock.ahead[cid] = min(event["ts"], clock.ahead.get(cid, event["ts"]))
         self.dirty[cid] = partition
-        self._ahead_run(partition, clock, cid, event["ts"])
+        if clock.watermark is not None:
+            self._ahead_run(partition, clock, cid, event["ts"])
+        # else: ahead of its input partition, and this partition has no time yet. Keyless or
+        # misrouted, it can come through another worker's ingest before any event of this
+        # partition: its time starts with the first event in step with its input.
 
     def _ahead_run(self, partition: int, clock: PartitionClock, cid: str, ts: float) -> None:
         """An event ahead joins the partition's unbroken run of them; a run of AHEAD_QUORUM

@@ -64,6 +64,17 @@ def test_a_valid_event_carries_its_hash_source_and_key_and_goes_to_its_customers
     assert letters == [] and batches == {Partitioner(4)("c-1"): [event]}
 
 
+def test_an_event_far_ahead_of_its_input_partition_is_flagged_for_the_customer_stage() -> None:
+    metrics = Metrics()
+    ingest = Ingest(SETTINGS, metrics, Partitioner(4))
+    aligner = TimeAligner(max_skew=86400.0)
+    times = [T0, T0 + 60, T0 + 40 * 86400.0, T0 + 120]
+    ingest.read({USAGE: [record(i, usage(f"e{i}", "c-1", ts)) for i, ts in enumerate(times)]},
+                aligner)
+    released = aligner.release([USAGE], lambda tp: math.inf)
+    assert [e.get("ahead", False) for e in released] == [False, False, True, False]
+
+
 def test_invalid_records_become_dead_letters_in_their_partitions_offset_order() -> None:
     ingest, metrics, released = read({USAGE: [
         record(0, usage("e1", "c-1", T0 + 50)),

@@ -926,3 +926,23 @@ def test_a_customer_holding_only_events_ahead_joins_no_day_close_after_a_restart
 
     assert run(restart=False) == []
     assert run(restart=True) == []
+
+
+def test_an_event_ahead_of_its_input_gives_a_partition_without_time_no_time() -> None:
+    """A keyless event with a wrong clock reaches a customer partition through another worker's
+    ingest before any other event of that partition. Flagged by the ingest as ahead of its
+    input, it is held: the partition's time starts with its first event in step with its
+    input, and no event after it is judged against the wrong clock."""
+    proc, metrics = make()
+    stray = dict(feature("c-9", at(D + 40, 10), "u9"), ahead=True)
+    assert proc.apply(0, [stray]) == []
+    assert proc.clocks[0].watermark is None
+    assert proc.apply(0, [usage(c, at(D, 10 + k), "u1") for k, c in enumerate(("c-1", "c-2"))]
+                      ) == []
+    assert proc.clocks[0].watermark == at(D, 11)
+    assert counted(metrics, "usage", "accepted") == 2
+    assert proc.clocks[0].ahead == {"c-9": at(D + 40, 10)}
+    assert "c-9" not in proc.members[0]
+    # With a time of its own, the partition judges the flag no more: the event is in step.
+    proc.apply(0, [dict(usage("c-1", at(D, 12), "u1"), ahead=True)])
+    assert counted(metrics, "usage", "accepted") == 3
