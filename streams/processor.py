@@ -503,7 +503,6 @@ class CustomerProcessor:
         feature's after-release figure even when it learnt of the feature too late.
         """
         fs = self.settings.features
-        lateness = self.settings.time.lateness_days
         as_of = (closed + 1) * DAY_SECONDS
         anchor = as_of - fs.retention_window_days * DAY_SECONDS
         customers = []   # (state, mau, paying at the anchor, still paying now)
@@ -529,33 +528,41 @@ class CustomerProcessor:
             days[closed] = active_users
             for old in [d for d in days if d <= closed - BASE_HISTORY_DAYS]:
                 del days[old]
+        clock.last_base = (closed, {g: list(counts) for g, counts in base.items()})
         self.dirty_clocks.add(partition)
         released = {**self.catalog, **self.evaluator.released}  # configured releases win
         for feature, release in released.items():
-            rule = fs.eligible.get(feature)
-            group = self.group_of.get(feature, eligibility_group(None))
-            part = FeatureContribution(feature, closed)
-            for state, _, _, _ in customers:
-                if feature in state.feature_use.first and (
-                        rule is None or rule.admits(state.segment, state.plan)):
-                    part.add_customer(state.feature_use, mau=0, released_at=release,
-                                      signup_ts=state.signup_ts, paid=state.paid,
-                                      retention_window_days=fs.retention_window_days)
-            part.set_base(*base[group])
-            fix = after_release_fix_day(release, lateness)
-            if fix <= closed and (closed <= fix + self.after_margin
-                                  or self.after_tried.get((partition, feature)) != release):
-                # Also once when the release becomes known (or moves earlier) only after the
-                # margin: another partition of this worker saw f late, and _prune kept the
-                # event times of that partition's slowest sibling.
-                self.after_tried[(partition, feature)] = release
-                self._after_release(part, customers, rule, release)
-            self.sent_parts[(partition, feature)] = part
-            message: dict[str, Any] = {"p": partition, "c": part.to_state()}
-            if (partition, feature) not in self.base_sent:
-                self.base_sent.add((partition, feature))
-                message["b"] = sorted(clock.base[group].items())
-            self.features_out.append((feature, orjson.dumps(message)))
+            self._contribute(partition, clock, closed, feature, release, customers, base)
+
+    def _contribute(self, partition: int, clock: PartitionClock, closed: int, feature: str,
+                    release: float, customers: list[Any], base: Mapping[str, Any]) -> None:
+        """One feature's contribution of closed day `closed` to the feature stage."""
+        fs = self.settings.features
+        lateness = self.settings.time.lateness_days
+        rule = fs.eligible.get(feature)
+        group = self.group_of.get(feature, eligibility_group(None))
+        part = FeatureContribution(feature, closed)
+        for state, _, _, _ in customers:
+            if feature in state.feature_use.first and (
+                    rule is None or rule.admits(state.segment, state.plan)):
+                part.add_customer(state.feature_use, mau=0, released_at=release,
+                                  signup_ts=state.signup_ts, paid=state.paid,
+                                  retention_window_days=fs.retention_window_days)
+        part.set_base(*base[group])
+        fix = after_release_fix_day(release, lateness)
+        if fix <= closed and (closed <= fix + self.after_margin
+                              or self.after_tried.get((partition, feature)) != release):
+            # Also once when the release becomes known (or moves earlier) only after the
+            # margin: another partition of this worker saw f late, and _prune kept the
+            # event times of that partition's slowest sibling.
+            self.after_tried[(partition, feature)] = release
+            self._after_release(part, customers, rule, release)
+        self.sent_parts[(partition, feature)] = part
+        message: dict[str, Any] = {"p": partition, "c": part.to_state()}
+        if (partition, feature) not in self.base_sent:
+            self.base_sent.add((partition, feature))
+            message["b"] = sorted(clock.base[group].items())
+        self.features_out.append((feature, orjson.dumps(message)))
 
     @staticmethod
     def _after_release(part: FeatureContribution, customers: list[Any], rule: Any,
@@ -632,20 +639,38 @@ class CustomerProcessor:
             for feature in sorted(features):
                 release = self.catalog.get(feature)
                 part = self.sent_parts.get((partition, feature))
-                if release is None or part is None or part.day != closed \
-                        or after_release_fix_day(release, lateness) > closed \
+                if release is None:
+                    continue
+                if customers is None:
+                    customers = [(self._load(cid), 0, False, False)
+                                 for cid in self.members[partition]]
+                if part is None or part.day != closed:
+                    self._contribute_unused(partition, clock, closed, feature, release,
+                                            customers)
+                    continue
+                if after_release_fix_day(release, lateness) > closed \
                         or self.after_tried.get((partition, feature)) == release:
                     continue
                 # The contribution as it was sent at the close (events applied since, late
                 # ones included, must not change it), now with the exact counts.
-                if customers is None:
-                    customers = [(self._load(cid), 0, False, False)
-                                 for cid in self.members[partition]]
                 self.after_tried[(partition, feature)] = release
                 self._after_release(part, customers, self.settings.features.eligible.get(feature),
                                     release)
                 self.features_out.append((feature, orjson.dumps(
                     {"p": partition, "c": part.to_state()})))
+
+    def _contribute_unused(self, partition: int, clock: PartitionClock, closed: int,
+                           feature: str, release: float, customers: list[Any]) -> None:
+        """A feature learnt after the partition's last close, from another worker (again after
+        a restart): none of its customers used it, or the partition would have seen it before
+        that close. Its contribution of that close, with no user, is the close's own counts;
+        without it the feature stage would count the partition only at its next close, which
+        the end of a backlog may never bring."""
+        if clock.last_base is None or clock.last_base[0] != closed or any(
+                feature in state.feature_use.first for state, _, _, _ in customers):
+            return
+        self._contribute(partition, clock, closed, feature, release, customers,
+                         clock.last_base[1])
 
     def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
         """Day close for churn: settle old snapshots, snapshot and score a paying customer."""

@@ -44,13 +44,15 @@ class TimePolicy:
 class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
-    __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events")
+    __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events",
+                 "last_base")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
                  base: dict[str, dict[int, int]] | None = None,
                  ahead: dict[str, float] | None = None,
-                 streak: dict[str, float] | None = None, run_events: int = 0) -> None:
+                 streak: dict[str, float] | None = None, run_events: int = 0,
+                 last_base: tuple[int, dict[str, list[int]]] | None = None) -> None:
         self.watermark = watermark
         self.closed_day = closed_day
         self.features: dict[str, float] = features or {}  # first time each feature was seen
@@ -64,6 +66,10 @@ class PartitionClock:
         # unbroken run of them, stray bad clocks are broken up by the good events around them.
         self.streak: dict[str, float] = streak or {}
         self.run_events = run_events   # events in that run
+        # The last closed day's feature-independent counts per eligibility group (active users,
+        # active customers, paying at the anchor, still paying): a feature learnt only after
+        # that close is sent for it with no user here (streams/processor.py).
+        self.last_base = last_base
 
     def quorum_time(self, customers: int) -> float | None:
         """The time the watermark may jump to: AHEAD_QUORUM customers sent events past it in
@@ -128,12 +134,17 @@ class PartitionClock:
         if self.streak:
             out["streak"] = self.streak
             out["run"] = self.run_events
+        if self.last_base is not None:
+            out["lb"] = [self.last_base[0], self.last_base[1]]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartitionClock:
         base = {g: {int(d): int(n) for d, n in days}
                 for g, days in (data.get("base") or {}).items()}
+        lb = data.get("lb")
+        last_base = None if not lb else (int(lb[0]), {g: [int(n) for n in counts]
+                                                      for g, counts in lb[1].items()})
         return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
                    dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
-                   int(data.get("run") or 0))
+                   int(data.get("run") or 0), last_base)

@@ -150,6 +150,8 @@ def test_batch_then_flush_gives_exact_figures() -> None:
     assert out.clocks[0][0] == 0 and clock.pop("features").keys() == {"reports"}
     # Active users of every closed day (D-9 .. D-1), for features learnt late.
     assert [d for d, _ in clock.pop("base")["*"]] == list(range(D - 9, D))
+    # The last close's counts (active users, customers, paying, kept): c-1 active, on trial.
+    assert clock.pop("lb") == [D - 1, {"*": [3, 1, 0, 0]}]
     assert clock == {"wm": at(D, 15), "day": D}
     state = proc.store["c-1"]
     assert state.events == 8
@@ -416,9 +418,9 @@ def test_day_close_emits_quiet_customers_with_slid_figures() -> None:
     #   dau = DAU(D) = 2; wau = mau = {v1, v2} = 2; active days 2; Σ DAU = 1 + 2 → (3/2)/2
     assert activity(recs, "c-2") == (2, 2, 2, 2, 0.75)
     assert proc.days_closed == 1
-    # active users of day D kept with the clock: u1 of c-1, v1 and v2 of c-2
+    # active users of day D kept with the clock: u1 of c-1, v1 and v2 of c-2 (of 2 customers)
     assert out.clocks == [(0, {"wm": at(D + 1, 1), "day": D + 1, "features": {},
-                               "base": {"*": [(D, 3)]}})]
+                               "base": {"*": [(D, 3)]}, "lb": [D, {"*": [3, 2, 0, 0]}]})]
 
 
 def test_day_close_only_for_members_of_the_partition() -> None:
@@ -946,3 +948,33 @@ def test_an_event_ahead_of_its_input_gives_a_partition_without_time_no_time() ->
     # With a time of its own, the partition judges the flag no more: the event is in step.
     proc.apply(0, [dict(usage("c-1", at(D, 12), "u1"), ahead=True)])
     assert counted(metrics, "usage", "accepted") == 3
+
+
+def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> None:
+    """Another worker's partition saw f; this one learns it from the catalog only after its
+    last close (at the end of a backlog there is no next close), and again after a restart.
+    Its partition must still count in f's figures, with that close's own active users."""
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2")], offset=1)
+    proc.apply(0, [usage("c-1", at(D + 1, 9), "u2")], offset=2)     # closes day D
+    out = proc.flush()
+    assert out.features == []                                        # no feature known yet
+    for partition, clock in out.clocks:
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+
+    def sent(flush: Flush) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for f, v in flush.features if f == "exports"]
+
+    proc.learn_catalog({"exports": at(D - 3, 8)})
+    [message] = sent(proc.flush())
+    part = FeatureContribution.from_state(message["c"])
+    assert (message["p"], part.day, part.feature_users, part.active_users) == (0, D, 0, 2)
+    assert message["b"] == [[D, 2]]
+    assert sent(proc.flush()) == []                                  # once
+    # After a restart the catalog is read again: the same contribution, from the stored clock.
+    store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
+    again, _ = make(store, dict(clock_store))
+    again.assign([0])
+    again.learn_catalog({"exports": at(D - 3, 8)})
+    assert [m["c"] for m in sent(again.flush())] == [message["c"]]
