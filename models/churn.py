@@ -1225,6 +1225,8 @@ class AucComparison:
     se: float | None        # of auc_model - auc_health; None below 2 customers of a class
     churned: int            # distinct customers among the window's churn labels
     stayed: int             # distinct customers among its no-churn labels
+    se_model: float | None = None    # of auc_model alone, the same way
+    se_health: float | None = None
 
     @property
     def critical(self) -> float | None:
@@ -1264,29 +1266,36 @@ def compare_aucs(model: Sequence[float], health: Sequence[float], labels: Sequen
     auc_m, auc_h = sum(m10) / len(pos), sum(h10) / len(pos)
     if churned < 2 or stayed < 2:
         return AucComparison(auc_m, auc_h, None, churned, stayed)
-    diff = auc_m - auc_h
-    # per customer: (sum of its positives' placement differences - its positives x diff, same
-    # for its negatives)
-    by: dict[str, list[float]] = {}
-    for k, i in enumerate(pos):
-        by.setdefault(customers[i], [0.0, 0.0])[0] += m10[k] - h10[k] - diff
-    for k, i in enumerate(neg):
-        by.setdefault(customers[i], [0.0, 0.0])[1] += m01[k] - h01[k] - diff
-    P, N, n = len(pos), len(neg), len(by)
-    s10 = churned / ((churned - 1) * P) * sum(a * a for a, _ in by.values())
-    s01 = stayed / ((stayed - 1) * N) * sum(b * b for _, b in by.values())
-    s11 = n / (n - 1) * sum(a * b for a, b in by.values())
-    var = s10 / P + s01 / N + 2.0 * s11 / (P * N)
-    return AucComparison(auc_m, auc_h, math.sqrt(max(0.0, var)), churned, stayed)
+
+    def se(v10: list[float], v01: list[float], auc: float) -> float:
+        # per customer: its positives' placements minus their count x auc, the same for its
+        # negatives (Obuchowski's V10_i - m_i A and V01_i - n_i A)
+        by: dict[str, list[float]] = {}
+        for k, i in enumerate(pos):
+            by.setdefault(customers[i], [0.0, 0.0])[0] += v10[k] - auc
+        for k, i in enumerate(neg):
+            by.setdefault(customers[i], [0.0, 0.0])[1] += v01[k] - auc
+        P, N, n = len(pos), len(neg), len(by)
+        s10 = churned / ((churned - 1) * P) * sum(a * a for a, _ in by.values())
+        s01 = stayed / ((stayed - 1) * N) * sum(b * b for _, b in by.values())
+        s11 = n / (n - 1) * sum(a * b for a, b in by.values())
+        return math.sqrt(max(0.0, s10 / P + s01 / N + 2.0 * s11 / (P * N)))
+
+    d10 = [a - b for a, b in zip(m10, h10, strict=True)]
+    d01 = [a - b for a, b in zip(m01, h01, strict=True)]
+    return AucComparison(auc_m, auc_h, se(d10, d01, auc_m - auc_h), churned, stayed,
+                         se(m10, m01, auc_m), se(h10, h01, auc_h))
 
 
 def choose_champion(current: str, comparison: AucComparison, labelled: int, min_labels: int,
                     margin: float) -> str:
     """Who gives the published probability: the challenger takes over only when its AUC over
     a window of at least ``min_labels`` labelled predictions beats the champion's by
-    ``margin`` and by ``comparison.critical`` standard errors of the difference, customers
-    counted as the independent units (``compare_aucs``); otherwise the champion stays. Without
-    an error (fewer than 2 customers of a class), it stays too.
+    ``margin`` and by ``comparison.critical`` standard errors of the difference, and beats
+    0.5 (a coin) by as many of its own errors, customers counted as the independent units
+    (``compare_aucs``); otherwise the champion stays. Less bad than a champion that ranks
+    backwards is no reason to change. Without an error (fewer than 2 customers of a class),
+    the champion stays too.
     """
     c = comparison
     if labelled < min_labels or c.auc_model is None or c.auc_health is None:
@@ -1295,9 +1304,11 @@ def choose_champion(current: str, comparison: AucComparison, labelled: int, min_
     if critical is None or c.se is None:
         return current
     needed = max(margin, critical * c.se)
-    if current == "health" and c.auc_model >= c.auc_health + needed:
+    if (current == "health" and c.auc_model >= c.auc_health + needed
+            and c.se_model is not None and c.auc_model >= 0.5 + critical * c.se_model):
         return "model"
-    if current == "model" and c.auc_health >= c.auc_model + needed:
+    if (current == "model" and c.auc_health >= c.auc_model + needed
+            and c.se_health is not None and c.auc_health >= 0.5 + critical * c.se_health):
         return "health"
     return current
 

@@ -224,6 +224,12 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     test = [e for e in examples if cut <= e["d"] <= mature and e.get("s")
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
+    # Progressive, exactly (not the learner's 1000-bin histograms), on the snapshots where the
+    # published probability and both candidates' are known, each candidate's probability
+    # rounded as it is published: the champion's figure then equals a candidate's wherever
+    # that candidate published throughout.
+    scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]]
+    y_scored = [e["y"] for e in scored]
     gb_test = None
     # A short history may leave no labelled snapshot (or one class only) before the cut.
     if len({e["y"] for e in train}) == 2 and test:
@@ -233,14 +239,15 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "profile": name, "events": run.events, "snapshots": len(examples),
         "base_rate": sum(y) / len(y), "test": len(test), "seconds": time.monotonic() - started,
-        "model_auc": rec["model_auc"], "health_auc": rec["health_auc"],
-        "champion_auc": rec["auc"], "champion": rec["champion"],
+        "model_auc": _auc(y_scored, [round(e["s"][1], 4) for e in scored]),
+        "health_auc": _auc(y_scored, [round(e["s"][2], 4) for e in scored]),
+        "champion_auc": _auc(y_scored, [e["p"] for e in scored]), "champion": rec["champion"],
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
         "gb_test": gb_test,
-        "model_test": _auc(y_test, [e["s"][1] for e in test]),
-        "health_test": _auc(y_test, [e["s"][2] for e in test]),
+        "model_test": _auc(y_test, [round(e["s"][1], 4) for e in test]),
+        "health_test": _auc(y_test, [round(e["s"][2], 4) for e in test]),
         "champion_test": _auc(y_test, [e["p"] for e in test]),
         "switches": [(int((t - (run.first_ts or 0.0)) // 86400), who) for t, who in run.switches],
         "published": published_by(examples),

@@ -751,7 +751,7 @@ def test_auc_exact_matches_sklearn_with_ties() -> None:
 
 def _comparison(auc_model: float | None, auc_health: float | None, se: float | None = 0.001,
                 churned: int = 100, stayed: int = 500) -> churn.AucComparison:
-    return churn.AucComparison(auc_model, auc_health, se, churned, stayed)
+    return churn.AucComparison(auc_model, auc_health, se, churned, stayed, se, se)
 
 
 @pytest.mark.parametrize("current,auc_model,auc_health,n,expected", [
@@ -798,6 +798,21 @@ def test_few_customers_need_more_errors_and_two_are_needed() -> None:
     # one churned customer: no error to test against, the champion stays
     assert churn.choose_champion("health", _comparison(0.99, 0.5, None, churned=1), 5000, 1000,
                                  0.01) == "health"
+
+
+def test_less_bad_than_a_backwards_champion_is_no_reason_to_change() -> None:
+    # a window where both rank below a coin, the health score more so: 0.417 against 0.334 is
+    # 2.4 errors of the difference (t = 2.13 with 21 churned customers), but the model is
+    # not shown to rank at all
+    backwards = churn.AucComparison(0.417, 0.334, 0.034, 21, 144, 0.05, 0.05)
+    assert churn.choose_champion("health", backwards, 1500, 1000, 0.01) == "health"
+    # the same difference above a coin is a takeover
+    above = churn.AucComparison(0.717, 0.634, 0.034, 21, 144, 0.05, 0.05)
+    assert churn.choose_champion("health", above, 1500, 1000, 0.01) == "model"
+    # and the health score takes back over only if it is shown to rank, too
+    assert churn.choose_champion("model", churn.AucComparison(0.334, 0.417, 0.034, 21, 144,
+                                                              0.05, 0.05),
+                                 1500, 1000, 0.01) == "model"
 
 
 def _delong_by_pairs(model: list[float], health: list[float], labels: list[int]
@@ -855,16 +870,19 @@ def test_compare_aucs_error_matches_the_spread_over_customers() -> None:
     # customer matches the spread of the difference; counted by snapshot (each its own
     # customer) it is a fraction of it, and a difference of noise looks significant.
     rng = random.Random(11)
-    diffs, errors, naive = [], [], []
+    diffs, errors, naive, models, model_errors = [], [], [], [], []
     for _ in range(200):
         m, h, y, c = _clustered(rng, 30, 120, 15, effect=0.6)
         cmp = churn.compare_aucs(m, h, y, c)
         diffs.append(cmp.auc_model - cmp.auc_health)
         errors.append(cmp.se)
+        models.append(cmp.auc_model)
+        model_errors.append(cmp.se_model)
         naive.append(churn.compare_aucs(m, h, y, [str(i) for i in range(len(y))]).se)
     spread = statistics.stdev(diffs)
     assert statistics.mean(errors) == pytest.approx(spread, rel=0.2)
     assert statistics.mean(naive) < 0.4 * spread
+    assert statistics.mean(model_errors) == pytest.approx(statistics.stdev(models), rel=0.2)
 
 
 def test_thirty_snapshots_of_two_churners_are_not_evidence() -> None:
