@@ -225,9 +225,9 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
     # Progressive, exactly (not the learner's 1000-bin histograms), on the snapshots where the
-    # published probability and both candidates' are known, each candidate's probability
-    # rounded as it is published: the champion's figure then equals a candidate's wherever
-    # that candidate published throughout.
+    # published probability and both candidates' are known; the champion's is the score of
+    # the candidate that published it (to 6 digits as the candidates', not the 4 published):
+    # its figure then equals a candidate's wherever that candidate published throughout.
     scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]]
     y_scored = [e["y"] for e in scored]
     gb_test = None
@@ -239,16 +239,17 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "profile": name, "events": run.events, "snapshots": len(examples),
         "base_rate": sum(y) / len(y), "test": len(test), "seconds": time.monotonic() - started,
-        "model_auc": _auc(y_scored, [round(e["s"][1], 4) for e in scored]),
-        "health_auc": _auc(y_scored, [round(e["s"][2], 4) for e in scored]),
-        "champion_auc": _auc(y_scored, [e["p"] for e in scored]), "champion": rec["champion"],
+        "model_auc": _auc(y_scored, [e["s"][1] for e in scored]),
+        "health_auc": _auc(y_scored, [e["s"][2] for e in scored]),
+        "champion_auc": _auc(y_scored, [_published(e)[1] for e in scored]),
+        "champion": rec["champion"],
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
         "gb_test": gb_test,
-        "model_test": _auc(y_test, [round(e["s"][1], 4) for e in test]),
-        "health_test": _auc(y_test, [round(e["s"][2], 4) for e in test]),
-        "champion_test": _auc(y_test, [e["p"] for e in test]),
+        "model_test": _auc(y_test, [e["s"][1] for e in test]),
+        "health_test": _auc(y_test, [e["s"][2] for e in test]),
+        "champion_test": _auc(y_test, [_published(e)[1] for e in test]),
         "switches": [(int((t - (run.first_ts or 0.0)) // 86400), who) for t, who in run.switches],
         "published": published_by(examples),
         # churn_risk_high can fire only once the model is ready: watched from then on
@@ -256,6 +257,16 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                       run.ready_at if rule.startswith("churn") else None)
                    for rule in ALERT_RULES},
     }
+
+
+def _published(e: dict) -> tuple[str | None, float]:
+    """Which candidate gave a snapshot's published probability (the one whose calibrated
+    score it is, rounded to 4 digits), and that score; (None, p) if neither."""
+    p, sc = e["p"], e["s"]
+    for who, score in (("health", sc[2]), ("model", sc[1])):
+        if abs(p - score) <= 0.5e-4 + 1e-9:
+            return who, score
+    return None, p
 
 
 def published_by(examples: list[dict]) -> dict[str, dict[str, Any]]:
@@ -268,8 +279,7 @@ def published_by(examples: list[dict]) -> dict[str, dict[str, Any]]:
         p, sc = e["p"], e.get("s")
         if p is None or not sc or None in sc:
             continue
-        who = ("health" if abs(p - round(sc[2], 4)) < 1e-9 else
-               "model" if abs(p - round(sc[1], 4)) < 1e-9 else None)
+        who = _published(e)[0]
         if who is not None:
             parts[who][0].append(e["y"])
             parts[who][1].append(p)
