@@ -225,10 +225,12 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
     # Progressive, exactly (not the learner's 1000-bin histograms), on the snapshots where the
-    # published probability and both candidates' are known; the champion's is the score of
-    # the candidate that published it (to 6 digits as the candidates', not the 4 published):
-    # its figure then equals a candidate's wherever that candidate published throughout.
-    scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]]
+    # published probability and both candidates' are known, up to the last day whose
+    # non-churners are labelled (as the last 40 %: past it, only churners); the champion's is
+    # the score of the candidate that published it (to 6 digits as the candidates', not the 4
+    # published): its figure then equals a candidate's wherever that one published throughout.
+    scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]
+              and e["d"] <= mature]
     y_scored = [e["y"] for e in scored]
     gb_test = None
     # A short history may leave no labelled snapshot (or one class only) before the cut.
@@ -251,7 +253,7 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "health_test": _auc(y_test, [e["s"][2] for e in test]),
         "champion_test": _auc(y_test, [_published(e)[1] for e in test]),
         "switches": [(int((t - (run.first_ts or 0.0)) // 86400), who) for t, who in run.switches],
-        "published": published_by(examples),
+        "published": published_by(scored),
         # churn_risk_high can fire only once the model is ready: watched from then on
         "alerts": {rule: rule_quality(run, rule, horizon,
                                       run.ready_at if rule.startswith("churn") else None)
