@@ -29,12 +29,14 @@ import hashlib
 import hmac
 import math
 import pickle
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from river import base, compose, forest, linear_model, optim, preprocessing, utils
+from scipy.special import stdtrit
 
 # --------------------------------------------------------------------------------------------
 # Feature vector
@@ -1206,43 +1208,107 @@ def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return (rank_sum - P * (P + 1) / 2.0) / (P * N)
 
 
-def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC measured on ``positives`` and
-    ``negatives`` examples."""
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
-    var = (auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc)
-           + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
-    return math.sqrt(max(0.0, var))
-
-
-# A challenger must beat the champion by this many standard errors of the AUC difference.
+# A challenger must beat the champion by this many standard errors of the AUC difference
+# (one-sided, about 2.3 %): the quantile of Student's t at the level of z = 2, with one less
+# degree of freedom than the customers of the rarer class (``AucComparison.critical``).
 CHAMPION_Z = 2.0
+_CHAMPION_LEVEL = 0.5 * (1.0 + math.erf(CHAMPION_Z / math.sqrt(2.0)))
 
 
-def choose_champion(current: str, auc_model: float | None, auc_health: float | None,
-                    labelled: int, min_labels: int, margin: float,
-                    positives: int | None = None) -> str:
-    """Who gives the published probability: the challenger takes over only when it beats the
-    champion by ``margin`` AUC over a window of at least ``min_labels`` labelled predictions
-    (no flip-flopping on noise); otherwise the champion stays.
+@dataclass(frozen=True, slots=True)
+class AucComparison:
+    """Both candidates' AUCs on one window, and the standard error of their difference with
+    customers as the independent units (``compare_aucs``)."""
 
-    With ``positives`` (the churners among the ``labelled``), the challenger must also beat
-    the champion by ``CHAMPION_Z`` standard errors of the difference (each AUC's Hanley &
-    McNeil error, taken as independent: the two scores are positively correlated, so this
-    errs on the side of keeping the champion). Where churn is pure chance, both AUCs are
-    noise about 0.5 and a fixed 0.01 was crossed by chance.
+    auc_model: float | None
+    auc_health: float | None
+    se: float | None        # of auc_model - auc_health; None below 2 customers of a class
+    churned: int            # distinct customers among the window's churn labels
+    stayed: int             # distinct customers among its no-churn labels
+    se_model: float | None = None    # of auc_model alone, the same way
+    se_health: float | None = None
+
+    @property
+    def critical(self) -> float | None:
+        """How many ``se`` a difference must reach: Student's t (one-sided, the level of
+        ``CHAMPION_Z``) with min(churned, stayed) - 1 degrees of freedom. A variance estimated
+        from few customers is itself noisy: with 2 churners, 14 errors; with 30, 2.09."""
+        df = min(self.churned, self.stayed) - 1
+        return None if self.se is None or df < 1 else float(stdtrit(df, _CHAMPION_LEVEL))
+
+
+def _placements(pos: Sequence[float], neg: Sequence[float]) -> tuple[list[float], list[float]]:
+    """DeLong's placement values: for each positive, the share of negatives it outranks
+    (ties 1/2); for each negative, the share of positives that outrank it."""
+    neg_sorted, pos_sorted = sorted(neg), sorted(pos)
+    n, m = len(neg_sorted), len(pos_sorted)
+    v10 = [(bisect_left(neg_sorted, x) + bisect_right(neg_sorted, x)) / (2.0 * n) for x in pos]
+    v01 = [1.0 - (bisect_left(pos_sorted, y) + bisect_right(pos_sorted, y)) / (2.0 * m)
+           for y in neg]
+    return v10, v01
+
+
+def compare_aucs(model: Sequence[float], health: Sequence[float], labels: Sequence[int],
+                 customers: Sequence[str]) -> AucComparison:
+    """Both AUCs and the standard error of their difference, paired (both scores of the same
+    snapshots) and clustered by customer: Obuchowski's (1997) extension of DeLong's variance
+    to correlated units. A customer gives ~30 daily snapshots with the same label, as alike as
+    its days; counting them as independent understates the error about as many times over.
+    The pairing counts the two scores' correlation, which the independent sum left out."""
+    pos = [i for i, y in enumerate(labels) if y]
+    neg = [i for i, y in enumerate(labels) if not y]
+    churned = len({customers[i] for i in pos})
+    stayed = len({customers[i] for i in neg})
+    if not pos or not neg:
+        return AucComparison(None, None, None, churned, stayed)
+    m10, m01 = _placements([model[i] for i in pos], [model[i] for i in neg])
+    h10, h01 = _placements([health[i] for i in pos], [health[i] for i in neg])
+    auc_m, auc_h = sum(m10) / len(pos), sum(h10) / len(pos)
+    if churned < 2 or stayed < 2:
+        return AucComparison(auc_m, auc_h, None, churned, stayed)
+
+    def se(v10: list[float], v01: list[float], auc: float) -> float:
+        # per customer: its positives' placements minus their count x auc, the same for its
+        # negatives (Obuchowski's V10_i - m_i A and V01_i - n_i A)
+        by: dict[str, list[float]] = {}
+        for k, i in enumerate(pos):
+            by.setdefault(customers[i], [0.0, 0.0])[0] += v10[k] - auc
+        for k, i in enumerate(neg):
+            by.setdefault(customers[i], [0.0, 0.0])[1] += v01[k] - auc
+        P, N, n = len(pos), len(neg), len(by)
+        s10 = churned / ((churned - 1) * P) * sum(a * a for a, _ in by.values())
+        s01 = stayed / ((stayed - 1) * N) * sum(b * b for _, b in by.values())
+        s11 = n / (n - 1) * sum(a * b for a, b in by.values())
+        return math.sqrt(max(0.0, s10 / P + s01 / N + 2.0 * s11 / (P * N)))
+
+    d10 = [a - b for a, b in zip(m10, h10, strict=True)]
+    d01 = [a - b for a, b in zip(m01, h01, strict=True)]
+    return AucComparison(auc_m, auc_h, se(d10, d01, auc_m - auc_h), churned, stayed,
+                         se(m10, m01, auc_m), se(h10, h01, auc_h))
+
+
+def choose_champion(current: str, comparison: AucComparison, labelled: int, min_labels: int,
+                    margin: float) -> str:
+    """Who gives the published probability: the challenger takes over only when its AUC over
+    a window of at least ``min_labels`` labelled predictions beats the champion's by
+    ``margin`` and by ``comparison.critical`` standard errors of the difference, and beats
+    0.5 (a coin) by as many of its own errors, customers counted as the independent units
+    (``compare_aucs``); otherwise the champion stays. Less bad than a champion that ranks
+    backwards is no reason to change. Without an error (fewer than 2 customers of a class),
+    the champion stays too.
     """
-    if labelled < min_labels or auc_model is None or auc_health is None:
+    c = comparison
+    if labelled < min_labels or c.auc_model is None or c.auc_health is None:
         return current
-    needed = margin
-    if positives is not None and 0 < positives < labelled:
-        negatives = labelled - positives
-        se = math.hypot(auc_standard_error(auc_model, positives, negatives),
-                        auc_standard_error(auc_health, positives, negatives))
-        needed = max(margin, CHAMPION_Z * se)
-    if current == "health" and auc_model >= auc_health + needed:
+    critical = c.critical
+    if critical is None or c.se is None:
+        return current
+    needed = max(margin, critical * c.se)
+    if (current == "health" and c.auc_model >= c.auc_health + needed
+            and c.se_model is not None and c.auc_model >= 0.5 + critical * c.se_model):
         return "model"
-    if current == "model" and auc_health >= auc_model + needed:
+    if (current == "model" and c.auc_health >= c.auc_model + needed
+            and c.se_health is not None and c.auc_health >= 0.5 + critical * c.se_health):
         return "health"
     return current
 

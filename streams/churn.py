@@ -32,6 +32,7 @@ from models.activity import DAY_SECONDS, ActivityWindow
 from models.alert_quality import MIN_JUDGED_FIRINGS, RuleTally
 from models.churn import (
     REFUSAL_REASONS,
+    AucComparison,
     ChurnModel,
     Example,
     LabelBook,
@@ -39,9 +40,9 @@ from models.churn import (
     PlattCalibrator,
     ProgressiveMetrics,
     SnapshotRefused,
-    auc_exact,
     choose_champion,
     churn_record,
+    compare_aucs,
     decode,
     decode_snapshot,
     encode,
@@ -335,15 +336,19 @@ class ChurnLearner:
                                            if "cm" in trust else model_calibrator())
         self.cal_health: PlattCalibrator = (PlattCalibrator.from_state(trust["ch"])
                                             if "ch" in trust else health_calibrator())
-        # (model's calibrated probability, health score's calibrated probability, label) of
-        # the latest labelled predictions, as published at their snapshots
-        self.window: deque[tuple[float, float, int]] = deque(
-            (tuple(w) for w in trust.get("w", ())), maxlen=settings.champion_window)
+        # (model's calibrated probability, health score's calibrated probability, label,
+        # customer) of the latest labelled predictions, as published at their snapshots. The
+        # customer makes its snapshots one unit in the champion's test; a state without it
+        # (older versions) starts the window afresh.
+        self.window: deque[tuple[float, float, int, str]] = deque(
+            (tuple(w) for w in trust.get("w", ()) if len(w) == 4),
+            maxlen=settings.champion_window)
         # Labelled churners waiting until the non-churners of their snapshot day are labelled
-        # too: (day, order, encoded vector, [raw, model, health]), and the latest snapshot day
-        # with a non-churner labelled (see _mature).
-        self.waiting: list[tuple[int, int, list[float | int], Any]] = [
-            (int(w[0]), i, w[1], w[2]) for i, w in enumerate(trust.get("q", ()))]
+        # too: (day, order, encoded vector, [raw, model, health], customer), and the latest
+        # snapshot day with a non-churner labelled (see _mature).
+        self.waiting: list[tuple[int, int, list[float | int], Any, str | None]] = [
+            (int(w[0]), i, w[1], w[2], w[3] if len(w) > 3 else None)
+            for i, w in enumerate(trust.get("q", ()))]
         heapq.heapify(self.waiting)
         self._order = len(self.waiting)
         self.frontier: int | None = trust.get("f")
@@ -368,7 +373,7 @@ class ChurnLearner:
     def apply(self, examples: list[dict[str, Any]]) -> int:
         """Learn the examples not learnt before; returns how many were new."""
         new = 0
-        matured: list[tuple[int, int, list[float | int], Any]] = []
+        matured: list[tuple[int, int, list[float | int], Any, str | None]] = []
         for ex in examples:
             cid, day = ex["c"], ex["d"]
             if self.last_day.get(cid, -1) >= day:
@@ -387,7 +392,7 @@ class ChurnLearner:
                 if health_p is not None:
                     self.metrics_health.update(health_p, y)
             self._order += 1
-            item = (int(day), self._order, ex["x"], scores)
+            item = (int(day), self._order, ex["x"], scores, cid)
             if y:
                 heapq.heappush(self.waiting, item)
             else:
@@ -492,7 +497,8 @@ class ChurnLearner:
                       "Median time from a churner's earliest firing within the horizon to its "
                       "churn, per customer alert rule", ("rule",), lead)]
 
-    def _mature(self, item: tuple[int, int, list[float | int], Any], label: int) -> None:
+    def _mature(self, item: tuple[int, int, list[float | int], Any, str | None],
+                label: int) -> None:
         """Learn one labelled snapshot: the model, the calibrations, the champion's window.
 
         Labels come late and unevenly: a churn labels its snapshots within days, a "no churn"
@@ -504,7 +510,7 @@ class ChurnLearner:
         churners a month before their non-churners made its probabilities swing high, then
         low. A churner waits at most the horizon plus ``churn.settle_days``.
         """
-        _, _, encoded, scores = item
+        _, _, encoded, scores, cid = item
         x = decode(encoded)
         # The model's calibration learns the current model's score of the snapshot, given
         # just before the model learns it (out of sample, prequential). The score made at the
@@ -521,15 +527,15 @@ class ChurnLearner:
         # score: it has just learnt the same customer's snapshots of the days before, with
         # the same label, and ranks better than any published probability could.
         model_p, health_p = (scores[1], scores[2]) if scores else (None, None)
-        if model_p is not None and health_p is not None:
-            self.window.append((float(model_p), float(health_p), label))
+        if model_p is not None and health_p is not None and cid is not None:
+            self.window.append((float(model_p), float(health_p), label, cid))
 
     def to_bytes(self) -> bytes:
         self.changed = False
         trust = {"mm": self.metrics_model.to_state(), "mh": self.metrics_health.to_state(),
                  "cm": self.cal_model.to_state(), "ch": self.cal_health.to_state(),
                  "w": [list(w) for w in self.window], "champion": self.champion,
-                 "q": [[d, x, sc] for d, _, x, sc in sorted(self.waiting)],
+                 "q": [[d, x, sc, c] for d, _, x, sc, c in sorted(self.waiting)],
                  "f": self.frontier,
                  "cal": self.calibration}
         quality = {"rules": {r: t.to_state() for r, t in self.alert_tallies.items()},
@@ -552,21 +558,21 @@ class ChurnLearner:
                                self.settings.model_secret, self.calibration,
                                self.published_champion)
 
-    def window_aucs(self) -> tuple[float | None, float | None]:
-        """(model AUC, health AUC) over the window of recent labelled predictions, on the
-        calibrated probabilities each candidate gave at the snapshot."""
-        labels = [w[2] for w in self.window]
-        return (auc_exact([w[0] for w in self.window], labels),
-                auc_exact([w[1] for w in self.window], labels))
+    def window_comparison(self) -> AucComparison:
+        """Both AUCs over the window of recent labelled predictions, on the calibrated
+        probabilities each candidate gave at the snapshot, and the error of their difference
+        with customers as the units (``compare_aucs``)."""
+        w = self.window
+        return compare_aucs([x[0] for x in w], [x[1] for x in w], [x[2] for x in w],
+                            [x[3] for x in w])
 
     def refresh(self) -> None:
         """Fit both calibrations and choose the champion (at each publish)."""
         self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit()}
-        auc_model, auc_health = self.window_aucs()
         s = self.settings
-        self.champion = choose_champion(self.champion, auc_model, auc_health, len(self.window),
-                                        s.champion_min_labels, s.champion_margin,
-                                        positives=sum(w[2] for w in self.window))
+        self.champion = choose_champion(self.champion, self.window_comparison(),
+                                        len(self.window), s.champion_min_labels,
+                                        s.champion_margin)
 
     @property
     def published_champion(self) -> str:
@@ -592,10 +598,10 @@ class ChurnLearner:
             part = m.to_record()
             for key in ("auc", "log_loss", "ece", "labelled"):
                 rec[f"{name}_{key}"] = part[key]
-        auc_model, auc_health = self.window_aucs()
+        c = self.window_comparison()
         rec["window_labelled"] = len(self.window)
-        rec["window_model_auc"] = None if auc_model is None else round(auc_model, 4)
-        rec["window_health_auc"] = None if auc_health is None else round(auc_health, 4)
+        rec["window_model_auc"] = None if c.auc_model is None else round(c.auc_model, 4)
+        rec["window_health_auc"] = None if c.auc_health is None else round(c.auc_health, 4)
         rec["alerts"] = self.alert_quality()
         return rec
 

@@ -58,6 +58,9 @@ class Replay:
     churned_at: dict[str, float] = dataclasses.field(default_factory=dict)
     ready_at: float | None = None      # event time when the scorer first had a ready model
     last_ts: float = 0.0
+    first_ts: float | None = None
+    # (event time, new champion) at each change of champion
+    switches: list[tuple[float, str]] = dataclasses.field(default_factory=list)
 
 
 def replay(args: argparse.Namespace, source: Any = None, settings: Any = None) -> Replay:
@@ -83,9 +86,12 @@ def replay(args: argparse.Namespace, source: Any = None, settings: Any = None) -
             alert = orjson.loads(raw)
             out.alerts.append((alert["subject"]["customer_id"], alert["rule"], alert["status"],
                                parse_rfc3339(alert["as_of"])))
+        before = out.learner.champion
         model = out.learner.publish()
         if model is not None:
             proc.scorer.update(model)
+            if out.learner.champion != before:
+                out.switches.append((out.last_ts, out.learner.champion))
         if out.ready_at is None and proc.scorer.ready:
             out.ready_at = out.last_ts
 
@@ -95,6 +101,7 @@ def replay(args: argparse.Namespace, source: Any = None, settings: Any = None) -
         batch.append(ev)
         out.events += 1
         out.last_ts = max(out.last_ts, ev["ts"])
+        out.first_ts = ev["ts"] if out.first_ts is None else min(out.first_ts, ev["ts"])
         if ev["family"] == "billing" and ev.get("type") == "subscription_started":
             out.paying_from.setdefault(ev["customer_id"], ev["ts"])
         elif ev["family"] == "billing" and ev.get("type") == "subscription_cancelled":
@@ -217,6 +224,14 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     test = [e for e in examples if cut <= e["d"] <= mature and e.get("s")
             and None not in e["s"] and e["p"] is not None]
     y_test = [e["y"] for e in test]
+    # Progressive, exactly (not the learner's 1000-bin histograms), on the snapshots where the
+    # published probability and both candidates' are known, up to the last day whose
+    # non-churners are labelled (as the last 40 %: past it, only churners); the champion's is
+    # the score of the candidate that published it (to 6 digits as the candidates', not the 4
+    # published): its figure then equals a candidate's wherever that one published throughout.
+    scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]
+              and e["d"] <= mature]
+    y_scored = [e["y"] for e in scored]
     gb_test = None
     # A short history may leave no labelled snapshot (or one class only) before the cut.
     if len({e["y"] for e in train}) == 2 and test:
@@ -226,20 +241,53 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "profile": name, "events": run.events, "snapshots": len(examples),
         "base_rate": sum(y) / len(y), "test": len(test), "seconds": time.monotonic() - started,
-        "model_auc": rec["model_auc"], "health_auc": rec["health_auc"],
-        "champion_auc": rec["auc"], "champion": rec["champion"],
+        "model_auc": _auc(y_scored, [e["s"][1] for e in scored]),
+        "health_auc": _auc(y_scored, [e["s"][2] for e in scored]),
+        "champion_auc": _auc(y_scored, [_published(e)[1] for e in scored]),
+        "champion": rec["champion"],
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
         "gb_test": gb_test,
         "model_test": _auc(y_test, [e["s"][1] for e in test]),
         "health_test": _auc(y_test, [e["s"][2] for e in test]),
-        "champion_test": _auc(y_test, [e["p"] for e in test]),
+        "champion_test": _auc(y_test, [_published(e)[1] for e in test]),
+        "switches": [(int((t - (run.first_ts or 0.0)) // 86400), who) for t, who in run.switches],
+        "published": published_by(scored),
         # churn_risk_high can fire only once the model is ready: watched from then on
         "alerts": {rule: rule_quality(run, rule, horizon,
                                       run.ready_at if rule.startswith("churn") else None)
                    for rule in ALERT_RULES},
     }
+
+
+def _published(e: dict) -> tuple[str | None, float]:
+    """Which candidate gave a snapshot's published probability (the one whose calibrated
+    score it is, rounded to 4 digits), and that score; (None, p) if neither."""
+    p, sc = e["p"], e["s"]
+    for who, score in (("health", sc[2]), ("model", sc[1])):
+        if abs(p - score) <= 0.5e-4 + 1e-9:
+            return who, score
+    return None, p
+
+
+def published_by(examples: list[dict]) -> dict[str, dict[str, Any]]:
+    """The published probabilities split by the candidate that gave them (the one whose
+    calibrated score at the snapshot it equals): how many, the churn rate among them, their
+    mean, and their AUC; the two parts pool into the progressive champion figure, which is
+    fair only if both are calibrated (mean probability = churn rate)."""
+    parts: dict[str, tuple[list[int], list[float]]] = {"health": ([], []), "model": ([], [])}
+    for e in examples:
+        p, sc = e["p"], e.get("s")
+        if p is None or not sc or None in sc:
+            continue
+        who = _published(e)[0]
+        if who is not None:
+            parts[who][0].append(e["y"])
+            parts[who][1].append(p)
+    return {who: {"n": len(y), "rate": sum(y) / len(y) if y else None,
+                  "mean_p": sum(ps) / len(ps) if ps else None, "auc": _auc(y, ps) if y else None}
+            for who, (y, ps) in parts.items()}
 
 
 def _pct(x: float | None) -> str:
@@ -318,6 +366,20 @@ def zoo(args: argparse.Namespace) -> None:
                   f"{_pct(q.precision)} | {q.caught}/{q.churners} ({_pct(q.recall)}) | "
                   f"{_days(q.lead_days_median)} | "
                   f"{_f(q.flaps_per_quarter)} ({q.max_flaps_in_quarter}) |")
+    print()
+    print("Published probability by the candidate that gave it (progressive; the champion "
+          "figure pools them)")
+    print("| profile | champion changes (day) | health: snapshots, churn, mean p, AUC | "
+          "model: snapshots, churn, mean p, AUC |")
+    print("|" + "---|" * 4)
+    for r in rows:
+        cells = []
+        for who in ("health", "model"):
+            q = r["published"][who]
+            cells.append("-" if not q["n"] else
+                         f"{q['n']:,}, {_pct(q['rate'])}, {_pct(q['mean_p'])}, {_f(q['auc'])}")
+        changes = ", ".join(f"{who} d{d}" for d, who in r["switches"]) or "none"
+        print(f"| {r['profile']} | {changes} | {cells[0]} | {cells[1]} |")
     print()
     print("Targets")
     names_t = list(targets(rows[0])) if rows else []

@@ -749,6 +749,11 @@ def test_auc_exact_matches_sklearn_with_ties() -> None:
     assert churn.auc_exact([0.3, 0.4], [1, 1]) is None
 
 
+def _comparison(auc_model: float | None, auc_health: float | None, se: float | None = 0.001,
+                churned: int = 100, stayed: int = 500) -> churn.AucComparison:
+    return churn.AucComparison(auc_model, auc_health, se, churned, stayed, se, se)
+
+
 @pytest.mark.parametrize("current,auc_model,auc_health,n,expected", [
     ("health", 0.80, 0.70, 999, "health"),        # too few labels: no change
     ("health", 0.705, 0.70, 1000, "health"),       # within the margin: the champion stays
@@ -759,25 +764,12 @@ def test_auc_exact_matches_sklearn_with_ties() -> None:
 ])
 def test_choose_champion(current: str, auc_model: float | None, auc_health: float | None,
                          n: int, expected: str) -> None:
-    assert churn.choose_champion(current, auc_model, auc_health, n, 1000, 0.01) == expected
-
-
-def test_auc_standard_error_matches_the_spread_of_auc_on_resamples() -> None:
-    # Hanley & McNeil at A = 0.5, P = N = 100: sqrt((0.25 + 99·(1/3 − 1/4) · 2) / 10^4)
-    assert churn.auc_standard_error(0.5, 100, 100) == pytest.approx(
-        math.sqrt((0.25 + 2 * 99 * (1 / 3 - 0.25)) / 10_000))
-    rng = random.Random(5)
-    aucs = []
-    for _ in range(200):
-        y = [int(rng.random() < 0.125) for _ in range(2000)]
-        aucs.append(roc_auc_score(y, [rng.gauss(0.3 * v, 1.0) for v in y]))
-    P, N = 250, 1750
-    se = churn.auc_standard_error(statistics.mean(aucs), P, N)
-    assert statistics.stdev(aucs) == pytest.approx(se, rel=0.2)
+    comparison = _comparison(auc_model, auc_health)
+    assert churn.choose_champion(current, comparison, n, 1000, 0.01) == expected
 
 
 @pytest.mark.parametrize("current,auc_model,auc_health,expected", [
-    # 5000 labelled, 600 churners: each AUC's error ~0.012, the difference's ~0.017 → 0.034
+    # error of the difference 0.017; 100 churned customers: t(99) = 2.03 errors → 0.035
     ("health", 0.545, 0.535, "health"),    # beats the fixed 0.01 margin, not the noise
     ("health", 0.565, 0.535, "health"),
     ("health", 0.575, 0.535, "model"),
@@ -787,11 +779,139 @@ def test_auc_standard_error_matches_the_spread_of_auc_on_resamples() -> None:
 def test_choose_champion_needs_a_significant_difference(current: str, auc_model: float,
                                                         auc_health: float,
                                                         expected: str) -> None:
-    assert churn.choose_champion(current, auc_model, auc_health, 5000, 1000, 0.01,
-                                 positives=600) == expected
+    assert churn.choose_champion(current, _comparison(auc_model, auc_health, 0.017), 5000,
+                                 1000, 0.01) == expected
     # a margin larger than the noise still applies
-    assert churn.choose_champion("health", 0.575, 0.535, 5000, 1000, 0.05,
-                                 positives=600) == "health"
+    assert churn.choose_champion("health", _comparison(0.575, 0.535, 0.017), 5000, 1000,
+                                 0.05) == "health"
+
+
+def test_few_customers_need_more_errors_and_two_are_needed() -> None:
+    assert _comparison(0.7, 0.6, 0.01, churned=30).critical == pytest.approx(2.09, abs=0.01)
+    assert _comparison(0.7, 0.6, 0.01, churned=2).critical == pytest.approx(13.97, abs=0.01)
+    assert _comparison(0.7, 0.6, 0.01, churned=10_000).critical == pytest.approx(2.0, abs=0.01)
+    # 0.1 apart at an error of 0.03: 3.3 errors, enough with 30 churned customers, not with 3
+    assert churn.choose_champion("health", _comparison(0.7, 0.6, 0.03, churned=30), 5000, 1000,
+                                 0.01) == "model"
+    assert churn.choose_champion("health", _comparison(0.7, 0.6, 0.03, churned=3), 5000, 1000,
+                                 0.01) == "health"
+    # one churned customer: no error to test against, the champion stays
+    assert churn.choose_champion("health", _comparison(0.99, 0.5, None, churned=1), 5000, 1000,
+                                 0.01) == "health"
+
+
+def test_less_bad_than_a_backwards_champion_is_no_reason_to_change() -> None:
+    # a window where both rank below a coin, the health score more so: 0.417 against 0.334 is
+    # 2.4 errors of the difference (t = 2.13 with 21 churned customers), but the model is
+    # not shown to rank at all
+    backwards = churn.AucComparison(0.417, 0.334, 0.034, 21, 144, 0.05, 0.05)
+    assert churn.choose_champion("health", backwards, 1500, 1000, 0.01) == "health"
+    # the same difference above a coin is a takeover
+    above = churn.AucComparison(0.717, 0.634, 0.034, 21, 144, 0.05, 0.05)
+    assert churn.choose_champion("health", above, 1500, 1000, 0.01) == "model"
+    # and the health score takes back over only if it is shown to rank, too
+    assert churn.choose_champion("model", churn.AucComparison(0.334, 0.417, 0.034, 21, 144,
+                                                              0.05, 0.05),
+                                 1500, 1000, 0.01) == "model"
+
+
+def _delong_by_pairs(model: list[float], health: list[float], labels: list[int]
+                     ) -> tuple[float, float, float]:
+    """DeLong's paired variance of the AUC difference, independent units, by every pair."""
+    def psi(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    pos = [i for i, y in enumerate(labels) if y]
+    neg = [i for i, y in enumerate(labels) if not y]
+    d10 = [sum(psi(model[i], model[j]) - psi(health[i], health[j]) for j in neg) / len(neg)
+           for i in pos]
+    d01 = [sum(psi(model[i], model[j]) - psi(health[i], health[j]) for i in pos) / len(pos)
+           for j in neg]
+    var = statistics.variance(d10) / len(pos) + statistics.variance(d01) / len(neg)
+    return roc_auc_score(labels, model), roc_auc_score(labels, health), math.sqrt(var)
+
+
+def test_compare_aucs_is_delong_when_every_snapshot_is_its_own_customer() -> None:
+    rng = random.Random(8)
+    labels = [int(rng.random() < 0.3) for _ in range(120)]
+    model = [round(rng.gauss(0.8 * y, 1.0), 1) for y in labels]        # rounded: ties
+    health = [round(m + rng.gauss(0.0, 1.0), 1) for m in model]        # correlated with it
+    c = churn.compare_aucs(model, health, labels, [f"c{i}" for i in range(len(labels))])
+    auc_m, auc_h, se = _delong_by_pairs(model, health, labels)
+    assert c.auc_model == pytest.approx(auc_m) and c.auc_health == pytest.approx(auc_h)
+    assert c.se == pytest.approx(se, rel=1e-9)
+    assert (c.churned, c.stayed) == (sum(labels), len(labels) - sum(labels))
+
+
+def _clustered(rng: random.Random, churned: int, stayed: int, days: int,
+               effect: float) -> tuple[list[float], list[float], list[int], list[str]]:
+    """Customers with ``days`` daily snapshots each, of one label: each score is the
+    customer's level (the model's shifted by ``effect`` for churners, the health score's by
+    half as much, the two correlated) plus a smaller daily wobble."""
+    model: list[float] = []
+    health: list[float] = []
+    labels: list[int] = []
+    customers: list[str] = []
+    for k in range(churned + stayed):
+        y = int(k < churned)
+        level = rng.gauss(0.0, 1.0)
+        m_level = level + rng.gauss(effect * y, 0.7)
+        h_level = level + rng.gauss(0.5 * effect * y, 0.7)
+        for _ in range(days):
+            model.append(m_level + rng.gauss(0.0, 0.3))
+            health.append(h_level + rng.gauss(0.0, 0.3))
+            labels.append(y)
+            customers.append(f"c{k}")
+    return model, health, labels, customers
+
+
+def test_compare_aucs_error_matches_the_spread_over_customers() -> None:
+    # 200 windows of 30 churned and 120 other customers x 15 snapshots: the error counted by
+    # customer matches the spread of the difference; counted by snapshot (each its own
+    # customer) it is a fraction of it, and a difference of noise looks significant.
+    rng = random.Random(11)
+    diffs, errors, naive, models, model_errors = [], [], [], [], []
+    for _ in range(200):
+        m, h, y, c = _clustered(rng, 30, 120, 15, effect=0.6)
+        cmp = churn.compare_aucs(m, h, y, c)
+        diffs.append(cmp.auc_model - cmp.auc_health)
+        errors.append(cmp.se)
+        models.append(cmp.auc_model)
+        model_errors.append(cmp.se_model)
+        naive.append(churn.compare_aucs(m, h, y, [str(i) for i in range(len(y))]).se)
+    spread = statistics.stdev(diffs)
+    assert statistics.mean(errors) == pytest.approx(spread, rel=0.2)
+    assert statistics.mean(naive) < 0.4 * spread
+    assert statistics.mean(model_errors) == pytest.approx(statistics.stdev(models), rel=0.2)
+
+
+def test_thirty_snapshots_of_two_churners_are_not_evidence() -> None:
+    # 2 churned customers x 30 identical snapshots, 60 others x 30: the model ranks both
+    # churners high, the health score one of them. Counted as 60 churn snapshots, 0.90 against
+    # 0.63 is many errors apart; it is 2 customers, and one may be luck.
+    model, health, labels, customers = [], [], [], []
+    for k in range(62):
+        y = int(k < 2)
+        m = (0.9 + 0.05 * k) if y else k / 60
+        h = (0.95 if k == 0 else 0.3) if y else (k * 37 % 60) / 60
+        for _ in range(30):
+            model.append(m)
+            health.append(h)
+            labels.append(y)
+            customers.append(f"c{k}")
+    c = churn.compare_aucs(model, health, labels, customers)
+    assert c.auc_model > 0.9 and c.auc_health < 0.65 and (c.churned, c.stayed) == (2, 60)
+    assert churn.choose_champion("health", c, len(labels), 1000, 0.01) == "health"
+    # the same figures from 60 churned and 1,800 other customers would be evidence
+    alone = churn.compare_aucs(model, health, labels, [str(i) for i in range(len(labels))])
+    assert churn.choose_champion("health", alone, len(labels), 1000, 0.01) == "model"
+
+
+def test_a_real_difference_over_many_customers_still_takes_over() -> None:
+    m, h, y, c = _clustered(random.Random(3), 40, 160, 30, effect=2.0)
+    cmp = churn.compare_aucs(m, h, y, c)
+    assert cmp.auc_model - cmp.auc_health > 0.1
+    assert churn.choose_champion("health", cmp, len(y), 1000, 0.01) == "model"
 
 
 def test_ece_and_constant_log_loss() -> None:

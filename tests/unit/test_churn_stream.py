@@ -230,3 +230,33 @@ def test_churners_wait_for_the_non_churners_of_their_day() -> None:
     assert learner.cal_model.counts[0] > 0.99 and learner.cal_model.counts[1] > 0.99
     assert sum(learner.cal_model.counts) < 2.01
     assert learner.cal_health.counts[0] > 0.99 and learner.cal_health.counts[1] > 1.99
+
+
+def test_the_champion_counts_customers_not_snapshots() -> None:
+    # 30 days of 2 churning and 60 other customers, each with the same published scores every
+    # day: the model ranks both churners above nearly everyone, the health score one of them.
+    # 1,860 labelled predictions, but 2 churned customers: no takeover. The same predictions
+    # from 1,860 distinct customers would be one.
+    def fed(customer_of: Any) -> ChurnLearner:
+        learner = ChurnLearner(settings_with(champion_min_labels=1000))
+        x = encode(snapshot_vector({"health_score": 50.0}))
+        for day in range(30):
+            batch = []
+            for k in range(62):
+                churns = k < 2
+                model_p = (0.9 + 0.05 * k) if churns else k / 60
+                health_p = (0.95 if k == 0 else 0.3) if churns else (k * 37 % 60) / 60
+                batch.append({"c": customer_of(k, day), "d": D + day, "x": x, "y": int(churns),
+                              "p": None, "v": 0, "s": [model_p, model_p, health_p]})
+            learner.apply(batch)
+        learner.refresh()
+        return learner
+
+    learner = fed(lambda k, day: f"c{k}")
+    c = learner.window_comparison()
+    assert len(learner.window) == 1860 and (c.churned, c.stayed) == (2, 60)
+    assert c.auc_model - c.auc_health > 0.25 and learner.champion == "health"
+    # the customers survive a restart with the window
+    again = ChurnLearner(learner.settings, learner.to_bytes())
+    assert again.window == learner.window and again.window_comparison() == c
+    assert fed(lambda k, day: f"c{k}-{day}").champion == "model"
