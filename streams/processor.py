@@ -471,7 +471,7 @@ class CustomerProcessor:
         """
         self.days_closed += 1
         as_of = float(day * DAY_SECONDS)
-        for cid in self.members[partition]:
+        for cid in sorted(self.members[partition]):  # churn examples in one order
             state = self._load(cid)
             if state.closed_day is not None and state.closed_day >= day:
                 continue  # restored ahead of the clock: this close already ran for it
