@@ -728,6 +728,10 @@ class CustomerProcessor:
         out.business, self.business_out = self.business_out, []
         out.examples = self._take_examples()
         out.features, self.features_out = self.features_out, []
+        self._take_catalog(out)
+        return out
+
+    def _take_catalog(self, out: Flush) -> None:
         out.catalog = [(f, orjson.dumps(ts)) for f, ts in self.catalog_out.items()]
         # After the features: a worker that reads a partition's watermark has read every
         # feature that partition saw before it.
@@ -735,7 +739,6 @@ class CustomerProcessor:
                         for p, wm in sorted(self.progress_out.items())]
         self.catalog_out = {}
         self.progress_out = {}
-        return out
 
     def _take_examples(self, chunk: int = 500) -> list[bytes]:
         examples, self.examples_out = self.examples_out, []
@@ -852,8 +855,10 @@ class CustomerProcessor:
             clock = PartitionClock.from_dict(saved) if saved else PartitionClock()
             self.clocks[partition] = clock
             for feature, first in clock.features.items():
-                if first < self.catalog.get(feature, first + 1):
-                    self.catalog[feature] = first
+                # Published again: the worker that wrote this clock may have died (or handed the
+                # partition over) before it sent the catalog entry; receivers keep the earliest.
+                if self._learn_feature(feature, first):
+                    self.catalog_out[feature] = first
         return clock
 
     def assign(self, partitions: Iterable[int]) -> None:
@@ -920,6 +925,7 @@ class CustomerProcessor:
         out.business, self.business_out = self.business_out, []
         out.examples = self._take_examples()
         out.features, self.features_out = self.features_out, []
+        self._take_catalog(out)
         return out
 
     def rescore(self) -> int:

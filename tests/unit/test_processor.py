@@ -978,3 +978,18 @@ def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> 
     again.assign([0])
     again.learn_catalog({"exports": at(D - 3, 8)})
     assert [m["c"] for m in sent(again.flush())] == [message["c"]]
+
+
+def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the_catalog() -> None:
+    """A worker can die, or hand its partition over, after writing a clock but before sending
+    the catalog entry of a feature it saw: whoever restores the clock publishes it again."""
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.apply(0, [feature("c-1", at(D, 10), "u1", name="exports")])
+    handed = proc.revoke([0])
+    assert [f for f, _ in handed.catalog if not f.startswith("~")] == ["exports"]
+    for partition, clock in handed.clocks:
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    again, _ = make(clock_store=dict(clock_store))
+    again.assign([0])
+    assert ("exports", orjson.dumps(at(D, 10))) in again.flush().catalog
