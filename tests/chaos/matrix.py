@@ -81,6 +81,17 @@ def leaving(ctx: Context, run: Run) -> None:
 
 def kills(ctx: Context, run: Run) -> None:
     run.start()
+    _kill_at_random(ctx, run)
+
+
+def burst_and_kills(ctx: Context, run: Run) -> None:
+    """The burst, with workers killed at random moments while they work it off."""
+    run.start()
+    In(ctx.broker.address).send_events(run.inputs, ctx.events)
+    _kill_at_random(ctx, run)
+
+
+def _kill_at_random(ctx: Context, run: Run) -> None:
     rng = random.Random(ctx.seed * 7919 + run.workers)
     started = time.monotonic()
     for moment in kill_moments(ctx.seed + run.workers, ctx.kills, max(ctx.span, 10.0)):
@@ -102,6 +113,9 @@ SCENARIOS = [
     Scenario("SIGKILL, 2 workers, memory", 2, kills),
     Scenario("SIGKILL, 2 workers, rocksdb", 2, kills, store="rocksdb://"),
     Scenario("SIGKILL, 3 workers, memory", 3, kills),
+    Scenario("burst + SIGKILL, 2 workers, rocksdb", 2, burst_and_kills, store="rocksdb://",
+             own_input=True),
+    Scenario("burst + SIGKILL, 3 workers, memory", 3, burst_and_kills, own_input=True),
 ]
 
 
