@@ -183,11 +183,13 @@ class CustomerProcessor:
                 state = self._attach_stored(cid)
             if offset is not None and state is not None and state.offset is not None \
                     and offset <= state.offset:
-                if (now is None or ts <= now + policy.max_skew) and (
-                        not state.held or all(e["h"] != event["h"] for e in state.held)):
-                    # Applied before: the clock moves with it as it did then. One still held,
-                    # or dead-lettered as a clock error, did not move it then and does not now.
-                    self._advance(partition, clock, ts)
+                self._skip_applied(partition, clock, state, event, now)
+                continue
+            if offset is not None and (src := event.get("src")) is not None \
+                    and not clock.read_up_to(src):
+                # Forwarded again by an ingest that died before committing its input: a
+                # duplicate, whatever its age (not judged too late).
+                tally[(family, "duplicate")] += 1
                 continue
             windowed = family in WINDOWED
             where = clock.classify(ts, windowed, policy, now)
@@ -232,6 +234,18 @@ class CustomerProcessor:
         for (family, outcome), n in tally.items():
             self.metrics.count(family, outcome, n)
         return self._end_batch(touched, offset, deadletters)
+
+    def _skip_applied(self, partition: int, clock: PartitionClock, state: CustomerState,
+                      event: dict[str, Any], now: float | None) -> None:
+        """An event the customer's record already holds (a replay): the clock moves with it as
+        it did then. One still held, or dead-lettered as a clock error, did not move it then
+        and does not now."""
+        ts = event["ts"]
+        if (now is None or ts <= now + self.policy.max_skew) and (
+                not state.held or all(e["h"] != event["h"] for e in state.held)):
+            self._advance(partition, clock, ts)
+        if (src := event.get("src")) is not None:
+            clock.read_up_to(src)
 
     def _attach_stored(self, cid: str) -> CustomerState | None:
         """A stored customer, made live (None for a customer never seen)."""

@@ -45,7 +45,7 @@ class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
     __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events",
-                 "last_base")
+                 "last_base", "read")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
@@ -70,6 +70,19 @@ class PartitionClock:
         # active customers, paying at the anchor, still paying): a feature learnt only after
         # that close is sent for it with no user here (streams/processor.py).
         self.last_base = last_base
+        # The last input offset applied per input partition (topic, partition): an event the
+        # ingest forwards again after a crash before its commit is recognised by it.
+        self.read: dict[tuple[str, int], int] = {}
+
+    def read_up_to(self, src: Any) -> bool:
+        """Note the input position (topic, partition, offset) of an event; False when the
+        partition was already read past it."""
+        key = (src[0], src[1])
+        last = self.read.get(key)
+        if last is not None and src[2] <= last:
+            return False
+        self.read[key] = src[2]
+        return True
 
     def quorum_time(self, customers: int) -> float | None:
         """The time the watermark may jump to: AHEAD_QUORUM customers sent events past it in
@@ -136,6 +149,8 @@ class PartitionClock:
             out["run"] = self.run_events
         if self.last_base is not None:
             out["lb"] = [self.last_base[0], self.last_base[1]]
+        if self.read:
+            out["read"] = [[t, p, o] for (t, p), o in self.read.items()]
         return out
 
     @classmethod
@@ -145,6 +160,8 @@ class PartitionClock:
         lb = data.get("lb")
         last_base = None if not lb else (int(lb[0]), {g: [int(n) for n in counts]
                                                       for g, counts in lb[1].items()})
-        return cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
-                   dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
-                   int(data.get("run") or 0), last_base)
+        clock = cls(data.get("wm"), data.get("day"), dict(data.get("features") or {}), base,
+                    dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
+                    int(data.get("run") or 0), last_base)
+        clock.read = {(str(t), int(p)): int(o) for t, p, o in data.get("read") or ()}
+        return clock

@@ -993,3 +993,24 @@ def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the
     again, _ = make(clock_store=dict(clock_store))
     again.assign([0])
     assert ("exports", orjson.dumps(at(D, 10))) in again.flush().catalog
+
+
+def test_events_the_ingest_forwards_again_are_duplicates_whatever_their_age() -> None:
+    """An ingest that dies after publishing a batch but before committing its input forwards
+    the same input records again, at new internal offsets: recognised by their input position
+    (also after a restart), counted as duplicates, never judged too late."""
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, metrics = make(clock_store=clock_store)
+    src = ("vitals.events.usage", 3)
+    first = [dict(usage("c-1", at(D - 9 + k, 10), "u1"), src=[*src, k]) for k in range(10)]
+    proc.apply(0, first, offset=1)
+    for partition, clock in proc.flush().clocks:
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    again, metrics2 = make(proc.store, dict(clock_store))
+    again.assign([0])
+    assert again.apply(0, orjson.loads(orjson.dumps(first)), offset=2) == []  # 9 days old
+    assert counted(metrics2, "usage", "duplicate") == 10
+    assert deadlettered(metrics2, "usage", "too_late") in (None, 0.0)
+    # the next record of that input partition is applied as usual
+    assert again.apply(0, [dict(usage("c-1", at(D, 12), "u2"), src=[*src, 10])], offset=3) == []
+    assert counted(metrics2, "usage", "accepted") == 1
