@@ -88,6 +88,7 @@ def _burst(broker, reference, name: str, kills: int) -> None:
     _check(f"burst into 2 running workers, sigkill x{kills}, rocksdb://", expected, actual)
 
 
+@pytest.mark.full  # make test-full: one feature's days to adopt can differ (docs/chaos.md)
 @pytest.mark.timeout(600)
 def test_a_burst_into_two_running_workers_changes_no_output(broker, reference):
     """Arrival and worker count: two rocksdb:// workers are up before the events, which are
