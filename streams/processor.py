@@ -241,9 +241,22 @@ class CustomerProcessor:
         it did then. One still held, or dead-lettered as a clock error, did not move it then
         and does not now."""
         ts = event["ts"]
-        if (now is None or ts <= now + self.policy.max_skew) and (
-                not state.held or all(e["h"] != event["h"] for e in state.held)):
+        family = event["family"]
+        where = clock.classify(ts, family in WINDOWED, self.policy, now)
+        if where is FUTURE or where is TOO_LATE:
+            pass   # dead-lettered then
+        elif where is AHEAD or (clock.watermark is None and AHEAD_OF_INPUT in event):
+            # Held then: the watermark did not move. Released since (no longer held), its
+            # feature became known at the release; no close counts it before that anyway,
+            # since a close counts a feature only from its first event time on.
+            if family == "feature" and all(e["h"] != event["h"] for e in state.held):
+                self._see_feature(event["feature"], ts, partition)
+        else:
             self._advance(partition, clock, ts)
+            if family == "feature":
+                # Learnt here, at the position it was learnt the first time: a close replayed
+                # before it must not count it (a late event's feature was unknown there).
+                self._see_feature(event["feature"], ts, partition)
         if (src := event.get("src")) is not None:
             clock.read_up_to(src)
 
@@ -901,10 +914,6 @@ class CustomerProcessor:
                     clock = self.clocks[partition]
                     first = min(e["ts"] for e in state.held)
                     clock.ahead[cid] = min(first, clock.ahead.get(cid, first))
-                # A crash between the customers' write and their clock's loses the features
-                # the clock first saw in between: the replay skips those events by position.
-                for feature, ts in state.feature_use.first.items():
-                    self._see_feature(feature, ts, partition)
 
     def revoke(self, partitions: Iterable[int]) -> Flush:
         """Hand over partitions another worker now owns.

@@ -1014,3 +1014,37 @@ def test_events_the_ingest_forwards_again_are_duplicates_whatever_their_age() ->
     # the next record of that input partition is applied as usual
     assert again.apply(0, [dict(usage("c-1", at(D, 12), "u2"), src=[*src, 10])], offset=3) == []
     assert counted(metrics2, "usage", "accepted") == 1
+
+
+def test_a_replayed_close_does_not_count_a_feature_learnt_after_it() -> None:
+    """A late event makes its feature known after the close of its day. A crash in the middle
+    of a flush keeps one customer's write (it holds that feature) and loses another's: the
+    replayed close of the other must count the key features the first close counted."""
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.apply(0, [signup("c-1", at(D - 3, 9)), signup("c-2", at(D - 3, 9)),
+                   usage("c-1", at(D - 3, 10), "u1"),
+                   feature("c-2", at(D - 3, 11), "u2", name="reports")], offset=1)
+    first = proc.flush()
+    for partition, clock in first.clocks:   # serialised, as the store does
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    written = {cid: encode_state(s) for _, cid, s in first.changelog}
+    batch = [usage("c-1", at(D - 2, 10), "u1"),                      # closes D-3
+             feature("c-1", at(D - 3, 20), "u1", name="exports"),     # late: after that close
+             usage("c-2", at(D - 1, 10), "u2")]                       # closes D-2
+    proc.apply(0, batch, offset=2)
+    second = proc.flush()
+    closes = {orjson.loads(v)["as_of"]: orjson.loads(v)["health"]
+              for c, v in second.records if c == "c-2"}
+    # The crash: c-1's write of the second flush landed, c-2's and the clock's did not.
+    store = {cid: decode_state(data) for cid, data in written.items()}
+    store.update({cid: decode_state(encode_state(s)) for _, cid, s in second.changelog
+                  if cid == "c-1"})
+    again, _ = make(store, dict(clock_store))
+    again.assign([0])
+    assert again.apply(0, orjson.loads(orjson.dumps(batch)), offset=2) == []
+    assert again.clocks[0].features == proc.clocks[0].features
+    replayed = {orjson.loads(v)["as_of"]: orjson.loads(v)["health"]
+                for c, v in again.flush().records if c == "c-2"}
+    assert closes.keys() <= replayed.keys()
+    assert {k: replayed[k] for k in closes} == closes
