@@ -58,6 +58,7 @@ class Evaluator:
         self.rules = settings.alerts.rules
         self.customer_rules = list(settings.alerts.customer_rules)
         self.key_features = set(settings.features.key)
+        self.seen_delay = settings.time.lateness_days * DAY_SECONDS
         self.released = release_times(settings.features.released)
         self.currency = settings.app.reporting_currency
         self.gross_margin = settings.revenue.gross_margin
@@ -75,8 +76,16 @@ class Evaluator:
         names = self.key_features or set(catalog) | set(self.released)
         out = set()
         for f in names:
-            released = self.released.get(f, catalog.get(f))
-            if released is not None and released <= as_of:
+            configured = self.released.get(f)
+            if configured is not None:
+                if configured <= as_of:
+                    out.add(f)
+                continue
+            first = catalog.get(f)
+            # A feature first seen at t counts once the allowed lateness after t has passed:
+            # an event within the lateness can arrive after a close it precedes, and the
+            # close must not depend on whether it did (docs/metrics.md, feature_adoption).
+            if first is not None and first + self.seen_delay < as_of:
                 out.add(f)
         return out
 

@@ -1048,3 +1048,21 @@ def test_a_replayed_close_does_not_count_a_feature_learnt_after_it() -> None:
                 for c, v in again.flush().records if c == "c-2"}
     assert closes.keys() <= replayed.keys()
     assert {k: replayed[k] for k in closes} == closes
+
+
+def test_a_late_features_arrival_before_or_after_a_close_gives_the_same_close() -> None:
+    """Within the allowed lateness, an event may reach the customer stage before or after the
+    close of a day it precedes (an ingest restarted from other input offsets merges the
+    families anew). Health's key features at that close must not depend on which."""
+    start = [signup("c-1", at(D - 5, 9)), feature("c-1", at(D - 5, 10), "u1", name="reports"),
+             *(usage("c-2", at(d, 10), "u2") for d in range(D - 4, D))]
+    late = feature("c-2", at(D - 1, 20), "u2", name="exports")   # c-1 never used it
+    closing = usage("c-2", at(D, 1), "u2")                        # closes D-1
+    closes = []
+    for batch in ([*start, closing, late], [*start, late, closing]):
+        proc, _ = make()
+        proc.apply(0, orjson.loads(orjson.dumps(batch)))
+        out = proc.flush()
+        mine = [orjson.loads(v) for c, v in out.records if c == "c-1"]
+        closes.append(next(r["health"] for r in mine if r["as_of"] == rfc3339(at(D, 0))))
+    assert closes[0] == closes[1]
