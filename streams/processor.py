@@ -125,6 +125,10 @@ class CustomerProcessor:
         self.alerts_out: list[tuple[str, bytes]] = []
         self.closed_records: list[tuple[str, bytes]] = []   # day-close records, in order
         self.released_deadletters: list[tuple[bytes | None, bytes]] = []
+        # Per partition: events a replay skipped that were held the first time and have been
+        # released since (their customers' records hold them applied). At their release they
+        # move the clock as they did then, and are applied no more (_skip_applied).
+        self.replayed_held: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self.business_out: list[tuple[str, bytes]] = []
         # Per customer partition and scope: a summary of its customers for vitals.business.
         self.summaries: dict[int, dict[str, dict[str, Any]]] = {}
@@ -238,20 +242,25 @@ class CustomerProcessor:
     def _skip_applied(self, partition: int, clock: PartitionClock, state: CustomerState,
                       event: dict[str, Any], now: float | None) -> None:
         """An event the customer's record already holds (a replay): the clock moves with it as
-        it did then. One still held, or dead-lettered as a clock error, did not move it then
-        and does not now."""
+        it did the first time. In step, it advances the watermark and tells the clock its
+        feature; held then, it joins the run of events ahead and, released since, moves the
+        clock at its release; dead-lettered as a clock error, it moved nothing."""
         ts = event["ts"]
         family = event["family"]
         where = clock.classify(ts, family in WINDOWED, self.policy, now)
         if where is FUTURE or where is TOO_LATE:
             pass   # dead-lettered then
         elif where is AHEAD or (clock.watermark is None and AHEAD_OF_INPUT in event):
-            # Held then: the watermark did not move. Released since (no longer held), its
-            # feature became known at the release; no close counts it before that anyway,
-            # since a close counts a feature only from its first event time on.
-            if family == "feature" and all(e["h"] != event["h"] for e in state.held):
-                self._see_feature(event["feature"], ts, partition)
+            # Held then: the watermark did not move, but the event joined the run of events
+            # ahead, which may have made the partition jump a quiet gap (_hold).
+            if all(e["h"] != event["h"] for e in state.held):   # released since
+                self.replayed_held.setdefault(partition, []).append((state.customer_id, event))
+            if clock.watermark is not None:
+                self._ahead_run(partition, clock, state.customer_id, ts)
         else:
+            if clock.streak:
+                clock.streak.clear()   # in step with the watermark: it broke the run then
+                clock.run_events = 0
             self._advance(partition, clock, ts)
             if family == "feature":
                 # Learnt here, at the position it was learnt the first time: a close replayed
@@ -327,8 +336,31 @@ class CustomerProcessor:
             else:
                 del clock.ahead[cid]
             self.dirty[cid] = partition
+        replayed = self._replayed_due(partition, limit)
         due.sort(key=lambda e: e["ts"])
-        self.released_deadletters += self.apply(partition, due)
+        if not replayed:
+            self.released_deadletters += self.apply(partition, due)
+            return
+        # In time order, as the first release applied them all.
+        for _ts, kind, item in sorted([(e["ts"], 1, e) for e in due] + replayed,
+                                     key=lambda x: (x[0], x[1])):
+            if kind == 1:
+                self.released_deadletters += self.apply(partition, [item])
+            else:
+                cid, event = item
+                self._skip_applied(partition, clock, self._load(cid), event, None)
+
+    def _replayed_due(self, partition: int, limit: float
+                      ) -> list[tuple[float, int, Any]]:
+        pending = self.replayed_held.get(partition)
+        if not pending:
+            return []
+        keep = [(c, e) for c, e in pending if e["ts"] > limit]
+        if keep:
+            self.replayed_held[partition] = keep
+        else:
+            del self.replayed_held[partition]
+        return [(e["ts"], 0, (c, e)) for c, e in pending if e["ts"] <= limit]
 
     def _advance(self, partition: int, clock: PartitionClock, ts: float) -> None:
         """Move the partition's watermark to ts, closing the days it leaves behind."""
@@ -340,7 +372,7 @@ class CustomerProcessor:
             clock.start()
         elif day_of(ts) > clock.closed_day:
             self._close_day(partition, clock)
-        if clock.ahead:
+        if clock.ahead or partition in self.replayed_held:
             self._release(partition, clock)
 
     def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
@@ -936,6 +968,7 @@ class CustomerProcessor:
                 self.summarised.pop(cid, None)
                 self.live.pop(cid, None)
             self.summaries.pop(partition, None)
+            self.replayed_held.pop(partition, None)
             self.dirty_summaries.discard(partition)
             for key in [k for k in self.after_tried if k[0] == partition]:
                 del self.after_tried[key]

@@ -1066,3 +1066,28 @@ def test_a_late_features_arrival_before_or_after_a_close_gives_the_same_close() 
         mine = [orjson.loads(v) for c, v in out.records if c == "c-1"]
         closes.append(next(r["health"] for r in mine if r["as_of"] == rfc3339(at(D, 0))))
     assert closes[0] == closes[1]
+
+
+def test_a_replay_jumps_the_quiet_gap_the_first_run_jumped() -> None:
+    """The events ahead that made a partition jump a quiet gap are skipped in a replay (their
+    customers' records hold them): they must still make the same run of events ahead, or the
+    replayed partition stays behind and every later event is held."""
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3")], offset=1)
+    for partition, clock in proc.flush().clocks:
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    batches = [[usage("c-1", at(D + 5, 9), "u1")],
+               [usage("c-1", at(D + 5, 9) + 60, "u1"), usage("c-2", at(D + 5, 10), "u1")],
+               [usage("c-2", at(D + 5, 11), "u1")]]                 # the jump
+    for offset, batch in enumerate(batches, start=2):
+        proc.apply(0, orjson.loads(orjson.dumps(batch)), offset=offset)
+    out = proc.flush()
+    assert proc.clocks[0].watermark == at(D + 5, 11)
+    store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
+    again, _ = make(store, dict(clock_store))      # the clock's write was lost
+    again.assign([0])
+    for offset, batch in enumerate(batches, start=2):
+        assert again.apply(0, orjson.loads(orjson.dumps(batch)), offset=offset) == []
+    assert again.clocks[0].watermark == proc.clocks[0].watermark
+    assert again.clocks[0].closed_day == proc.clocks[0].closed_day
