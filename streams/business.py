@@ -47,12 +47,18 @@ def empty_summary() -> dict[str, Any]:
             "success": 0, "eligible": 0, "cac_n": 0, "cac_sum": 0.0}
 
 
+# Sums kept by adding and taking away customers' shares are rounded at every step: float
+# rounding errors would otherwise depend on the order of the changes (a restart changes it),
+# and a mean of scores of 2 decimals at a rounding boundary would differ in its last digit.
+SUM_DIGITS = 6
+
+
 def add_to_summary(summary: dict[str, Any], e: Any, sign: int) -> None:
     """Add (sign 1) or take away (sign -1) one customer's evaluation from a summary."""
     summary["n"] += sign
     if e.score is not None:
         summary["health_n"] += sign
-        summary["health_sum"] += sign * e.score
+        summary["health_sum"] = round(summary["health_sum"] + sign * e.score, SUM_DIGITS)
     if e.grade == "red":
         summary["at_risk"] += sign
     if e.ttv_days is not None:
@@ -68,7 +74,7 @@ def add_to_summary(summary: dict[str, Any], e: Any, sign: int) -> None:
             summary["success"] += sign
     if e.cac is not None:
         summary["cac_n"] += sign
-        summary["cac_sum"] += sign * e.cac
+        summary["cac_sum"] = round(summary["cac_sum"] + sign * e.cac, SUM_DIGITS)
 
 
 def merge_summaries(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -77,6 +83,8 @@ def merge_summaries(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for key in ("n", "health_n", "health_sum", "at_risk", "success", "eligible",
                     "cac_n", "cac_sum"):
             out[key] += s.get(key, 0)
+        for key in ("health_sum", "cac_sum"):
+            out[key] = round(out[key], SUM_DIGITS)
         for b, n in s.get("ttv", {}).items():
             out["ttv"][b] = out["ttv"].get(b, 0) + n
     return out
