@@ -7,6 +7,7 @@ interval) hands back one changelog record and at most one output record per cust
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 WINDOWED = frozenset({"usage", "feature"})
 FEATURE_BACKFILL_DAYS = 30   # at most this many skipped days get feature contributions
 MAX_HELD_PER_CUSTOMER = 1000  # events held ahead of the watermark; more are future_ts
+MONTH_ENDS_KEPT = 2           # month-end shares a customer record keeps (a replay's reach)
 AFTER_MIDNIGHT = 0.001        # seconds: the as_of of a record of an event at 00:00:00
 # Catalog entries that carry a partition's watermark instead of a feature: their key is longer
 # than any feature name may be (events.TEXT_MAX_CHARS), so no event can write over them.
@@ -530,14 +532,22 @@ class CustomerProcessor:
         """
         self.days_closed += 1
         as_of = float(day * DAY_SECONDS)
+        ended = month_of(as_of - DAY_SECONDS)
+        month_end = month_of(as_of) != ended
+        ahead: list[str] = []
         for cid in sorted(self.members[partition]):  # churn examples in one order
             state = self._load(cid)
             if state.closed_day is not None and state.closed_day >= day:
-                continue  # restored ahead of the clock: this close already ran for it
+                ahead.append(cid)  # restored ahead of the clock: this close already ran for it
+                continue
             state.closed_day = day
             state.support.prune(day - 1)       # the close of day - 1: its windows end there
             result = self._evaluate(cid, partition, state, as_of)
             state.summary = list(CloseSummary.of(result))
+            if month_end:
+                state.month_ends[ended] = state.summary
+                for old in sorted(state.month_ends)[:-MONTH_ENDS_KEPT]:
+                    del state.month_ends[old]
             # Every closed day is published, also during a backfill: the daily series. It
             # holds every event applied so far, so no in-day record is owed any more.
             self.closed_records.append((cid, orjson.dumps(result.record)))
@@ -548,9 +558,8 @@ class CustomerProcessor:
             if state.pending_mv and state.pending_mv[0]["ts"] < as_of - self.segment_wait:
                 self._release_movements(state, "unknown")
             self.dirty[cid] = partition
-        ended = month_of(as_of - DAY_SECONDS)
-        if month_of(as_of) != ended:
-            self._report_month_end(partition, ended)
+        if month_end:
+            self._report_month_end(partition, ended, ahead)
 
     def _features_day(self, partition: int, closed: int) -> None:
         """Send this partition's contribution of closed day D to every known feature.
@@ -814,10 +823,26 @@ class CustomerProcessor:
                 {"t": "part", "scope": scope, "p": partition, "wm": wm,
                  "sum": scopes.get(scope, empty_summary())})))
 
-    def _report_month_end(self, partition: int, month: str) -> None:
+    def _report_month_end(self, partition: int, month: str, ahead: Iterable[str] = ()) -> None:
         """The partition's summaries as of the end of `month`: the customer aggregates of that
-        month's business records (avg health, at-risk, ...), whenever those are emitted."""
+        month's business records (avg health, at-risk, ...), whenever those are emitted.
+
+        ``ahead``: customers restored from a later close than this one (their record was
+        written, the clock was not); their shares are taken as of the month's end."""
         scopes = self.summaries.get(partition, {})
+        ahead = list(ahead)
+        if ahead:
+            scopes = copy.deepcopy(scopes)
+            for cid in ahead:
+                later = self.summarised.get(cid)
+                if later is not None:
+                    for scope in ("all", f"segment:{later.segment}"):
+                        add_to_summary(scopes.setdefault(scope, empty_summary()), later, -1)
+                then = self.live[cid].month_ends.get(month)
+                if then is not None:
+                    share = CloseSummary(*then)
+                    for scope in ("all", f"segment:{share.segment}"):
+                        add_to_summary(scopes.setdefault(scope, empty_summary()), share, 1)
         for scope in {"all", *(f"segment:{seg}" for seg in ev.SEGMENTS)} | set(scopes):
             self.business_out.append((scope, orjson.dumps(
                 {"t": "me", "scope": scope, "p": partition, "month": month,

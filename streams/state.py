@@ -26,7 +26,8 @@ class CustomerState:
     __slots__ = ("customer_id", "segment", "plan", "seats", "cac", "channel", "signup_ts",
                  "signup_seen_ts", "first_ts", "last_ts", "events", "activity", "seen",
                  "onboarding", "support", "features", "alerts", "revenue", "pending_mv",
-                 "closed_day", "churn", "feature_use", "paid", "offset", "held", "summary")
+                 "closed_day", "churn", "feature_use", "paid", "offset", "held", "summary",
+                 "month_ends")
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
@@ -63,6 +64,10 @@ class CustomerState:
         self.held: list[dict[str, Any]] = []
         # Its share of the business aggregates at its last day close (see CloseSummary).
         self.summary: list[Any] | None = None
+        # Its share as of the last month ends it closed ({month: summary}): a clock restored
+        # older than this record replays those closes, and the month's business record must
+        # get the share as of the month's end, not of the later close the record holds.
+        self.month_ends: dict[str, list[Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +79,7 @@ class CustomerState:
             "al": self.alerts.to_dict(), "rv": self.revenue.to_dict(),
             "pm": self.pending_mv, "cd": self.closed_day, "cn": self.churn.to_dict(),
             "fu": self.feature_use.to_dict(), "pd": self.paid.to_list(), "off": self.offset,
-            "held": self.held, "sm": self.summary,
+            "held": self.held, "sm": self.summary, "me": self.month_ends,
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class CustomerState:
         state.offset = data.get("off")
         state.held = list(data.get("held", ()))
         state.summary = data.get("sm")
+        state.month_ends = dict(data.get("me") or {})
         return state
 
 
