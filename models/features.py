@@ -340,6 +340,13 @@ class CustomerFeatures:
     def first_use(self, feature: str) -> float | None:
         return self.first.get(feature)
 
+    def dau_days(self, feature: str, as_of_day: int, window: int = WINDOW_DAYS
+                 ) -> dict[int, int]:
+        """DAU_f per day of D-window+1 .. D (days with users only)."""
+        lo = as_of_day - window + 1
+        return {day: mask.bit_count() for day, mask in self.masks.get(feature, {}).items()
+                if lo <= day <= as_of_day and mask}
+
     def window(self, feature: str, as_of_day: int, since_day: int | None = None,
                window: int = WINDOW_DAYS) -> tuple[int, int]:
         """(distinct users of f over D-window+1 .. D, Σ DAU_f over those days >= since_day)."""
@@ -514,6 +521,38 @@ class PaidHistory:
 # --------------------------------------------------------------------------------------------
 # Per-partition contribution (customer stage -> feature stage)
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReleaseInputs:
+    """What the release-dependent parts of a contribution are counted from, as of its close:
+    each adopter's first use and signup (days to adopt) and the DAU of f per window day
+    (Σ DAU since release). A release learnt later, or earlier than first thought (another
+    worker saw f first), recounts those parts exactly as the close would have counted them
+    (``rebase``), without the events applied since the close."""
+
+    adopters: list[tuple[float, float | None]] = field(default_factory=list)
+    dau_by_day: dict[int, int] = field(default_factory=dict)
+
+    def add(self, use: CustomerFeatures, feature: str, day: int, signup_ts: float | None
+            ) -> None:
+        """One customer of the close of ``day`` that used f, as ``add_customer`` counts it."""
+        first = use.first_use(feature)
+        if first is not None and first < (day + 1) * DAY_SECONDS:
+            self.adopters.append((first, signup_ts))
+        for d, n in use.dau_days(feature, day).items():
+            self.dau_by_day[d] = self.dau_by_day.get(d, 0) + n
+
+    def rebase(self, part: FeatureContribution, released_at: float,
+               window: int = WINDOW_DAYS) -> None:
+        """Set ``part``'s days to adopt and Σ DAU since release for release ``released_at``."""
+        hist: dict[int, int] = {}
+        for first, signup in self.adopters:
+            key = adopt_bucket(days_to_adopt(first, released_at, signup))
+            hist[key] = hist.get(key, 0) + 1
+        part.adopt_hist = hist
+        since = max(part.day - window + 1, day_of(released_at))
+        part.dau_sum = sum(n for d, n in self.dau_by_day.items() if since <= d <= part.day)
 
 
 @dataclass

@@ -19,7 +19,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from models.activity import DAY_SECONDS, day_of, last_day
-from models.features import BASE_HISTORY_DAYS, FeatureContribution, after_release_fix_day
+from models.features import (
+    BASE_HISTORY_DAYS,
+    FeatureContribution,
+    ReleaseInputs,
+    after_release_fix_day,
+)
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
 from streams import events as ev
 from streams.batches import AHEAD_OF_INPUT
@@ -78,6 +83,14 @@ class CloseSummary(NamedTuple):
     @classmethod
     def of(cls, e: Evaluation) -> CloseSummary:
         return cls(e.segment, e.score, e.grade, e.ttv_days, e.succeeded, e.eligible, e.cac)
+
+
+class SentPart(NamedTuple):
+    """A partition's last contribution to a feature, the release it was counted for, and
+    what its release-dependent parts come from (None for a configured release)."""
+    part: FeatureContribution
+    release: float
+    inputs: ReleaseInputs | None
 
 
 def in_day_as_of(state: CustomerState) -> float:
@@ -158,7 +171,7 @@ class CustomerProcessor:
         self.progress_out: dict[int, float] = {}
         self.recount: set[str] = set()   # features whose release was learnt or moved earlier
         # The contribution each partition last sent for each feature (of its last closed day)
-        self.sent_parts: dict[tuple[int, str], FeatureContribution] = {}
+        self.sent_parts: dict[tuple[int, str], SentPart] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -610,12 +623,17 @@ class CustomerProcessor:
         rule = fs.eligible.get(feature)
         group = self.group_of.get(feature, eligibility_group(None))
         part = FeatureContribution(feature, closed)
+        # A release first seen (not configured) can still move earlier: another worker's
+        # partition may have seen f first and tell this one only after the close.
+        inputs = None if feature in self.evaluator.released else ReleaseInputs()
         for state, _, _, _ in customers:
             if feature in state.feature_use.first and (
                     rule is None or rule.admits(state.segment, state.plan)):
                 part.add_customer(state.feature_use, mau=0, released_at=release,
                                   signup_ts=state.signup_ts, paid=state.paid,
                                   retention_window_days=fs.retention_window_days)
+                if inputs is not None:
+                    inputs.add(state.feature_use, feature, closed, state.signup_ts)
         part.set_base(*base[group])
         fix = after_release_fix_day(release, lateness)
         if fix <= closed and (closed <= fix + self.after_margin
@@ -625,7 +643,7 @@ class CustomerProcessor:
             # event times of that partition's slowest sibling.
             self.after_tried[(partition, feature)] = release
             self._after_release(part, customers, rule, release)
-        self.sent_parts[(partition, feature)] = part
+        self.sent_parts[(partition, feature)] = SentPart(part, release, inputs)
         message: dict[str, Any] = {"p": partition, "c": part.to_state()}
         if (partition, feature) not in self.base_sent:
             self.base_sent.add((partition, feature))
@@ -706,26 +724,32 @@ class CustomerProcessor:
             customers = None
             for feature in sorted(features):
                 release = self.catalog.get(feature)
-                part = self.sent_parts.get((partition, feature))
+                sent = self.sent_parts.get((partition, feature))
                 if release is None:
                     continue
                 if customers is None:
                     customers = [(self._load(cid), 0, False, False)
                                  for cid in self.members[partition]]
-                if part is None or part.day != closed:
+                if sent is None or sent.part.day != closed:
                     self._contribute_unused(partition, clock, closed, feature, release,
                                             customers)
                     continue
-                if after_release_fix_day(release, lateness) > closed \
-                        or self.after_tried.get((partition, feature)) == release:
-                    continue
                 # The contribution as it was sent at the close (events applied since, late
-                # ones included, must not change it), now with the exact counts.
-                self.after_tried[(partition, feature)] = release
-                self._after_release(part, customers, self.settings.features.eligible.get(feature),
-                                    release)
-                self.features_out.append((feature, orjson.dumps(
-                    {"p": partition, "c": part.to_state()})))
+                # ones included, must not change it), counted for the release now known.
+                part, resend = sent.part, False
+                if sent.release != release and sent.inputs is not None:
+                    sent.inputs.rebase(part, release)
+                    self.sent_parts[(partition, feature)] = sent._replace(release=release)
+                    resend = True
+                if after_release_fix_day(release, lateness) <= closed \
+                        and self.after_tried.get((partition, feature)) != release:
+                    self.after_tried[(partition, feature)] = release
+                    self._after_release(part, customers,
+                                        self.settings.features.eligible.get(feature), release)
+                    resend = True
+                if resend:
+                    self.features_out.append((feature, orjson.dumps(
+                        {"p": partition, "c": part.to_state()})))
 
     def _contribute_unused(self, partition: int, clock: PartitionClock, closed: int,
                            feature: str, release: float, customers: list[Any]) -> None:

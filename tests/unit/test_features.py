@@ -13,6 +13,7 @@ from models.features import (
     FeatureBook,
     FeatureContribution,
     PaidHistory,
+    ReleaseInputs,
     adopt_bucket,
     adoption_30d_after_release,
     adoption_rate,
@@ -690,3 +691,31 @@ def test_on_event_is_on_activity_then_record() -> None:
         if feature is not None:
             two.record(feature, ts, user)
     assert one.to_dict() == two.to_dict()
+
+
+def test_a_contribution_rebased_on_an_earlier_release_is_the_one_counted_with_it() -> None:
+    """A partition counts a close with the release it knows (its own first use of f) and
+    learns an earlier one from another worker afterwards: days to adopt and Σ DAU since the
+    release, recounted from what the close kept, equal a close that knew it all along."""
+    customers = [  # (use of f, signup)
+        (use_of([(D - 12, "u1"), (D - 3, "u2"), (D, "u1")]), at(D - 40)),
+        (use_of([(D - 5, "u3"), (D - 5, "u4"), (D - 1, "u3")]), at(D - 8, 3)),
+        (use_of([(D - 2, "u5")]), None),
+        (use_of([(D + 3, "u6")]), at(D - 30)),          # after the close: not an adopter yet
+    ]
+
+    def counted(release: float) -> tuple[FeatureContribution, ReleaseInputs]:
+        part, inputs = FeatureContribution(F, D), ReleaseInputs()
+        for use, signup in customers:
+            part.add_customer(use, mau=0, released_at=release, signup_ts=signup, paid=None)
+            inputs.add(use, F, D, signup)
+        return part, inputs
+
+    early, late = at(D - 20, 7), at(D - 4, 9)
+    part, inputs = counted(late)
+    other = counted(early)[0]
+    assert part.dau_sum != other.dau_sum and part.adopt_hist != other.adopt_hist
+    inputs.rebase(part, early)
+    assert part.to_state() == counted(early)[0].to_state()
+    inputs.rebase(part, late)
+    assert part.to_state() == counted(late)[0].to_state()

@@ -752,7 +752,11 @@ def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactl
     assert [c["d"] for c in sent] == [D + 48]   # the last closed day, sent again
     exact = [c["ar"] for c in sent if "ar" in c]
     assert exact == [[release, 1, 2]], sent    # u1 used it; u1 and v2 active in [R, R+30d)
-    assert {k: v for k, v in sent[0].items() if k != "ar"} == last[-1]
+    # The rest as at the close, the days to adopt counted from the release now known: c-1's
+    # first use D+2 10:00 is 1.8 days after it (0 from its own first use, as sent before).
+    assert {k: v for k, v in sent[0].items() if k not in ("ar", "h")} == \
+        {k: v for k, v in last[-1].items() if k != "h"}
+    assert (last[-1]["h"], sent[0]["h"]) == ([[0, 1]], [[18, 1]])
     assert proc.flush().features == []          # once
 
 
@@ -1014,6 +1018,36 @@ def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> 
     again.assign([0])
     again.learn_catalog({"exports": at(D - 3, 8)})
     assert [m["c"] for m in sent(again.flush())] == [message["c"]]
+
+
+def test_a_release_learnt_earlier_after_the_close_recounts_days_to_adopt() -> None:
+    """This partition's own first use of f is its release until another worker tells of an
+    earlier one, after this partition's last close (the end of a burst). The contribution it
+    sends again must be the one a close that knew the earlier release sends: days to adopt
+    and Σ DAU since the release counted from it (not only the after-release figure)."""
+    events = with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 20, 8)),
+                         feature("c-1", at(D + 1, 10), "u1", name="exports"),
+                         feature("c-2", at(D + 2, 9), "u2", name="exports"),
+                         feature("c-1", at(D + 3, 9), "u3", name="exports"),
+                         usage("c-1", at(D + 5, 1), "u1")])
+    earlier = at(D - 3, 8)
+
+    def last_sent(knew: bool) -> dict[str, Any]:
+        proc, _ = make()
+        if knew:
+            proc.learn_catalog({"exports": earlier})
+        proc.apply(0, events)
+        sent = [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
+        if not knew:
+            proc.learn_catalog({"exports": earlier})
+            sent += [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
+        last = sent[-1]["c"]
+        assert FeatureContribution.from_state(last).day == D + 4
+        return last
+
+    told_late, knew = last_sent(knew=False), last_sent(knew=True)
+    assert FeatureContribution.from_state(knew).adopt_hist != {0: 2}   # the release matters
+    assert told_late == knew
 
 
 def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the_catalog() -> None:
