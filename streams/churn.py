@@ -40,6 +40,7 @@ from models.churn import (
     PlattCalibrator,
     ProgressiveMetrics,
     SnapshotRefused,
+    bounded,
     choose_champion,
     churn_record,
     compare_aucs,
@@ -244,7 +245,7 @@ class ChurnScorer:
                     "model_version": snap.version, "scores": [raw, model_p, health_p]}
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
-        return {**churn_record(p, self.ready, drivers, bands["high"], bands["medium"]),
+        return {**churn_record(bounded(p), self.ready, drivers, bands["high"], bands["medium"]),
                 "model_version": snap.version, "scores": [raw, model_p, health_p]}
 
     def model_record(self) -> dict[str, Any] | None:

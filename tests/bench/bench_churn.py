@@ -246,6 +246,8 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "champion_auc": _auc(y_scored, [_published(e)[1] for e in scored]),
         "champion": rec["champion"],
         "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
+        "log_loss_online": online_constant_log_loss(
+            examples, horizon + settings.churn.settle_days + 1),
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
         "gb_test": gb_test,
@@ -259,6 +261,31 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                       run.ready_at if rule.startswith("churn") else None)
                    for rule in ALERT_RULES},
     }
+
+
+def online_constant_log_loss(examples: list[dict], known_after_days: int) -> float | None:
+    """Log loss of a constant that is learnt online: at snapshot day d, the churn rate of the
+    snapshots of days up to d - ``known_after_days`` (both classes labelled by then; Laplace
+    smoothed), over the snapshots with a published probability. The "constant" column is the
+    best constant in hindsight, which no online predictor can know in advance."""
+    by_day: dict[int, list[int]] = {}
+    for e in examples:
+        by_day.setdefault(e["d"], [0, 0])
+        by_day[e["d"]][0] += e["y"]
+        by_day[e["d"]][1] += 1
+    days = sorted(by_day)
+    rate: dict[int, float] = {}
+    total = n = 0.0
+    i = 0
+    for d in days:
+        while i < len(days) and days[i] <= d - known_after_days:
+            total += by_day[days[i]][0]
+            n += by_day[days[i]][1]
+            i += 1
+        rate[d] = (total + 1.0) / (n + 2.0)
+    losses = [-math.log(rate[e["d"]] if e["y"] else 1.0 - rate[e["d"]])
+              for e in examples if e["p"] is not None]
+    return sum(losses) / len(losses) if losses else None
 
 
 def _published(e: dict) -> tuple[str | None, float]:
@@ -318,6 +345,7 @@ def targets(r: dict[str, Any]) -> dict[str, bool | None]:
             r["model_test"], None if r["gb_test"] is None else r["gb_test"] - 0.02),
         "precision >= 2x base": None if chance else at_least(risk.customer_precision,
                                                               2 * r["base_rate"]),
+        "log loss <= online constant": at_least(r["log_loss_online"], r["log_loss"]),
         "<= 1 flap/quarter": all(q.max_flaps_in_quarter <= 1 for q in r["alerts"].values()),
         "chance: flagged < 2x base": (None if not chance or risk.flagged_share is None
                                       else risk.flagged_share < 2 * r["base_rate"]),
@@ -340,7 +368,8 @@ def zoo(args: argparse.Namespace) -> None:
           f"model {args.model}, {time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit}")
     print("Progressive (every labelled prediction) | last 40 % of days, same snapshots")
     header = ("| profile | churn 30d | model AUC | health AUC | champion AUC (now) | "
-              "log loss / constant | ECE | GB yardstick | model | health | champion |")
+              "log loss / constant / online constant | ECE | GB yardstick | model | health | "
+              "champion |")
     print(header)
     print("|" + "---|" * 11)
     rows = []
@@ -349,7 +378,8 @@ def zoo(args: argparse.Namespace) -> None:
         rows.append(r)
         print(f"| {r['profile']} | {r['base_rate']:.1%} | {_f(r['model_auc'])} | "
               f"{_f(r['health_auc'])} | {_f(r['champion_auc'])} ({r['champion']}) | "
-              f"{_f(r['log_loss'])} / {_f(r['log_loss_constant'])} | {_f(r['ece'])} | "
+              f"{_f(r['log_loss'])} / {_f(r['log_loss_constant'])} / "
+              f"{_f(r['log_loss_online'])} | {_f(r['ece'])} | "
               f"{_f(r['gb_test'])} | {_f(r['model_test'])} | {_f(r['health_test'])} | "
               f"{_f(r['champion_test'])} |", flush=True)
         print(f"  ({r['events']:,} events, {r['snapshots']:,} labelled snapshots, "
