@@ -260,3 +260,20 @@ def test_the_champion_counts_customers_not_snapshots() -> None:
     again = ChurnLearner(learner.settings, learner.to_bytes())
     assert again.window == learner.window and again.window_comparison() == c
     assert fed(lambda k, day: f"c{k}-{day}").champion == "model"
+
+
+@pytest.mark.parametrize("intercept,published", [(-30.0, 0.001), (30.0, 0.999), (0.0, 0.5)])
+def test_a_published_probability_is_never_0_or_1(intercept: float, published: float) -> None:
+    """A calibration this sure would round to exactly 0 (or 1): a churner published at 0
+    costs the log loss its floor (34.5). The candidates' own scores stay unbounded."""
+    from models.churn import ChurnModel, encode_snapshot
+
+    scorer = ChurnScorer(settings_with())
+    blob = encode_snapshot(1, ChurnModel.create(), {},
+                           calibration={"model": None, "health": [0.0, intercept]},
+                           champion="health")
+    assert scorer.update(blob)
+    block = scorer.score(snapshot_vector({"health_score": 50.0}))
+    assert block["probability"] == published
+    if intercept < 0:
+        assert block["scores"][2] < 1e-12
