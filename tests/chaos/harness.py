@@ -75,15 +75,8 @@ class Run:
         env.update({f"VITALS_TOPICS__{o.upper()}": self.topic(o) for o in OUTPUTS})
         env.update({
             "VITALS_APP__ID": self.app_id,
-            # Every internal topic is the run's own: shared ones (their names do not follow
-            # the app id) would let a run read the reference's feature contributions, feature
-            # catalog, partition watermarks and churn model, and hide its own mistakes.
             "VITALS_TOPICS__REPARTITION": self.topic("internal"),
             "VITALS_TOPICS__BUSINESS_INTERNAL": self.topic("internal-business"),
-            "VITALS_TOPICS__FEATURE_INTERNAL": self.topic("internal-features"),
-            "VITALS_TOPICS__FEATURE_CATALOG": self.topic("internal-catalog"),
-            "VITALS_TOPICS__CHURN_EXAMPLES": self.topic("internal-churn-examples"),
-            "VITALS_TOPICS__CHURN_MODEL": self.topic("internal-churn-model"),
             "VITALS_APP__STORE": f'"{self.store}"',
             # The production skew (the test overlay widens it for the shared test worker): the
             # simulated bad records include events dated weeks ahead.
