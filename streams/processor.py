@@ -644,9 +644,6 @@ class CustomerProcessor:
             self.after_tried[(partition, feature)] = release
             self._after_release(part, customers, rule, release)
         self.sent_parts[(partition, feature)] = SentPart(part, release, inputs)
-        if inputs is not None and clock.releases.get(feature) != release:
-            clock.releases[feature] = release
-            self.dirty_clocks.add(partition)
         message: dict[str, Any] = {"p": partition, "c": part.to_state()}
         if (partition, feature) not in self.base_sent:
             self.base_sent.add((partition, feature))
@@ -733,14 +730,6 @@ class CustomerProcessor:
                 if customers is None:
                     customers = [(self._load(cid), 0, False, False)
                                  for cid in self.members[partition]]
-                if sent is None and release < clock.releases.get(feature, release) \
-                        and clock.last_base is not None and clock.last_base[0] == closed:
-                    # Restarted since the close, which counted from a later release: what
-                    # the close kept is gone, so it is counted again from the records (events
-                    # applied since the close, late ones of its days, then count too).
-                    self._contribute(partition, clock, closed, feature, release, customers,
-                                     clock.last_base[1])
-                    continue
                 if sent is None or sent.part.day != closed:
                     self._contribute_unused(partition, clock, closed, feature, release,
                                             customers)
@@ -751,8 +740,6 @@ class CustomerProcessor:
                 if sent.release != release and sent.inputs is not None:
                     sent.inputs.rebase(part, release)
                     self.sent_parts[(partition, feature)] = sent._replace(release=release)
-                    clock.releases[feature] = release
-                    self.dirty_clocks.add(partition)
                     resend = True
                 if after_release_fix_day(release, lateness) <= closed \
                         and self.after_tried.get((partition, feature)) != release:
@@ -980,11 +967,6 @@ class CustomerProcessor:
                 # partition over) before it sent the catalog entry; receivers keep the earliest.
                 if self._learn_feature(feature, first):
                     self.catalog_out[feature] = first
-            for feature, counted in clock.releases.items():
-                # The catalog read before this clock may already know an earlier release.
-                known = self.catalog.get(feature)
-                if known is not None and known < counted:
-                    self.recount.add(feature)
         return clock
 
     def assign(self, partitions: Iterable[int]) -> None:

@@ -45,7 +45,7 @@ class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
     __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events",
-                 "last_base", "read", "releases")
+                 "last_base", "read")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
@@ -73,10 +73,6 @@ class PartitionClock:
         # The last input offset applied per input partition (topic, partition): an event the
         # ingest forwards again after a crash before its commit is recognised by it.
         self.read: dict[tuple[str, int], int] = {}
-        # The release each feature first seen (not configured) was counted from at the last
-        # close: a worker restarted after that close learns from the catalog whether it has
-        # moved earlier since, and the close's contribution must be counted again.
-        self.releases: dict[str, float] = {}
 
     def read_up_to(self, src: Any) -> bool:
         """Note the input position (topic, partition, offset) of an event; False when the
@@ -155,8 +151,6 @@ class PartitionClock:
             out["lb"] = [self.last_base[0], self.last_base[1]]
         if self.read:
             out["read"] = [[t, p, o] for (t, p), o in self.read.items()]
-        if self.releases:
-            out["rl"] = self.releases
         return out
 
     @classmethod
@@ -170,5 +164,4 @@ class PartitionClock:
                     dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
                     int(data.get("run") or 0), last_base)
         clock.read = {(str(t), int(p)): int(o) for t, p, o in data.get("read") or ()}
-        clock.releases = {str(f): float(r) for f, r in (data.get("rl") or {}).items()}
         return clock
