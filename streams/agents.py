@@ -39,10 +39,7 @@ def _customer_agent(service: Service, topic: faust.TopicT) -> None:
     async def apply_customer_events(stream: faust.StreamT) -> None:
         # Offsets are acknowledged by the flush timer, after the state they produced has been
         # handed to the changelog: a crash before that replays them (and dedup drops them).
-        catalog_read = service.catalog_read
         async for event in _unacked(stream):
-            if not catalog_read.is_set():
-                await catalog_read.wait()
             if not service.owned_event(event):
                 # Not acknowledged (its next owner reads it again), and not kept alive here
                 # either: Faust waits at the next rebalance for every live unacknowledged

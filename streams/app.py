@@ -104,7 +104,6 @@ def build_app(settings: Settings, broker_url: str) -> Service:
             aggregator.on_model()
 
     follower = _follower(service, broker_url, on_model)
-    service.catalog_read = follower.first_read
     supervisor = service.health.supervise(app, follower, ingest)
     delivery = Delivery(service, out, partition_of, StageTopics(
         customer=s.topics.repartition, business=s.topics.business_internal,
@@ -217,7 +216,7 @@ def _follower(service: Service, broker_url: str, on_model: Callable[[], None]) -
 
     follower = Follower(_bootstrap(broker_url), aiokafka_kwargs(s.kafka))
     follower.follow(s.topics.churn_model, 1, on_models)
-    follower.follow(s.topics.feature_catalog, 1, on_catalog, read_first=True)
+    follower.follow(s.topics.feature_catalog, 1, on_catalog)
     follower.follow(s.topics.feature_out, s.app.partitions, _keep_latest(service.feature_records))
     follower.follow(s.topics.business, s.app.partitions, _keep_latest(service.business_records))
     return follower

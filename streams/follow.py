@@ -4,14 +4,9 @@ the published feature records.
 A plain consumer with no group: each worker reads the whole topic from the start and keeps
 following it, handing every batch of records to a callback. What a worker needs from these
 topics must not depend on which partitions it owns.
-
-`read_first` topics are read to their end before `first_read` is set: the customer stage waits
-for it, so that after a restart its day closes know every feature another worker published
-before (its closes would otherwise count them from a later release, or not at all).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -32,18 +27,12 @@ class Follower(Service):
         self.handlers: dict[str, Callable[[list[ConsumerRecord]], None]] = {}
         self.partitions: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self.read_first: set[str] = set()
-        self.first_read = asyncio.Event()
-        self._ends: dict[TopicPartition, int] = {}
 
     def follow(self, topic: str, partitions: int,
-               handler: Callable[[list[ConsumerRecord]], None], read_first: bool = False
-               ) -> None:
+               handler: Callable[[list[ConsumerRecord]], None]) -> None:
         """Before start: hand every batch of records of `topic` to `handler`."""
         self.handlers[topic] = handler
         self.partitions[topic] = partitions
-        if read_first:
-            self.read_first.add(topic)
 
     async def on_start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
@@ -55,8 +44,6 @@ class Follower(Service):
                for p in range(n)]
         self.consumer.assign(tps)
         await self.consumer.seek_to_beginning(*tps)
-        first = [tp for tp in tps if tp.topic in self.read_first]
-        self._ends = dict(await self.consumer.end_offsets(first)) if first else {}
         self.add_future(self._follow())
 
     async def on_stop(self) -> None:
@@ -72,18 +59,6 @@ class Follower(Service):
                     self.handlers[tp.topic](records)
                 except Exception:  # one unreadable record must not stop the others
                     log.exception("could not apply records of %s", tp)
-            if not self.first_read.is_set():
-                await self._check_read(batches)
-
-    async def _check_read(self, batches: Mapping[TopicPartition, Any]) -> None:
-        """Read to the end once a partition is past its end offset at start and a fetch gave
-        it nothing more (the embedded broker can report that offset a batch short)."""
-        assert self.consumer is not None
-        for tp, end in list(self._ends.items()):
-            if tp not in batches and await self.consumer.position(tp) >= end:
-                del self._ends[tp]
-        if not self._ends:
-            self.first_read.set()
 
 
 def values(records: Iterable[ConsumerRecord]) -> Iterable[bytes]:

@@ -2,7 +2,6 @@
 partitions it owns. Read by the agents, the delivery rules, the web views and the tests."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,6 @@ from streams.quarantine import quarantine
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _already_set() -> asyncio.Event:
-    event = asyncio.Event()
-    event.set()
-    return event
 
 
 @dataclass
@@ -57,9 +50,6 @@ class Service:
     owned: set[Any] = field(default_factory=set)
     strays: int = 0
     health: Health = field(default_factory=Health)
-    # Set once the feature catalog has been read to its end (streams/follow.py): the customer
-    # stage applies nothing before. Set from the start where nothing follows the catalog.
-    catalog_read: asyncio.Event = field(default_factory=_already_set)
 
     def quarantine(self, event: EventT, exc: Exception) -> None:
         """An internal message that made its stage raise: dead-lettered, acknowledged."""
