@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -91,6 +91,13 @@ class SentPart(NamedTuple):
     part: FeatureContribution
     release: float
     inputs: ReleaseInputs | None
+
+
+def _add_share(scopes: dict[str, dict[str, Any]], share: Evaluation | CloseSummary,
+               sign: int) -> None:
+    """Add (1) or take away (-1) one customer's share in scope all and in its segment's."""
+    for scope in ("all", f"segment:{share.segment}"):
+        add_to_summary(scopes.setdefault(scope, empty_summary()), share, sign)
 
 
 def in_day_as_of(state: CustomerState) -> float:
@@ -847,26 +854,23 @@ class CustomerProcessor:
                 {"t": "part", "scope": scope, "p": partition, "wm": wm,
                  "sum": scopes.get(scope, empty_summary())})))
 
-    def _report_month_end(self, partition: int, month: str, ahead: Iterable[str] = ()) -> None:
+    def _report_month_end(self, partition: int, month: str, ahead: Sequence[str] = ()
+                          ) -> None:
         """The partition's summaries as of the end of `month`: the customer aggregates of that
         month's business records (avg health, at-risk, ...), whenever those are emitted.
 
         ``ahead``: customers restored from a later close than this one (their record was
         written, the clock was not); their shares are taken as of the month's end."""
         scopes = self.summaries.get(partition, {})
-        ahead = list(ahead)
         if ahead:
             scopes = copy.deepcopy(scopes)
             for cid in ahead:
                 later = self.summarised.get(cid)
                 if later is not None:
-                    for scope in ("all", f"segment:{later.segment}"):
-                        add_to_summary(scopes.setdefault(scope, empty_summary()), later, -1)
+                    _add_share(scopes, later, -1)
                 then = self.live[cid].month_ends.get(month)
                 if then is not None:
-                    share = CloseSummary(*then)
-                    for scope in ("all", f"segment:{share.segment}"):
-                        add_to_summary(scopes.setdefault(scope, empty_summary()), share, 1)
+                    _add_share(scopes, CloseSummary(*then), 1)
         for scope in {"all", *(f"segment:{seg}" for seg in ev.SEGMENTS)} | set(scopes):
             self.business_out.append((scope, orjson.dumps(
                 {"t": "me", "scope": scope, "p": partition, "month": month,
@@ -907,10 +911,8 @@ class CustomerProcessor:
         old = self.summarised.get(cid)
         self.summarised[cid] = result
         if old is not None:
-            for scope in ("all", f"segment:{old.segment}"):
-                add_to_summary(scopes.setdefault(scope, empty_summary()), old, -1)
-        for scope in ("all", f"segment:{result.segment}"):
-            add_to_summary(scopes.setdefault(scope, empty_summary()), result, 1)
+            _add_share(scopes, old, -1)
+        _add_share(scopes, result, 1)
         self.dirty_summaries.add(partition)
 
     def _write_dirty(self, dirty: dict[str, int], out: Flush) -> None:
