@@ -29,6 +29,7 @@ from streams.health import ReportingSupervisor
 from streams.ingest import IngestService
 from streams.kafka_config import aiokafka_kwargs, faust_kwargs
 from streams.processor import CustomerProcessor
+from streams.recovery import SafeTableManager
 from streams.service import Service
 from streams.settings import Settings
 from streams.state import CustomerState, decode_state, encode_state
@@ -155,6 +156,7 @@ def _faust_app(s: Settings, broker_url: str) -> faust.App:
         producer_max_batch_size=producer_batch_bytes(s, broker_url),
         consumer_max_fetch_size=16 << 20,
         table_cleanup_interval=3600.0,
+        TableManager=SafeTableManager,
         topic_disable_leader=True,
         topic_replication_factor=s.topics.replication_factor,
         topic_allow_declare=s.app.create_topics, **faust_kwargs(s.kafka),
