@@ -10,10 +10,13 @@ changelog than needed replays values that later records overwrite, and changes n
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 
@@ -25,7 +28,29 @@ def recovery_start(offset: int | None) -> int:
     return 0 if offset is None or offset < 0 else offset
 
 
+EndProbe = Callable[[Mapping[Any, "int | None"]], Awaitable[dict[Any, "int | None"]]]
+
+
 class SafeRecovery(Recovery):
+    """Faust's recovery, with two mends: a start below zero, and end offsets that a broker
+    reports short (the app's `end_probe`, see `true_ends`)."""
+
+    async def _build_highwaters(self, consumer: Any, tps: set[Any], destination: Counter[Any],
+                                title: str) -> None:
+        probe: EndProbe | None = getattr(self.app, "end_probe", None)
+        if probe is None:
+            await super()._build_highwaters(consumer, tps, destination, title)
+            return
+        reported = await consumer.highwaters(*tps)
+        ends = await probe(reported)
+        moved = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported.get(tp)}
+        if moved:
+            log.info("%s changelog ends past the broker's answer: %s", title,
+                     sorted(f"{tp.topic}[{tp.partition}] {a}->{b}" for tp, (a, b) in moved.items()))
+        destination.clear()
+        # Faust's convention: the offset of the last record (end - 1), -1 for none.
+        destination.update({tp: end - 1 if end is not None else -1 for tp, end in ends.items()})
+
     async def _seek_offsets(self, consumer: Any, tps: set[Any], offsets: Counter[Any],
                             title: str) -> None:
         below = {tp: offsets[tp] for tp in tps if offsets[tp] is not None and offsets[tp] < -1}
@@ -44,3 +69,43 @@ class SafeTableManager(TableManager):
         if self._recovery is None:
             self._recovery = SafeRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+async def true_ends(bootstrap: str, client_kwargs: Mapping[str, Any],
+                    reported: Mapping[Any, int | None], timeout: float = 15.0
+                    ) -> dict[Any, int | None]:
+    """The end offsets of `reported`'s partitions, found by reading their last batch.
+
+    Tansu answers ListOffsets(latest) with the base offset of the last record batch + 1, not
+    the end of the log: recovery would stop inside the last batch and drop the rest of it.
+    Reading from one before the reported end returns that whole batch (a fetch hands out
+    whole batches), so the position after it is the true end, on Kafka as on Tansu.
+    """
+    ends = dict(reported)
+    todo = {TopicPartition(tp.topic, tp.partition): tp
+            for tp, end in reported.items() if end is not None and end > 0}
+    if not todo:
+        return ends
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, **client_kwargs)
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, key in todo.items():
+            consumer.seek(tp, max(0, cast(int, reported[key]) - 1))
+        deadline = asyncio.get_running_loop().time() + timeout
+        unread = set(todo)   # partitions whose last batch has not come back yet
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"the last batch of {sorted(map(str, unread))} was not "
+                                   f"read in {timeout} s")
+            fetched = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            unread -= {tp for tp, records in fetched.items() if records}
+            if not unread and not fetched:
+                break   # a fetch came back empty after every batch: read to the end
+        for tp, key in todo.items():
+            ends[key] = max(cast(int, reported[key]), await consumer.position(tp))
+    finally:
+        await consumer.stop()
+    return ends
