@@ -13,6 +13,7 @@ replay changes nothing that was already delivered.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from typing import Any
 
 from faust.types import EventT
 
-from streams.business import StageFlush
+from streams.business import ScopeState, StageFlush, encode_scope
 from streams.delay import ProcessingDelay
+from streams.features import FeatureState, encode_feature
 from streams.processor import Flush
 from streams.service import Service
+from streams.state import CustomerState, encode_state
 from streams.stores import PartitionedStore
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,7 @@ class Delivery:
                              deadletters: list[tuple[bytes | None, bytes]] | None = None
                              ) -> list[Any]:
         """A whole flush of the customer stage, outputs delivered before the state."""
+        frozen(flush)
         await delivered(self.customer_outputs(flush, deadletters or []))
         return await self.customer_state(flush)
 
@@ -172,6 +176,9 @@ class Delivery:
         business = service.aggregator.flush()
         features = service.features.flush()
         pending = service.take_pending()
+        # The state as of these events, before the first wait: the agents go on applying
+        # events to the same live objects, whose outputs are the next flush's.
+        frozen(out, business, features)
         # Outputs of every stage first, then the state that no longer holds them.
         await delivered(self.customer_outputs(out, deadletters)
                         + self.stage_outputs(business, o.business)
@@ -234,6 +241,36 @@ class Delivery:
         service.learner_pending = _kept(service.learner_pending, revoked)
         await delivered(sent)
         service.pending = _kept(service.pending, revoked)
+
+
+def frozen(*flushes: Flush | StageFlush) -> None:
+    """Fix the state a flush writes as it is now, before the flush waits for anything.
+
+    A flush hands over the stages' live state objects (a customer's record, a partition's
+    clock with its feature, ahead and streak dicts, a scope, a feature). While it waits for
+    its outputs, the agents apply the next events to those same objects: day closes, their
+    alert transitions, the batch offset. Serialised only when sent, after the wait, the
+    changelog record held effects whose outputs were still in the next flush's outbox; a
+    crash before that flush lost them for good (whoever restored the record skipped the
+    replayed events as applied). The local store already keeps what was set, encoded.
+    """
+    for flush in flushes:
+        if isinstance(flush, Flush):
+            flush.changelog = [(p, key, _encoded(state)) for p, key, state in flush.changelog]
+            flush.clocks = [(p, copy.deepcopy(clock)) for p, clock in flush.clocks]
+        else:
+            flush.changelog = [(key, _encoded(state)) for key, state in flush.changelog]
+
+
+def _encoded(state: Any) -> Any:
+    """A stage's state as its table's codec writes it (the codecs pass bytes through)."""
+    if isinstance(state, CustomerState):
+        return encode_state(state)
+    if isinstance(state, ScopeState):
+        return encode_scope(state)
+    if isinstance(state, FeatureState):
+        return encode_feature(state)
+    return state
 
 
 def _kept(events: list[EventT], revoked: set[Any]) -> list[EventT]:

@@ -6,6 +6,7 @@ made and again when the broker holds it, and events log their acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import namedtuple
 from typing import Any
 
@@ -252,3 +253,53 @@ def test_assigned_hands_back_lost_customers_and_loads_the_new_ones() -> None:
     assert service.processor.assigned == [{0, 1}]                # type: ignore[attr-defined]
     assert broker.names() == ["customers"]
     assert TP("in.business", 2) in service.owned
+
+
+class Recording(Table):
+    """A table that keeps what each changelog send carried, serialised as Faust does it: at
+    the call (its codecs encode a CustomerState, and pass bytes through)."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        super().__init__(broker, name)
+        self.sent: list[Any] = []
+
+    def send_changelog(self, partition: int, key: Any, value: Any) -> Any:
+        from streams.state import CustomerState, encode_state
+        self.sent.append(encode_state(value) if isinstance(value, CustomerState)
+                         else copy.deepcopy(value))
+        return super().send_changelog(partition, key, value)
+
+
+def test_the_state_written_is_the_state_of_the_flush_not_of_events_applied_since() -> None:
+    """The chaos run's lost `health_red` pair: a flush took the customers' states, then waited
+    for its outputs; meanwhile the agent applied the next events to the same live objects
+    (day closes, their alert transitions, the batch offset). The changelog record, serialised
+    only after that wait, held those later closes while their alerts were still in the next
+    flush's outbox. A worker killed before that next flush lost them for good: whoever
+    restored the record (the standby, then the new owner) skipped the replayed events as
+    applied, and the closes as already run for the customer."""
+    from streams.state import CustomerState, decode_state
+    broker = Broker()
+    state = CustomerState("c-1")
+    state.closed_day, state.offset = 10, 4
+    clock: dict[str, Any] = {"wm": 1.0, "day": 10, "features": {"sso": 1.0}}
+    customer = Flush(changelog=[(0, "c-1", state)], clocks=[(0, clock)],
+                     records=[("c-1", b"r")], alerts=[("a-1", b"a")])
+    service, delivery, out = make(broker, customer)
+    out.customers = Recording(broker, "customers")
+    out.clocks = Recording(broker, "clocks")
+
+    def agent_goes_on() -> None:   # the next batch, applied while the outputs are delivered
+        state.closed_day, state.offset = 12, 5
+        state.alerts.state["health_red"] = {"since": 0.0, "firing": True}
+        clock["features"]["reports"] = 2.0
+        clock["day"] = 12
+
+    broker.on_delivery.append(agent_goes_on)
+    asyncio.run(delivery.flush())
+    assert state.closed_day == 12                      # the agent did go on meanwhile
+    [written] = out.customers.sent
+    restored = decode_state(written)
+    assert (restored.closed_day, restored.offset, restored.alerts.state) == (10, 4, {})
+    assert out.clocks.sent == [{"wm": 1.0, "day": 10, "features": {"sso": 1.0}}]
+    assert out.clock_store == {"0": {"wm": 1.0, "day": 10, "features": {"sso": 1.0}}}
