@@ -316,7 +316,7 @@ class CustomerProcessor:
         One customer's wrong clock must not move the partition's time (every other customer's
         events would turn late). When AHEAD_QUORUM customers hold events ahead, the partition
         did jump a quiet gap: the watermark moves to the quorum's time. Held events are
-        applied as soon as the watermark is within the skew of them.
+        applied when the watermark reaches them (`_advance`).
         """
         cid = state.customer_id
         raw = event.get("raw")
@@ -342,11 +342,20 @@ class CustomerProcessor:
             clock.streak.clear()
             clock.run_events = 0
             self._advance(partition, clock, jump)
+            # The events held within the skew of the new watermark are in step with it, as
+            # if they came now: applied in time order, the watermark moving with them.
+            limit = jump + self.policy.max_skew
+            reach = [e["ts"] for c in list(clock.ahead) for e in self._load(c).held
+                     if e["ts"] <= limit]
+            reach += [e["ts"] for _, e in self.replayed_held.get(partition, ())
+                      if e["ts"] <= limit]   # a replay: released the first time
+            if reach:
+                self._advance(partition, clock, max(reach))
 
     def _release(self, partition: int, clock: PartitionClock) -> None:
-        """Apply the held events the watermark has come within the skew of."""
+        """Apply the held events the watermark has reached."""
         assert clock.watermark is not None
-        limit = clock.watermark + self.policy.max_skew
+        limit = clock.watermark
         due: list[dict[str, Any]] = []
         for cid in [c for c, t in clock.ahead.items() if t <= limit]:
             state = self._load(cid)
@@ -385,17 +394,41 @@ class CustomerProcessor:
         return [(e["ts"], 0, (c, e)) for c, e in pending if e["ts"] <= limit]
 
     def _advance(self, partition: int, clock: PartitionClock, ts: float) -> None:
-        """Move the partition's watermark to ts, closing the days it leaves behind."""
+        """Move the partition's watermark to ts, closing the days it leaves behind.
+
+        A held event is applied when the watermark reaches its time, after the closes of the
+        days before it and before those after it: where it would have been applied had it
+        arrived in step. Whether an event was held depends on what the ingest had read when it
+        came (its input partition's level starts anew after a restart), and how far one step
+        of the watermark goes depends on which events came between; neither may change a
+        close.
+        """
         if clock.watermark is not None and ts <= clock.watermark:
             return
+        while clock.watermark is not None and (clock.ahead or partition in self.replayed_held):
+            due = self._next_held(partition, clock)
+            if due is None or due > ts:
+                break
+            if due > clock.watermark:
+                self._step(partition, clock, due)
+            self._release(partition, clock)
+        self._step(partition, clock, ts)
+        if clock.ahead or partition in self.replayed_held:
+            self._release(partition, clock)
+
+    def _next_held(self, partition: int, clock: PartitionClock) -> float | None:
+        """The earliest time of an event held in the partition (applied or replayed)."""
+        times = list(clock.ahead.values())
+        times += [e["ts"] for _, e in self.replayed_held.get(partition, ())]
+        return min(times) if times else None
+
+    def _step(self, partition: int, clock: PartitionClock, ts: float) -> None:
         clock.advance(ts)
         self.dirty_clocks.add(partition)
         if clock.closed_day is None:
             clock.start()
         elif day_of(ts) > clock.closed_day:
             self._close_day(partition, clock)
-        if clock.ahead or partition in self.replayed_held:
-            self._release(partition, clock)
 
     def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
         ts = event["ts"]
@@ -792,10 +825,7 @@ class CustomerProcessor:
         """Live mode: days close for quiet partitions too."""
         for partition, clock in self.clocks.items():
             if clock.watermark is not None and now > clock.watermark:
-                clock.advance(now)
-                self.dirty_clocks.add(partition)
-                if clock.closed_day is not None and day_of(now) > clock.closed_day:
-                    self._close_day(partition, clock)
+                self._advance(partition, clock, now)   # held events due by now apply too
 
     # -- flushing -------------------------------------------------------------------------
 
