@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables import TableManager
@@ -77,13 +77,14 @@ async def true_ends(bootstrap: str, client_kwargs: Mapping[str, Any],
     """The end offsets of `reported`'s partitions, found by reading their last batch.
 
     Tansu answers ListOffsets(latest) with the base offset of the last record batch + 1, not
-    the end of the log: recovery would stop inside the last batch and drop the rest of it.
-    Reading from one before the reported end returns that whole batch (a fetch hands out
-    whole batches), so the position after it is the true end, on Kafka as on Tansu.
+    the end of the log (and was seen answering 0 for a changelog partition holding four
+    records): recovery would stop inside the last batch and drop the rest of it. Reading from
+    one before the reported end returns that whole batch (a fetch hands out whole batches),
+    so the position after it is the true end, on Kafka as on Tansu. A partition is read to
+    its end once a fetch has come back for it with no record past the position.
     """
     ends = dict(reported)
-    todo = {TopicPartition(tp.topic, tp.partition): tp
-            for tp, end in reported.items() if end is not None and end > 0}
+    todo = {TopicPartition(tp.topic, tp.partition): tp for tp in reported}
     if not todo:
         return ends
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
@@ -92,20 +93,22 @@ async def true_ends(bootstrap: str, client_kwargs: Mapping[str, Any],
     try:
         consumer.assign(list(todo))
         for tp, key in todo.items():
-            consumer.seek(tp, max(0, cast(int, reported[key]) - 1))
-        deadline = asyncio.get_running_loop().time() + timeout
-        unread = set(todo)   # partitions whose last batch has not come back yet
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
+            consumer.seek(tp, max(0, (reported[key] or 0) - 1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        unread = set(todo)   # partitions not yet seen read to their end
+        while unread:
+            remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"the last batch of {sorted(map(str, unread))} was not "
-                                   f"read in {timeout} s")
+                raise TimeoutError(f"changelog partitions {sorted(map(str, unread))} were not "
+                                   f"read to their end in {timeout} s")
             fetched = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
-            unread -= {tp for tp, records in fetched.items() if records}
-            if not unread and not fetched:
-                break   # a fetch came back empty after every batch: read to the end
+            for tp in list(unread):
+                # highwater: from the last fetch response for tp (None before the first)
+                if not fetched.get(tp) and consumer.highwater(tp) is not None:
+                    unread.discard(tp)
         for tp, key in todo.items():
-            ends[key] = max(cast(int, reported[key]), await consumer.position(tp))
+            ends[key] = max(reported[key] or 0, await consumer.position(tp))
     finally:
         await consumer.stop()
     return ends
