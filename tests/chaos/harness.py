@@ -83,7 +83,7 @@ class Run:
             "VITALS_TIME__MAX_SKEW_DAYS": "1.0",
         })
         if self.store.startswith("rocksdb"):
-            data = self.logdir / f"{self.name}-data-{index}"
+            data = self.logdir / f"{self.app_id}-data-{index}"   # one per run: seeds share logdir
             env["VITALS_APP__DATA_DIR"] = f'"{data}"'
         env.update(self.extra_env)
         return env
