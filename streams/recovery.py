@@ -77,8 +77,8 @@ async def true_ends(bootstrap: str, client_kwargs: Mapping[str, Any],
     """The end offsets of `reported`'s partitions, found by reading their last batch.
 
     Tansu answers ListOffsets(latest) with the base offset of the last record batch + 1, not
-    the end of the log (and was seen answering 0 for a changelog partition holding four
-    records): recovery would stop inside the last batch and drop the rest of it. Reading from
+    the end of the log: recovery would stop inside the last batch and drop the rest of it.
+    Every partition is read, also one reported empty (it costs one fetch). Reading from
     one before the reported end returns that whole batch (a fetch hands out whole batches),
     so the position after it is the true end, on Kafka as on Tansu. A partition is read to
     its end once a fetch has come back for it with no record past the position.
