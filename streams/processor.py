@@ -403,18 +403,21 @@ class CustomerProcessor:
         of the watermark goes depends on which events came between; neither may change a
         close.
         """
-        if clock.watermark is not None and ts <= clock.watermark:
+        if clock.watermark is None:   # the partition's first time: held events up to it apply
+            self._step(partition, clock, ts)
+            if clock.ahead or partition in self.replayed_held:
+                self._release(partition, clock)
             return
-        while clock.watermark is not None and (clock.ahead or partition in self.replayed_held):
+        if ts <= clock.watermark:
+            return
+        while clock.ahead or partition in self.replayed_held:
             due = self._next_held(partition, clock)
             if due is None or due > ts:
                 break
             if due > clock.watermark:
                 self._step(partition, clock, due)
             self._release(partition, clock)
-        self._step(partition, clock, ts)
-        if clock.ahead or partition in self.replayed_held:
-            self._release(partition, clock)
+        self._step(partition, clock, ts)   # every held event left is later than ts
 
     def _next_held(self, partition: int, clock: PartitionClock) -> float | None:
         """The earliest time of an event held in the partition (applied or replayed)."""

@@ -1,12 +1,13 @@
-"""Faust's table recovery, kept from seeking to an offset below zero.
+"""Faust's table recovery with two mends.
 
-Faust starts reading a changelog partition at `max(persisted offset, earliest offset - 1)`
-and seeks there, mapping -1 to 0 (faust-streaming #176, the "offset -1 logic"). When the
-broker answers the earliest-offset request with -1 (unknown), that start becomes -2 and
-aiokafka's `seek` raises `ValueError('Offset must be a positive integer')`: a restarted
-worker exited 1 in recovery under repeated SIGKILLs. Any start below zero means "nothing is
-known to be read yet", so it reads the changelog from its first record: reading more of a
-changelog than needed replays values that later records overwrite, and changes nothing.
+- **Start below zero.** Faust starts reading a changelog partition at `max(persisted offset,
+  earliest offset - 1)` (faust-streaming #176, the "offset -1 logic"). When the broker
+  answers the earliest offset with -1, that start is -2 and aiokafka's `seek` raises
+  `ValueError('Offset must be a positive integer')`: a restarted worker exited 1 under
+  repeated SIGKILLs. Such a changelog is read from its first record; reading more of a
+  changelog than needed replays values that later records overwrite.
+- **End offsets.** Recovery reads each changelog up to its end, which Tansu reports short by
+  up to a batch; `true_ends` reads the last batch instead of trusting that answer.
 """
 from __future__ import annotations
 
