@@ -46,7 +46,7 @@ How the stages use it:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -554,6 +554,15 @@ class ReleaseInputs:
         since = max(part.day - window + 1, day_of(released_at))
         part.dau_sum = sum(n for d, n in self.dau_by_day.items() if since <= d <= part.day)
 
+    def to_state(self) -> list[Any]:
+        return [[list(a) for a in self.adopters], sorted(self.dau_by_day.items())]
+
+    @classmethod
+    def from_state(cls, data: Sequence[Any]) -> ReleaseInputs:
+        adopters, days = data
+        return cls([(float(f), None if s is None else float(s)) for f, s in adopters],
+                    {int(d): int(n) for d, n in days})
+
 
 @dataclass
 class FeatureContribution:
@@ -682,6 +691,27 @@ class FeatureContribution:
                    with_total=wt, with_kept=wk, without_total=nt, without_kept=nk,
                    after=None if data.get("ar") is None else (
                        float(data["ar"][0]), int(data["ar"][1]), int(data["ar"][2])))
+
+
+@dataclass
+class SentContribution:
+    """A partition's last contribution to a feature whose release was first seen (not
+    configured), the release it was counted for, and what its release-dependent parts come
+    from. Kept with the partition's clock until that release can no longer move earlier, so
+    an earlier release learnt after a restart or a hand-over still recounts it exactly."""
+
+    part: FeatureContribution
+    release: float
+    inputs: ReleaseInputs
+
+    def to_state(self) -> list[Any]:
+        return [self.part.to_state(), self.release, self.inputs.to_state()]
+
+    @classmethod
+    def from_state(cls, data: Sequence[Any]) -> SentContribution:
+        part, release, inputs = data
+        return cls(FeatureContribution.from_state(part), float(release),
+                   ReleaseInputs.from_state(inputs))
 
 
 def merge_all(parts: Iterable[FeatureContribution]) -> FeatureContribution | None:

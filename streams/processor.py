@@ -23,6 +23,7 @@ from models.features import (
     BASE_HISTORY_DAYS,
     FeatureContribution,
     ReleaseInputs,
+    SentContribution,
     after_release_fix_day,
 )
 from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
@@ -83,14 +84,6 @@ class CloseSummary(NamedTuple):
     @classmethod
     def of(cls, e: Evaluation) -> CloseSummary:
         return cls(e.segment, e.score, e.grade, e.ttv_days, e.succeeded, e.eligible, e.cac)
-
-
-class SentPart(NamedTuple):
-    """A partition's last contribution to a feature, the release it was counted for, and
-    what its release-dependent parts come from (None for a configured release)."""
-    part: FeatureContribution
-    release: float
-    inputs: ReleaseInputs | None
 
 
 def _add_share(scopes: dict[str, dict[str, Any]], share: Evaluation | CloseSummary,
@@ -171,14 +164,11 @@ class CustomerProcessor:
         # Event times are kept this many days beyond the window: [R, R+30d) is fixed at the
         # close of R + 30d + lateness, and counted from the events of day(R) on.
         self.after_margin = math.ceil(settings.time.lateness_days) + 3
-        self.after_tried: dict[tuple[int, str], float] = {}   # (partition, f) -> R last counted
         # Every customer partition's watermark as last published (the catalog topic), this
         # worker's included: the after-release event times are kept from the slowest on.
         self.progress: dict[int, float] = {}
         self.progress_out: dict[int, float] = {}
         self.recount: set[str] = set()   # features whose release was learnt or moved earlier
-        # The contribution each partition last sent for each feature (of its last closed day)
-        self.sent_parts: dict[tuple[int, str], SentPart] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -680,13 +670,16 @@ class CustomerProcessor:
         part.set_base(*base[group])
         fix = after_release_fix_day(release, lateness)
         if fix <= closed and (closed <= fix + self.after_margin
-                              or self.after_tried.get((partition, feature)) != release):
+                              or clock.after_tried.get(feature) != release):
             # Also once when the release becomes known (or moves earlier) only after the
             # margin: another partition of this worker saw f late, and _prune kept the
             # event times of that partition's slowest sibling.
-            self.after_tried[(partition, feature)] = release
+            clock.after_tried[feature] = release
             self._after_release(part, customers, rule, release)
-        self.sent_parts[(partition, feature)] = SentPart(part, release, inputs)
+        if inputs is not None and not self._release_final(release):
+            clock.sent[feature] = SentContribution(part, release, inputs)
+        else:
+            clock.sent.pop(feature, None)
         message: dict[str, Any] = {"p": partition, "c": part.to_state()}
         if (partition, feature) not in self.base_sent:
             self.base_sent.add((partition, feature))
@@ -743,6 +736,14 @@ class CustomerProcessor:
             marks.append(wm)
         return min(marks)
 
+    def _release_final(self, release: float) -> bool:
+        """No partition can still see the feature before ``release``: every one has published
+        a watermark more than the lateness past it (and, before it, the features it saw), and
+        an event older than its partition's watermark by more than that is refused."""
+        slowest = self._slowest()
+        return slowest is not None and \
+            release <= slowest - self.settings.time.lateness_days * DAY_SECONDS
+
     def _learn_feature(self, feature: str, ts: float) -> bool:
         """Keep the earliest time a feature was seen; True when ts is earlier than known."""
         first = self.catalog.get(feature)
@@ -767,7 +768,7 @@ class CustomerProcessor:
             customers = None
             for feature in sorted(features):
                 release = self.catalog.get(feature)
-                sent = self.sent_parts.get((partition, feature))
+                sent = clock.sent.get(feature)
                 if release is None:
                     continue
                 if customers is None:
@@ -780,17 +781,18 @@ class CustomerProcessor:
                 # The contribution as it was sent at the close (events applied since, late
                 # ones included, must not change it), counted for the release now known.
                 part, resend = sent.part, False
-                if sent.release != release and sent.inputs is not None:
+                if sent.release != release:
                     sent.inputs.rebase(part, release)
-                    self.sent_parts[(partition, feature)] = sent._replace(release=release)
+                    sent.release = release
                     resend = True
                 if after_release_fix_day(release, lateness) <= closed \
-                        and self.after_tried.get((partition, feature)) != release:
-                    self.after_tried[(partition, feature)] = release
+                        and clock.after_tried.get(feature) != release:
+                    clock.after_tried[feature] = release
                     self._after_release(part, customers,
                                         self.settings.features.eligible.get(feature), release)
                     resend = True
                 if resend:
+                    self.dirty_clocks.add(partition)
                     self.features_out.append((feature, orjson.dumps(
                         {"p": partition, "c": part.to_state()})))
 
@@ -1054,10 +1056,6 @@ class CustomerProcessor:
             self.summaries.pop(partition, None)
             self.replayed_held.pop(partition, None)
             self.dirty_summaries.discard(partition)
-            for key in [k for k in self.after_tried if k[0] == partition]:
-                del self.after_tried[key]
-            for key in [k for k in self.sent_parts if k[0] == partition]:
-                del self.sent_parts[key]
         self.dirty = {c: p for c, p in self.dirty.items() if p not in gone}
         self.to_emit = {c: p for c, p in self.to_emit.items() if p not in gone}
         # Alerts and business messages already decided go out with the state that records them.

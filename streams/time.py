@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.activity import DAY_SECONDS, day_of
+from models.features import SentContribution
 
 OK = "accepted"
 LATE = "late"
@@ -45,7 +46,7 @@ class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
     __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events",
-                 "last_base", "read")
+                 "last_base", "read", "sent", "after_tried")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
@@ -73,6 +74,13 @@ class PartitionClock:
         # The last input offset applied per input partition (topic, partition): an event the
         # ingest forwards again after a crash before its commit is recognised by it.
         self.read: dict[tuple[str, int], int] = {}
+        # Per feature first seen (release not configured) whose release may still move
+        # earlier: the last contribution sent for it and what it was counted from. Kept here,
+        # not in the worker's memory, so the worker that restores the partition (after a
+        # crash or a hand-over) recounts it for an earlier release learnt later.
+        self.sent: dict[str, SentContribution] = {}
+        # Per feature: the release whose after-release counts were last sent.
+        self.after_tried: dict[str, float] = {}
 
     def read_up_to(self, src: Any) -> bool:
         """Note the input position (topic, partition, offset) of an event; False when the
@@ -151,6 +159,10 @@ class PartitionClock:
             out["lb"] = [self.last_base[0], self.last_base[1]]
         if self.read:
             out["read"] = [[t, p, o] for (t, p), o in self.read.items()]
+        if self.sent:
+            out["sent"] = {f: s.to_state() for f, s in self.sent.items()}
+        if self.after_tried:
+            out["at"] = self.after_tried
         return out
 
     @classmethod
@@ -164,4 +176,7 @@ class PartitionClock:
                     dict(data.get("ahead") or {}), dict(data.get("streak") or {}),
                     int(data.get("run") or 0), last_base)
         clock.read = {(str(t), int(p)): int(o) for t, p, o in data.get("read") or ()}
+        clock.sent = {str(f): SentContribution.from_state(s)
+                      for f, s in (data.get("sent") or {}).items()}
+        clock.after_tried = {str(f): float(r) for f, r in (data.get("at") or {}).items()}
         return clock

@@ -13,7 +13,7 @@ import pytest
 from models.features import FeatureBook, FeatureContribution
 from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
-from streams.processor import CustomerProcessor, Flush
+from streams.processor import PROGRESS_KEY, CustomerProcessor, Flush
 from streams.settings import load_settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import rfc3339
@@ -152,6 +152,8 @@ def test_batch_then_flush_gives_exact_figures() -> None:
     assert [d for d, _ in clock.pop("base")["*"]] == list(range(D - 9, D))
     # The last close's counts (active users, customers, paying, kept): c-1 active, on trial.
     assert clock.pop("lb") == [D - 1, {"*": [3, 1, 0, 0]}]
+    # The first-seen release of reports may still move earlier: its last contribution stays.
+    assert clock.pop("sent").keys() == {"reports"}
     assert clock == {"wm": at(D, 15), "day": D}
     state = proc.store["c-1"]
     assert state.events == 8
@@ -1048,6 +1050,52 @@ def test_a_release_learnt_earlier_after_the_close_recounts_days_to_adopt() -> No
     told_late, knew = last_sent(knew=False), last_sent(knew=True)
     assert FeatureContribution.from_state(knew).adopt_hist != {0: 2}   # the release matters
     assert told_late == knew
+
+
+def test_a_release_learnt_earlier_after_a_restart_recounts_the_close_sent_before_it() -> None:
+    """As above, but the worker dies between its last close and learning the earlier release
+    (or hands the partition over): whoever restores the partition must still send the
+    contribution a close that knew the earlier release sends. What the close counted from is
+    kept with the clock while the release may still move earlier."""
+    events = with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 20, 8)),
+                         feature("c-1", at(D + 1, 10), "u1", name="exports"),
+                         feature("c-2", at(D + 2, 9), "u2", name="exports"),
+                         feature("c-1", at(D + 3, 9), "u3", name="exports"),
+                         usage("c-1", at(D + 5, 1), "u1")])
+    earlier = at(D - 3, 8)
+
+    knew, _ = make()
+    knew.learn_catalog({"exports": earlier})
+    knew.apply(0, events)
+    expected = [orjson.loads(v) for f, v in knew.flush().features if f == "exports"][-1]["c"]
+
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.apply(0, events)
+    out = proc.flush()
+    for partition, clock in out.clocks:
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
+    again, _ = make(store, dict(clock_store))
+    again.assign([0])
+    again.learn_catalog({"exports": earlier})
+    resent = [orjson.loads(v)["c"] for f, v in again.flush().features if f == "exports"]
+    assert FeatureContribution.from_state(expected).adopt_hist != {0: 2}  # the release matters
+    assert resent and resent[-1] == expected
+
+
+def test_a_contribution_is_kept_with_the_clock_only_while_its_release_may_move_earlier() -> None:
+    """Once every partition has published a watermark more than the lateness past a first-seen
+    release, no partition can see f earlier: the clock stops carrying the contribution."""
+    proc, _ = make()
+    proc.apply(0, with_ticks([signup("c-1", at(D - 1, 8)),
+                              feature("c-1", at(D, 10), "u1", name="exports"),
+                              usage("c-1", at(D + 2, 9), "u1")]))
+    assert "exports" in dict(proc.flush().clocks)[0]["sent"]
+    proc.learn_catalog({f"{PROGRESS_KEY}{p}": {"wm": at(D + 3, 0)}
+                        for p in range(SETTINGS.app.partitions)})
+    proc.apply(0, with_ticks([usage("c-1", at(D + 3, 9), "u1")]))
+    assert "sent" not in dict(proc.flush().clocks)[0]   # D 10:00 <= D+3 00:00 - 2 days
 
 
 def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the_catalog() -> None:
