@@ -1022,16 +1022,21 @@ def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> 
     assert [m["c"] for m in sent(again.flush())] == [message["c"]]
 
 
+def exports_adopted_from_d_plus_1() -> list[dict[str, Any]]:
+    """Two customers adopt exports from D+1 on; this partition's first use is its release."""
+    return with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 20, 8)),
+                       feature("c-1", at(D + 1, 10), "u1", name="exports"),
+                       feature("c-2", at(D + 2, 9), "u2", name="exports"),
+                       feature("c-1", at(D + 3, 9), "u3", name="exports"),
+                       usage("c-1", at(D + 5, 1), "u1")])
+
+
 def test_a_release_learnt_earlier_after_the_close_recounts_days_to_adopt() -> None:
     """This partition's own first use of f is its release until another worker tells of an
     earlier one, after this partition's last close (the end of a burst). The contribution it
     sends again must be the one a close that knew the earlier release sends: days to adopt
     and Σ DAU since the release counted from it (not only the after-release figure)."""
-    events = with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 20, 8)),
-                         feature("c-1", at(D + 1, 10), "u1", name="exports"),
-                         feature("c-2", at(D + 2, 9), "u2", name="exports"),
-                         feature("c-1", at(D + 3, 9), "u3", name="exports"),
-                         usage("c-1", at(D + 5, 1), "u1")])
+    events = exports_adopted_from_d_plus_1()
     earlier = at(D - 3, 8)
 
     def last_sent(knew: bool) -> dict[str, Any]:
@@ -1057,11 +1062,7 @@ def test_a_release_learnt_earlier_after_a_restart_recounts_the_close_sent_before
     (or hands the partition over): whoever restores the partition must still send the
     contribution a close that knew the earlier release sends. What the close counted from is
     kept with the clock while the release may still move earlier."""
-    events = with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 20, 8)),
-                         feature("c-1", at(D + 1, 10), "u1", name="exports"),
-                         feature("c-2", at(D + 2, 9), "u2", name="exports"),
-                         feature("c-1", at(D + 3, 9), "u3", name="exports"),
-                         usage("c-1", at(D + 5, 1), "u1")])
+    events = exports_adopted_from_d_plus_1()
     earlier = at(D - 3, 8)
 
     knew, _ = make()
