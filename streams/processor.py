@@ -645,11 +645,13 @@ class CustomerProcessor:
         clock.last_base = (closed, {g: list(counts) for g, counts in base.items()})
         self.dirty_clocks.add(partition)
         released = {**self.catalog, **self.evaluator.released}  # configured releases win
+        final = self._final_through()
         for feature, release in released.items():
-            self._contribute(partition, clock, closed, feature, release, customers, base)
+            self._contribute(partition, clock, closed, feature, release, customers, base, final)
 
     def _contribute(self, partition: int, clock: PartitionClock, closed: int, feature: str,
-                    release: float, customers: list[Any], base: Mapping[str, Any]) -> None:
+                    release: float, customers: list[Any], base: Mapping[str, Any],
+                    final: float | None) -> None:
         """One feature's contribution of closed day `closed` to the feature stage."""
         fs = self.settings.features
         lateness = self.settings.time.lateness_days
@@ -676,7 +678,7 @@ class CustomerProcessor:
             # event times of that partition's slowest sibling.
             clock.after_tried[feature] = release
             self._after_release(part, customers, rule, release)
-        if inputs is not None and not self._release_final(release):
+        if inputs is not None and (final is None or release > final):
             clock.sent[feature] = SentContribution(part, release, inputs)
         else:
             clock.sent.pop(feature, None)
@@ -736,13 +738,14 @@ class CustomerProcessor:
             marks.append(wm)
         return min(marks)
 
-    def _release_final(self, release: float) -> bool:
-        """No partition can still see the feature before ``release``: every one has published
-        a watermark more than the lateness past it (and, before it, the features it saw), and
-        an event older than its partition's watermark by more than that is refused."""
+    def _final_through(self) -> float | None:
+        """A first-seen release at or before this time can no longer move earlier: every
+        partition has published a watermark more than the lateness past it (and, before it,
+        the features it saw), and an event older than that is refused. None while one has
+        not reported."""
         slowest = self._slowest()
-        return slowest is not None and \
-            release <= slowest - self.settings.time.lateness_days * DAY_SECONDS
+        return None if slowest is None else \
+            slowest - self.settings.time.lateness_days * DAY_SECONDS
 
     def _learn_feature(self, feature: str, ts: float) -> bool:
         """Keep the earliest time a feature was seen; True when ts is earlier than known."""
@@ -807,7 +810,7 @@ class CustomerProcessor:
                 feature in state.feature_use.first for state, _, _, _ in customers):
             return
         self._contribute(partition, clock, closed, feature, release, customers,
-                         clock.last_base[1])
+                         clock.last_base[1], self._final_through())
 
     def _churn_day(self, cid: str, state: CustomerState, result: Evaluation, day: int) -> None:
         """Day close for churn: settle old snapshots, snapshot and score a paying customer."""
