@@ -218,8 +218,8 @@ def _follower(service: Service, broker_url: str, on_model: Callable[[], None]) -
             on_model()
 
     def on_catalog(records: list[Any]) -> None:
-        processor.learn_catalog({r.key.decode(): orjson.loads(r.value) for r in records
-                                 if r.key is not None and r.value is not None})
+        processor.learn_catalog([(r.key.decode(), orjson.loads(r.value)) for r in records
+                                 if r.key is not None and r.value is not None])
 
     follower = Follower(_bootstrap(broker_url), aiokafka_kwargs(s.kafka))
     follower.follow(s.topics.churn_model, 1, on_models)

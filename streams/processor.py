@@ -48,6 +48,15 @@ AFTER_MIDNIGHT = 0.001        # seconds: the as_of of a record of an event at 00
 # Catalog entries that carry a partition's watermark instead of a feature: their key is longer
 # than any feature name may be (events.TEXT_MAX_CHARS), so no event can write over them.
 PROGRESS_KEY = "~" * (ev.TEXT_MAX_CHARS + 1) + "watermark:"
+# A partition's first time of a feature: FIRST_KEY + "<partition>:<feature>". One key per
+# partition, so that compaction (which keeps the last record of a key) never drops one
+# partition's earlier time for another's later one, which a restarted worker, knowing nothing
+# yet, publishes from its restored clock.
+FIRST_KEY = "~" * (ev.TEXT_MAX_CHARS + 1) + "first:"
+
+
+def first_key(partition: int, feature: str) -> str:
+    return f"{FIRST_KEY}{partition}:{feature}"
 # Event times of features are kept for a partition that has not reported its watermark yet at
 # most this many days longer (a bound on state, should one never report).
 UNREPORTED_KEEP_DAYS = 60
@@ -169,6 +178,9 @@ class CustomerProcessor:
         self.progress: dict[int, float] = {}
         self.progress_out: dict[int, float] = {}
         self.recount: set[str] = set()   # features whose release was learnt or moved earlier
+        # Each partition's watermark as its clock was last written (or restored): what the
+        # customers' records are pruned by (_prune).
+        self.written_wm: dict[int, float | None] = {}
         metrics.add_gauge_source(self.gauges)
 
     # -- events ---------------------------------------------------------------------------
@@ -520,8 +532,8 @@ class CustomerProcessor:
         if first is None or ts < first:
             clock.features[feature] = ts
             self.dirty_clocks.add(partition)
-        if self._learn_feature(feature, ts):
-            self.catalog_out[feature] = ts
+            self.catalog_out[first_key(partition, feature)] = ts
+        self._learn_feature(feature, ts)
 
     def _reject(self, event: dict[str, Any], where: str, clock: PartitionClock
                 ) -> tuple[bytes | None, bytes]:
@@ -703,14 +715,18 @@ class CustomerProcessor:
                 active += counts[1]
         part.set_after_release(release, users, active)
 
-    def learn_catalog(self, entries: Mapping[str, Any]) -> None:
+    def learn_catalog(self, entries: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         """Features first seen by any worker, and every partition's watermark (the shared
-        catalog topic)."""
-        for key, value in entries.items():
+        catalog topic), in the order read: a key's records are not a last-wins table (a
+        restarted worker publishes a later first time than one already there), the earliest
+        time and the highest watermark are kept."""
+        for key, value in entries.items() if isinstance(entries, Mapping) else entries:
             if key.startswith(PROGRESS_KEY):
                 if isinstance(value, dict) and isinstance(value.get("wm"), int | float):
                     self._learn_progress(int(key[len(PROGRESS_KEY):]), float(value["wm"]))
             elif isinstance(value, int | float):
+                if key.startswith(FIRST_KEY):
+                    key = key[len(FIRST_KEY):].partition(":")[2]
                 self._learn_feature(key, float(value))
 
     def _learn_progress(self, partition: int, wm: float) -> None:
@@ -858,6 +874,7 @@ class CustomerProcessor:
             self._report_partition(partition)
         for partition in self.dirty_clocks:
             out.clocks.append((partition, self.clocks[partition].to_dict()))
+            self.written_wm[partition] = self.clocks[partition].watermark
             self._publish_progress(partition)
         self.dirty_clocks = set()
         self.dirty_summaries = set()
@@ -974,12 +991,20 @@ class CustomerProcessor:
                                        remember=False, alerts=False).record
 
     def _prune(self, state: CustomerState, partition: int, slowest: float | None) -> None:
-        wm = self.clocks[partition].watermark
+        """Forget what no close or event to come can need, as of the partition's clock as
+        last written, not the live one.
+
+        The customers' records are written before their partition's clock: a crash between
+        the two restores this flush's records with the previous flush's clock, and the day
+        closes since are made again from these records. They must find the events they found
+        the first time, and a burst moves the watermark many days in one flush (the
+        after-release counts of a feature, which need the events of its release day, were
+        lost that way).
+        """
+        wm = self.written_wm.get(partition)
         if wm is None:
             return
-        # One day of margin: the clock and the customer records are separate changelog writes,
-        # and a restored watermark may be a flush older than the one that pruned.
-        state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)
+        state.seen.prune(day_of(wm - self.policy.dedup_horizon) - 1)   # a day of margin
         # One day more than the window ending with the watermark's day: a record re-published
         # as of the last close (after a restart) covers the window ending the day before.
         state.activity.prune(last_day(wm) - self.window)
@@ -1002,11 +1027,12 @@ class CustomerProcessor:
             saved = self.clock_store.get(str(partition))
             clock = PartitionClock.from_dict(saved) if saved else PartitionClock()
             self.clocks[partition] = clock
+            self.written_wm[partition] = clock.watermark
             for feature, first in clock.features.items():
                 # Published again: the worker that wrote this clock may have died (or handed the
                 # partition over) before it sent the catalog entry; receivers keep the earliest.
-                if self._learn_feature(feature, first):
-                    self.catalog_out[feature] = first
+                self._learn_feature(feature, first)
+                self.catalog_out[first_key(partition, feature)] = first
         return clock
 
     def assign(self, partitions: Iterable[int]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from models.features import FeatureBook, FeatureContribution
 from streams.events import EventValidator, InvalidEvent, event_hash
 from streams.exporters.metrics import Metrics
-from streams.processor import PROGRESS_KEY, CustomerProcessor, Flush
+from streams.processor import PROGRESS_KEY, CustomerProcessor, Flush, first_key
 from streams.settings import load_settings
 from streams.state import CustomerState, decode_state, encode_state
 from streams.time import rfc3339
@@ -501,7 +501,11 @@ def test_flush_prunes_dirty_state() -> None:
     # walk the watermark forward a day at a time (12 h steps) up to D
     for k in range(-18, 1):  # D-19 11:00 → D-18 00:30 → D-18 12:00 → …
         proc.apply(0, [usage("c-1", at(D + k, 0.5), "u1"), usage("c-1", at(D + k, 12), "u1")])
-    out = proc.flush()
+    proc.flush()
+    state = proc.store["c-1"]
+    assert min(state.activity.masks) < D - 29     # pruned as of the clock last written (D-19)
+    proc.apply(0, [usage("c-1", at(D, 13), "u1")])
+    out = proc.flush()                            # now as of the clock written at D
     state = proc.store["c-1"]
     # activity kept from D-29; "old" (D-40) and its index are gone
     assert min(state.activity.masks) >= D - 29
@@ -907,7 +911,7 @@ def test_features_first_seen_survive_a_crash_between_the_customer_and_clock_writ
     assert again.apply(0, orjson.loads(orjson.dumps(batch)), offset=2) == []
     assert again.clocks[0].features == proc.clocks[0].features
     assert again.record("c-1", 0) == expected
-    assert "exports" in {f for f, _ in again.flush().catalog}
+    assert first_key(0, "exports") in {f for f, _ in again.flush().catalog}
 
 
 def test_a_replayed_month_end_reports_each_customer_as_of_that_month_end() -> None:
@@ -1085,6 +1089,46 @@ def test_a_release_learnt_earlier_after_a_restart_recounts_the_close_sent_before
     assert resent and resent[-1] == expected
 
 
+def test_records_written_ahead_of_their_clock_still_hold_what_its_closes_need() -> None:
+    """A worker dies between writing a flush's customer records and writing its clock, after a
+    burst moved the watermark two weeks in that flush. The restored (older) clock closes
+    those days again from the newer records: they must still hold the release day's events,
+    or the exact after-release counts are never sent (found by the burst + SIGKILL chaos run).
+    """
+    events = with_ticks([signup("c-1", at(D - 10, 8)), signup("c-2", at(D - 12, 8)),
+                         feature("c-1", at(D, 10), "u1", name="exports"),
+                         *[usage(c, at(D + k, 9), "u" + c) for k in range(0, 46, 3)
+                           for c in ("c-1", "c-2")]])
+    before = [e for e in events if e["ts"] < at(D + 30, 0)]
+    burst = [e for e in events if e["ts"] >= at(D + 30, 0)]
+    everyone = {f"{PROGRESS_KEY}{p}": {"wm": at(D + 60, 0)} for p in range(SETTINGS.app.partitions)}
+
+    def sent(flush: Flush) -> list[Any]:
+        return [orjson.loads(v)["c"] for f, v in flush.features if f == "exports"]
+
+    def after_counts(flush: Flush) -> list[Any]:
+        parts = [FeatureContribution.from_state(c) for c in sent(flush)]
+        return [p.after for p in parts if p.after is not None]
+
+    clock_store: dict[str, dict[str, Any]] = {}
+    proc, _ = make(clock_store=clock_store)
+    proc.learn_catalog(everyone)
+    proc.apply(0, before, offset=1)
+    for partition, clock in proc.flush().clocks:        # the clock as last written
+        clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
+    proc.apply(0, burst, offset=2)
+    out = proc.flush()
+    expected = sent(out)
+    assert after_counts(out)[0][0] == at(D, 10)        # counted from the release on
+
+    store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
+    again, _ = make(store, dict(clock_store))           # the burst's clock never written
+    again.learn_catalog(everyone)
+    again.assign([0])
+    again.apply(0, burst, offset=2)                     # replayed: skipped, the days closed again
+    assert sent(again.flush()) == expected             # the same contributions, exact ones too
+
+
 def test_a_contribution_is_kept_with_the_clock_only_while_its_release_may_move_earlier() -> None:
     """Once every partition has published a watermark more than the lateness past a first-seen
     release, no partition can see f earlier: the clock stops carrying the contribution."""
@@ -1099,6 +1143,18 @@ def test_a_contribution_is_kept_with_the_clock_only_while_its_release_may_move_e
     assert "sent" not in dict(proc.flush().clocks)[0]   # D 10:00 <= D+3 00:00 - 2 days
 
 
+def test_the_catalog_keeps_a_features_earliest_time_whatever_the_order_of_its_records() -> None:
+    """A restarted worker publishes the first times of its restored clock, later than one
+    another worker published before: read in one batch, the later record of the key must not
+    replace the earlier (it did, read as a table, and a whole backfill was counted from the
+    later release). Old plain feature keys are still read."""
+    proc, _ = make()
+    proc.learn_catalog([(first_key(2, "exports"), at(D, 10)), (first_key(2, "exports"), at(D + 5, 1)),
+                        (first_key(1, "exports"), at(D + 3, 1)), ("reports", at(D, 8)),
+                        ("reports", at(D + 1, 8))])
+    assert proc.catalog == {"exports": at(D, 10), "reports": at(D, 8)}
+
+
 def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the_catalog() -> None:
     """A worker can die, or hand its partition over, after writing a clock but before sending
     the catalog entry of a feature it saw: whoever restores the clock publishes it again."""
@@ -1106,12 +1162,13 @@ def test_features_of_a_restored_clock_are_published_again_and_a_revoke_sends_the
     proc, _ = make(clock_store=clock_store)
     proc.apply(0, [feature("c-1", at(D, 10), "u1", name="exports")])
     handed = proc.revoke([0])
-    assert [f for f, _ in handed.catalog if not f.startswith("~")] == ["exports"]
+    assert [f for f, _ in handed.catalog if not f.startswith(PROGRESS_KEY)] == \
+        [first_key(0, "exports")]
     for partition, clock in handed.clocks:
         clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
     again, _ = make(clock_store=dict(clock_store))
     again.assign([0])
-    assert ("exports", orjson.dumps(at(D, 10))) in again.flush().catalog
+    assert (first_key(0, "exports"), orjson.dumps(at(D, 10))) in again.flush().catalog
 
 
 def test_events_the_ingest_forwards_again_are_duplicates_whatever_their_age() -> None:
