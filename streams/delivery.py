@@ -100,10 +100,14 @@ class Delivery:
                  for feature, value in flush.features]
         sent += [o.catalog.send_soon(key=feature, value=value, partition=0)
                  for feature, value in flush.catalog]
+        # The customer records too, day closes included: the closes a restored (older) clock
+        # makes again are skipped for customers whose record is already past them, and a
+        # daily series must not lose those days.
+        sent += [o.customer.send_soon(key=key, value=value) for key, value in flush.records]
         return sent
 
     async def customer_state(self, flush: Flush) -> list[Any]:
-        """The customers' records, then their partitions' clocks, then the output records."""
+        """The customers' records, then their partitions' clocks."""
         o = self.out
         o.customer_store.commit()   # the local copy too: only once the outputs are delivered
         sent = [o.customers.send_changelog(partition, key, state)
@@ -117,8 +121,6 @@ class Delivery:
             o.clock_store[str(partition)] = clock
             sent.append(o.clocks.send_changelog(partition, str(partition), clock))
         o.clock_store.commit()
-        # The records themselves are re-published for every customer after a recovery.
-        sent += [o.customer.send_soon(key=key, value=value) for key, value in flush.records]
         return sent
 
     async def customer_flush(self, flush: Flush,

@@ -167,10 +167,12 @@ def test_a_flush_delivers_every_output_then_the_state_then_acknowledges() -> Non
     asyncio.run(delivery.flush())
 
     outputs = {"churn_examples", "deadletter", "alerts", "business_in", "feature_in", "catalog",
-               "business", "feature"}
-    state = {"customers", "clocks", "customer", "scopes", "features", "learner", "churn_model"}
+               "customer", "business", "feature"}
+    state = {"customers", "clocks", "scopes", "features", "learner", "churn_model"}
     assert set(broker.names()) == outputs | state
-    # No state is even sent before every output of every stage is held by the broker.
+    # No state is even sent before every output of every stage is held by the broker, the
+    # customer records included (day closes that a restored, older clock makes again are
+    # skipped for customers already past them: they would be lost from the daily series).
     last_output = max(broker.position("done", name) for name in outputs)
     assert all(broker.position("send", name) > last_output for name in state)
     # The customers' records are held before the clock that judged their events is sent.
