@@ -6,6 +6,7 @@ disturbed (SIGKILL at seeded random moments, workers joining and leaving). When 
 worked off its input, the outputs are read back from the topics and compared:
 
 - the last record per key of `vitals.customer`, `vitals.business` and `vitals.feature`;
+- every customer's daily series: its day-close records of `vitals.customer`, by day;
 - the alert transitions per alert id (a resend of the same transition is listed apart);
 - the dead letters, by input family, content and code.
 
@@ -177,13 +178,18 @@ class Outputs:
     resent_transitions: int
     deadletters: set[tuple[Any, ...]]
     resent_deadletters: int
+    day_closes: dict[tuple[str, str], dict[str, Any]]   # (customer, as_of) -> its last record
 
     @classmethod
     def read(cls, bootstrap: str, run: Run) -> Outputs:
         latest = {}
+        day_closes = {}
         for output in ("customer", "business", "feature_out"):
-            latest[output] = {k: v for k, v in read_all(bootstrap, run.topic(output))
-                              if k is not None}
+            records = [(k, v) for k, v in read_all(bootstrap, run.topic(output)) if k is not None]
+            latest[output] = dict(records)
+            if output == "customer":
+                day_closes = {(k, v["as_of"]): v for k, v in records
+                              if v["as_of"].endswith("T00:00:00Z")}
         transitions: dict[str, list[tuple[str, str]]] = {}
         resent = 0
         for _key, alert in read_all(bootstrap, run.topic("alerts")):
@@ -206,7 +212,7 @@ class Outputs:
             if ident in deadletters:
                 resent_dl += 1
             deadletters.add(ident)
-        return cls(latest, transitions, resent, deadletters, resent_dl)
+        return cls(latest, transitions, resent, deadletters, resent_dl, day_closes)
 
 
 @dataclass
@@ -250,6 +256,16 @@ def compare(reference: Outputs, other: Outputs) -> Comparison:
                              f"{'reference' if key in records else 'disturbed run'}")
                 continue
             churn += _diff_record(f"{output}[{key}]", records[key], mine[key], diffs, skip)
+    missing: dict[str, list[str]] = {}
+    for close in sorted(set(reference.day_closes) | set(other.day_closes)):
+        cid, day = close[0], close[1][:10]
+        if close not in other.day_closes or close not in reference.day_closes:
+            where = "disturbed run" if close in reference.day_closes else "reference"
+            missing.setdefault(f"{cid} missing in the {where}", []).append(day)
+            continue
+        churn += _diff_record(f"day close {cid} {day}", reference.day_closes[close],
+                              other.day_closes[close], diffs, CHURN_FIELDS["customer"])
+    diffs += [f"day closes of {who}: {', '.join(days)}" for who, days in missing.items()]
     for alert_id in sorted(set(reference.transitions) | set(other.transitions)):
         if alert_id.split(":", 1)[0] in CHURN_RULES:
             churn += reference.transitions.get(alert_id) != other.transitions.get(alert_id)
