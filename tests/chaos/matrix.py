@@ -213,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.days, args.kills, only):
                     rows.append((seed, name, run.kills, result))
     if args.markdown:
-        print("\n| seed | scenario | kills | keys compared | differences | churn fields apart |")
-        print("|---|---|---|---|---|---|")
+        print("\n| seed | scenario | kills | keys compared | differences | churn fields apart "
+              "| daily-series differences |")
+        print("|---|---|---|---|---|---|---|")
         for seed, name, killed, r in rows:
             print(f"| {seed} | {name} | {killed} | {r.keys} | {len(r.differences)} "
-                  f"| {r.churn_differences} |")
+                  f"| {r.churn_differences} | {len(r.series)} |")
     return 1 if any(not r.ok for *_, r in rows) else 0
 
 

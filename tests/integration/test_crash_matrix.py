@@ -48,6 +48,11 @@ def _check(name: str, expected: Outputs, actual: Outputs) -> None:
     # Every record of every output topic, alert transition and dead letter is the reference's.
     print(report(name, result))
     assert result.ok, report(name, result)
+    if result.series:
+        # Known gap (docs/chaos.md): a day closed again after a crash can differ from the
+        # first close. Reported as not finished, not as passed.
+        pytest.xfail(f"{name}: daily series {len(result.series)} differences: "
+                     f"{result.series[:3]}")
 
 
 @pytest.mark.timeout(600)
