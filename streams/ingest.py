@@ -73,6 +73,16 @@ class TimeAligner:
     therefore its *level*: the highest time that two consecutive events reached (the smaller
     of each pair). An event more than ``max_skew`` ahead of that level is ordered at the
     level: it leaves at once, and the customer stage holds it until its time comes.
+
+    A late event (older than its partition's level) is ordered at the level too. By its own
+    time it would go before or after other partitions' events between its time and the level
+    depending on whether those were already released when it was read, i.e. on fetch sizes
+    and restarts; at the level, its place depends on the input alone. Ties go by partition,
+    not by which partition was fetched first. Read again from its committed offsets after a
+    restart, the rest leaves in the same order: everything ordered before an item released
+    then had been released too, and the levels after the offsets rise through the same pairs
+    of events (only whether an event right after an offset counts as ahead of its input can
+    differ, the level before it being unknown).
     """
 
     def __init__(self, max_skew: float = math.inf, order_grace: float = 0.0) -> None:
@@ -104,7 +114,7 @@ class TimeAligner:
         elif min(last, ts) > level:
             level = self.read_to[tp] = min(last, ts)
         if ts <= level + self.max_skew:
-            buf.append((ts, offset, item, written))
+            buf.append((max(ts, level), offset, item, written))
             return False
         buf.append((level, offset, item, written))
         return True
@@ -114,22 +124,26 @@ class TimeAligner:
         """Items that can leave now. ``partitions`` are all those being read, with data or not;
         ``empty_at(tp)`` is the time (epoch seconds) of the latest fetch that found tp read to
         its end, or None while it has unread data."""
-        limit = math.inf
+        partitions = list(partitions)
+        # Ties go by partition: an item may leave at its unread neighbours' level only if it
+        # is ordered before them (their next item may have that very time).
+        rank = {tp: i for i, tp in enumerate(sorted({*partitions, *self.buffers}, key=repr))}
+        limit: tuple[float, int] = (math.inf, 0)
         idle: list[tuple[float, float, Hashable]] = []   # (level, written-before, partition)
         for tp in partitions:
             at = empty_at(tp)
             if at is None:
-                limit = min(limit, self.read_to.get(tp, -math.inf))
+                limit = min(limit, (self.read_to.get(tp, -math.inf), rank[tp]))
             else:
                 idle.append((self.read_to.get(tp, -math.inf), at - self.order_grace, tp))
         bound = _IdleBound(idle)
         any_level, any_written = bound.any_level, bound.any_written
-        heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(self.buffers.items()) if buf]
+        heads = [(buf[0][0], rank[tp], tp) for tp, buf in self.buffers.items() if buf]
         heapq.heapify(heads)
         out: list[Any] = []
         while heads:
             ts, i, tp = heads[0]
-            if ts > limit:
+            if (ts, i) > limit:
                 break
             buf = self.buffers[tp]
             if ts > any_level and buf[0][3] > any_written and not bound.passes(
