@@ -715,12 +715,12 @@ class CustomerProcessor:
                 active += counts[1]
         part.set_after_release(release, users, active)
 
-    def learn_catalog(self, entries: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+    def learn_catalog(self, entries: Iterable[tuple[str, Any]]) -> None:
         """Features first seen by any worker, and every partition's watermark (the shared
         catalog topic), in the order read: a key's records are not a last-wins table (a
         restarted worker publishes a later first time than one already there), the earliest
         time and the highest watermark are kept."""
-        for key, value in entries.items() if isinstance(entries, Mapping) else entries:
+        for key, value in entries:
             if key.startswith(PROGRESS_KEY):
                 if isinstance(value, dict) and isinstance(value.get("wm"), int | float):
                     self._learn_progress(int(key[len(PROGRESS_KEY):]), float(value["wm"]))

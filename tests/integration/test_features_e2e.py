@@ -118,7 +118,7 @@ def _stream_in_process(events: list[tuple[str, Any]], partitions: int = 4,
         out = processor.flush()
         if customers is not None:
             customers.update((k, orjson.loads(v)) for k, v in out.records)
-        processor.learn_catalog({f: orjson.loads(v) for f, v in out.catalog})
+        processor.learn_catalog([(f, orjson.loads(v)) for f, v in out.catalog])
         for feature, value in out.features:
             features.apply(feature, orjson.loads(value))
         flushed = features.flush()

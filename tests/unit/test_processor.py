@@ -717,7 +717,7 @@ def test_a_feature_learnt_late_gets_the_active_users_of_earlier_days_once() -> N
     proc.apply(0, sorted([usage("c-1", at(day, 10), "u1") for day in range(D, D + 35)]
                          + [usage("c-2", at(D + 3, 11), "v1")], key=lambda e: e["ts"]))
     assert proc.flush().features == []                  # no feature known yet
-    proc.learn_catalog({"exports": at(D, 0)})
+    proc.learn_catalog({"exports": at(D, 0)}.items())
     proc.apply(0, [usage("c-1", at(D + 35, 10), "u1"), usage("c-1", at(D + 36, 10), "u1")])
     sent = [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
     assert [m["c"]["d"] for m in sent] == [D + 34, D + 35]
@@ -743,7 +743,7 @@ def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactl
                              wall_clock=None)
     release = at(D, 14)
     from streams.processor import PROGRESS_KEY
-    proc.learn_catalog({f"{PROGRESS_KEY}1": {"wm": at(D + 1, 0)}})
+    proc.learn_catalog({f"{PROGRESS_KEY}1": {"wm": at(D + 1, 0)}}.items())
     events = [usage("c-1", at(day, 10), "u1") for day in range(D, D + 50)]
     events += [usage("c-2", at(D, 9), "v1"),                     # before R: not in the window
                usage("c-2", at(D, 15), "v2"),                    # after R on day D: in it
@@ -752,7 +752,7 @@ def test_a_release_learnt_weeks_late_from_another_worker_is_still_counted_exactl
     last = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
     # A late event of the last closed day: applied, but that close's counts stay as sent.
     proc.apply(0, [feature("c-2", at(D + 48, 23), "v3", "exports")])
-    proc.learn_catalog({"exports": release, f"{PROGRESS_KEY}1": {"wm": at(D + 40, 0)}})
+    proc.learn_catalog({"exports": release, f"{PROGRESS_KEY}1": {"wm": at(D + 40, 0)}}.items())
     # No day is left to close here (the end of a backfill): the flush sends them at once.
     sent = [orjson.loads(v)["c"] for f, v in proc.flush().features if f == "exports"]
     assert [c["d"] for c in sent] == [D + 48]   # the last closed day, sent again
@@ -1012,7 +1012,7 @@ def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> 
     def sent(flush: Flush) -> list[dict[str, Any]]:
         return [orjson.loads(v) for f, v in flush.features if f == "exports"]
 
-    proc.learn_catalog({"exports": at(D - 3, 8)})
+    proc.learn_catalog({"exports": at(D - 3, 8)}.items())
     [message] = sent(proc.flush())
     part = FeatureContribution.from_state(message["c"])
     assert (message["p"], part.day, part.feature_users, part.active_users) == (0, D, 0, 2)
@@ -1022,7 +1022,7 @@ def test_a_feature_learnt_after_the_last_close_is_sent_for_it_with_no_user() -> 
     store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
     again, _ = make(store, dict(clock_store))
     again.assign([0])
-    again.learn_catalog({"exports": at(D - 3, 8)})
+    again.learn_catalog({"exports": at(D - 3, 8)}.items())
     assert [m["c"] for m in sent(again.flush())] == [message["c"]]
 
 
@@ -1046,11 +1046,11 @@ def test_a_release_learnt_earlier_after_the_close_recounts_days_to_adopt() -> No
     def last_sent(knew: bool) -> dict[str, Any]:
         proc, _ = make()
         if knew:
-            proc.learn_catalog({"exports": earlier})
+            proc.learn_catalog({"exports": earlier}.items())
         proc.apply(0, events)
         sent = [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
         if not knew:
-            proc.learn_catalog({"exports": earlier})
+            proc.learn_catalog({"exports": earlier}.items())
             sent += [orjson.loads(v) for f, v in proc.flush().features if f == "exports"]
         last = sent[-1]["c"]
         assert FeatureContribution.from_state(last).day == D + 4
@@ -1070,7 +1070,7 @@ def test_a_release_learnt_earlier_after_a_restart_recounts_the_close_sent_before
     earlier = at(D - 3, 8)
 
     knew, _ = make()
-    knew.learn_catalog({"exports": earlier})
+    knew.learn_catalog({"exports": earlier}.items())
     knew.apply(0, events)
     expected = [orjson.loads(v) for f, v in knew.flush().features if f == "exports"][-1]["c"]
 
@@ -1083,7 +1083,7 @@ def test_a_release_learnt_earlier_after_a_restart_recounts_the_close_sent_before
     store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
     again, _ = make(store, dict(clock_store))
     again.assign([0])
-    again.learn_catalog({"exports": earlier})
+    again.learn_catalog({"exports": earlier}.items())
     resent = [orjson.loads(v)["c"] for f, v in again.flush().features if f == "exports"]
     assert FeatureContribution.from_state(expected).adopt_hist != {0: 2}  # the release matters
     assert resent and resent[-1] == expected
@@ -1101,7 +1101,8 @@ def test_records_written_ahead_of_their_clock_still_hold_what_its_closes_need() 
                            for c in ("c-1", "c-2")]])
     before = [e for e in events if e["ts"] < at(D + 30, 0)]
     burst = [e for e in events if e["ts"] >= at(D + 30, 0)]
-    everyone = {f"{PROGRESS_KEY}{p}": {"wm": at(D + 60, 0)} for p in range(SETTINGS.app.partitions)}
+    everyone = {f"{PROGRESS_KEY}{p}": {"wm": at(D + 60, 0)}
+                for p in range(SETTINGS.app.partitions)}
 
     def sent(flush: Flush) -> list[Any]:
         return [orjson.loads(v)["c"] for f, v in flush.features if f == "exports"]
@@ -1112,7 +1113,7 @@ def test_records_written_ahead_of_their_clock_still_hold_what_its_closes_need() 
 
     clock_store: dict[str, dict[str, Any]] = {}
     proc, _ = make(clock_store=clock_store)
-    proc.learn_catalog(everyone)
+    proc.learn_catalog(everyone.items())
     proc.apply(0, before, offset=1)
     for partition, clock in proc.flush().clocks:        # the clock as last written
         clock_store[str(partition)] = orjson.loads(orjson.dumps(clock))
@@ -1123,7 +1124,7 @@ def test_records_written_ahead_of_their_clock_still_hold_what_its_closes_need() 
 
     store = {cid: decode_state(encode_state(s)) for _, cid, s in out.changelog}
     again, _ = make(store, dict(clock_store))           # the burst's clock never written
-    again.learn_catalog(everyone)
+    again.learn_catalog(everyone.items())
     again.assign([0])
     again.apply(0, burst, offset=2)                     # replayed: skipped, the days closed again
     assert sent(again.flush()) == expected             # the same contributions, exact ones too
@@ -1138,7 +1139,7 @@ def test_a_contribution_is_kept_with_the_clock_only_while_its_release_may_move_e
                               usage("c-1", at(D + 2, 9), "u1")]))
     assert "exports" in dict(proc.flush().clocks)[0]["sent"]
     proc.learn_catalog({f"{PROGRESS_KEY}{p}": {"wm": at(D + 3, 0)}
-                        for p in range(SETTINGS.app.partitions)})
+                        for p in range(SETTINGS.app.partitions)}.items())
     proc.apply(0, with_ticks([usage("c-1", at(D + 3, 9), "u1")]))
     assert "sent" not in dict(proc.flush().clocks)[0]   # D 10:00 <= D+3 00:00 - 2 days
 
@@ -1149,9 +1150,10 @@ def test_the_catalog_keeps_a_features_earliest_time_whatever_the_order_of_its_re
     replace the earlier (it did, read as a table, and a whole backfill was counted from the
     later release). Old plain feature keys are still read."""
     proc, _ = make()
-    proc.learn_catalog([(first_key(2, "exports"), at(D, 10)), (first_key(2, "exports"), at(D + 5, 1)),
-                        (first_key(1, "exports"), at(D + 3, 1)), ("reports", at(D, 8)),
-                        ("reports", at(D + 1, 8))])
+    proc.learn_catalog([(first_key(2, "exports"), at(D, 10)),
+                        (first_key(2, "exports"), at(D + 5, 1)),
+                        (first_key(1, "exports"), at(D + 3, 1)),
+                        ("reports", at(D, 8)), ("reports", at(D + 1, 8))])
     assert proc.catalog == {"exports": at(D, 10), "reports": at(D, 8)}
 
 
