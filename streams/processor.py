@@ -195,6 +195,11 @@ class CustomerProcessor:
         it did the first time.
         """
         clock = self._clock(partition)
+        if offset is not None and clock.applied is not None and offset <= clock.applied:
+            # Read again because the input commit lagged the state: the clock and every
+            # customer's record already hold this message (records are written before the
+            # clock), and judged against the later clock its events would move it again.
+            return self._end_batch([], None, [])
         deadletters: list[tuple[bytes | None, bytes]] = []
         policy = self.policy
         # Counted once per batch: a Prometheus counter takes a lock per increment.
@@ -261,6 +266,9 @@ class CustomerProcessor:
             tally[(family, "late" if where is LATE else "accepted")] += 1
         for (family, outcome), n in tally.items():
             self.metrics.count(family, outcome, n)
+        if offset is not None:
+            clock.applied = offset
+            self.dirty_clocks.add(partition)
         return self._end_batch(touched, offset, deadletters)
 
     def _skip_applied(self, partition: int, clock: PartitionClock, state: CustomerState,

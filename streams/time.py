@@ -46,7 +46,7 @@ class PartitionClock:
     """Watermark of one partition: the largest event time seen on it."""
 
     __slots__ = ("watermark", "closed_day", "features", "base", "ahead", "streak", "run_events",
-                 "last_base", "read", "sent", "after_tried")
+                 "last_base", "read", "sent", "after_tried", "applied")
 
     def __init__(self, watermark: float | None = None, closed_day: int | None = None,
                  features: dict[str, float] | None = None,
@@ -81,6 +81,9 @@ class PartitionClock:
         self.sent: dict[str, SentContribution] = {}
         # Per feature: the release whose after-release counts were last sent.
         self.after_tried: dict[str, float] = {}
+        # The internal-topic offset of the last message applied: the clock holds everything
+        # up to it (streams/processor.py CustomerProcessor.apply).
+        self.applied: int | None = None
 
     def read_up_to(self, src: Any) -> bool:
         """Note the input position (topic, partition, offset) of an event; False when the
@@ -163,6 +166,8 @@ class PartitionClock:
             out["sent"] = {f: s.to_state() for f, s in self.sent.items()}
         if self.after_tried:
             out["at"] = self.after_tried
+        if self.applied is not None:
+            out["off"] = self.applied
         return out
 
     @classmethod
@@ -179,4 +184,6 @@ class PartitionClock:
         clock.sent = {str(f): SentContribution.from_state(s)
                       for f, s in (data.get("sent") or {}).items()}
         clock.after_tried = {str(f): float(r) for f, r in (data.get("at") or {}).items()}
+        applied = data.get("off")
+        clock.applied = None if applied is None else int(applied)
         return clock
