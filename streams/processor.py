@@ -349,16 +349,20 @@ class CustomerProcessor:
         clock.run_events += 1
         jump = clock.quorum_time(len(self.members[partition] | clock.streak.keys()))
         if jump is not None:
+            runners = set(clock.streak)
             clock.streak.clear()
             clock.run_events = 0
             self._advance(partition, clock, jump)
-            # The events held within the skew of the new watermark are in step with it, as
-            # if they came now: applied in time order, the watermark moving with them.
+            # The events the run's customers hold within the skew of the new watermark are in
+            # step with it, as if they came now: applied in time order, the watermark moving
+            # with them. Not other customers' bad clocks held before the gap: one a day
+            # ahead took the watermark past the run's day, which closed before the rest of
+            # the day came (a day-close with half its customers' events missing).
             limit = jump + self.policy.max_skew
-            reach = [e["ts"] for c in list(clock.ahead) for e in self._load(c).held
-                     if e["ts"] <= limit]
-            reach += [e["ts"] for _, e in self.replayed_held.get(partition, ())
-                      if e["ts"] <= limit]   # a replay: released the first time
+            reach = [e["ts"] for c in list(clock.ahead) if c in runners
+                     for e in self._load(c).held if e["ts"] <= limit]
+            reach += [e["ts"] for c, e in self.replayed_held.get(partition, ())
+                      if c in runners and e["ts"] <= limit]   # a replay: released the first time
             if reach:
                 self._advance(partition, clock, max(reach))
 

@@ -373,6 +373,24 @@ def test_a_quiet_gap_is_jumped_when_two_customers_agree() -> None:
     assert closes == [rfc3339(at(D + k, 0)) for k in range(1, 6)]
 
 
+def test_a_jump_does_not_take_the_watermark_to_a_bad_clock_held_before_the_gap() -> None:
+    """A stray event held days before a quiet gap, within a day after the gap's end: the jump
+    applies the run's own events, not that one. Taking the watermark to its time closed the
+    run's day before the rest of the day came (the chaos reference closed c-0002's 2026-01-25
+    with dau 0, its six events of that afternoon applied after the close)."""
+    proc, _ = make()
+    proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2", "c-3", "c-4")])
+    proc.apply(0, [usage("c-4", at(D + 6, 5), "u4"), usage("c-3", at(D, 11), "u3")])  # held
+    proc.apply(0, [usage("c-1", at(D + 5, 9), "u1"), usage("c-2", at(D + 5, 9.5), "u1"),
+                   usage("c-1", at(D + 5, 10), "u1"), usage("c-2", at(D + 5, 10.5), "u1")])
+    assert proc.clocks[0].watermark == at(D + 5, 10.5)          # the run: jumped
+    proc.apply(0, [usage("c-3", at(D + 5, 15), "u3"), usage("c-1", at(D + 6, 9), "u1")])
+    assert proc.clocks[0].ahead == {}                           # c-4's applied in its time
+    closes = {(c, r["as_of"]): r for c, r in ((c, orjson.loads(v))
+                                             for c, v in proc.flush().records)}
+    assert closes[("c-3", rfc3339(at(D + 6, 0)))]["activity"]["dau"] == 1
+
+
 def test_held_events_beyond_the_bound_are_future_ts() -> None:
     proc, metrics = make()
     proc.apply(0, [usage(c, at(D, 10), "u1") for c in ("c-1", "c-2")])
