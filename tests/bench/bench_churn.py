@@ -232,6 +232,11 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     scored = [e for e in examples if e["p"] is not None and e.get("s") and None not in e["s"]
               and e["d"] <= mature]
     y_scored = [e["y"] for e in scored]
+    # Every published probability up to that day (the health score's before the model's
+    # first version too): what the log losses are measured on.
+    published = [e for e in examples if e["p"] is not None and e["d"] <= mature]
+    y_published = [e["y"] for e in published]
+    rate = sum(y_published) / len(y_published) if published else 0.5
     gb_test = None
     # A short history may leave no labelled snapshot (or one class only) before the cut.
     if len({e["y"] for e in train}) == 2 and test:
@@ -245,9 +250,15 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "health_auc": _auc(y_scored, [e["s"][2] for e in scored]),
         "champion_auc": _auc(y_scored, [_published(e)[1] for e in scored]),
         "champion": rec["champion"],
-        "log_loss": rec["log_loss"], "log_loss_constant": rec["log_loss_constant"],
+        # As the learner reports it (churn_model): every label so far, so the last month
+        # weighs its churners without their non-churners.
+        "learner_log_loss": rec["log_loss"], "learner_log_loss_constant": rec["log_loss_constant"],
+        # Up to the last day whose non-churners are labelled, as the AUCs: the published
+        # probability, the best constant in hindsight, and a constant learnt online.
+        "log_loss": _log_loss(y_published, [e["p"] for e in published]),
+        "log_loss_constant": _log_loss(y_published, [rate] * len(published)),
         "log_loss_online": online_constant_log_loss(
-            examples, horizon + settings.churn.settle_days + 1),
+            examples, horizon + settings.churn.settle_days + 1, published),
         "ece": rec["ece"],
         # the last 40 % of days: the yardstick and the three, on the same snapshots
         "gb_test": gb_test,
@@ -263,11 +274,18 @@ def profile_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def online_constant_log_loss(examples: list[dict], known_after_days: int) -> float | None:
+def _log_loss(y: list[int], p: list[float]) -> float | None:
+    if not y:
+        return None
+    return -sum(math.log(q if t else 1.0 - q) for t, q in zip(y, p, strict=True)) / len(y)
+
+
+def online_constant_log_loss(examples: list[dict], known_after_days: int,
+                             scored: list[dict]) -> float | None:
     """Log loss of a constant that is learnt online: at snapshot day d, the churn rate of the
     snapshots of days up to d - ``known_after_days`` (both classes labelled by then; Laplace
-    smoothed), over the snapshots with a published probability. The "constant" column is the
-    best constant in hindsight, which no online predictor can know in advance."""
+    smoothed), over the ``scored`` snapshots. The "constant" column is the best constant in
+    hindsight, which no online predictor can know in advance."""
     by_day: dict[int, list[int]] = {}
     for e in examples:
         by_day.setdefault(e["d"], [0, 0])
@@ -283,9 +301,7 @@ def online_constant_log_loss(examples: list[dict], known_after_days: int) -> flo
             n += by_day[days[i]][1]
             i += 1
         rate[d] = (total + 1.0) / (n + 2.0)
-    losses = [-math.log(rate[e["d"]] if e["y"] else 1.0 - rate[e["d"]])
-              for e in examples if e["p"] is not None]
-    return sum(losses) / len(losses) if losses else None
+    return _log_loss([e["y"] for e in scored], [rate[e["d"]] for e in scored])
 
 
 def _published(e: dict) -> tuple[str | None, float]:
@@ -368,10 +384,10 @@ def zoo(args: argparse.Namespace) -> None:
           f"model {args.model}, {time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit}")
     print("Progressive (every labelled prediction) | last 40 % of days, same snapshots")
     header = ("| profile | churn 30d | model AUC | health AUC | champion AUC (now) | "
-              "log loss / constant / online constant | ECE | GB yardstick | model | health | "
-              "champion |")
+              "log loss / constant / online constant | learner's log loss / constant | ECE | "
+              "GB yardstick | model | health | champion |")
     print(header)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     rows = []
     for name in names:
         r = profile_row(name, args)
@@ -379,7 +395,8 @@ def zoo(args: argparse.Namespace) -> None:
         print(f"| {r['profile']} | {r['base_rate']:.1%} | {_f(r['model_auc'])} | "
               f"{_f(r['health_auc'])} | {_f(r['champion_auc'])} ({r['champion']}) | "
               f"{_f(r['log_loss'])} / {_f(r['log_loss_constant'])} / "
-              f"{_f(r['log_loss_online'])} | {_f(r['ece'])} | "
+              f"{_f(r['log_loss_online'])} | {_f(r['learner_log_loss'])} / "
+              f"{_f(r['learner_log_loss_constant'])} | {_f(r['ece'])} | "
               f"{_f(r['gb_test'])} | {_f(r['model_test'])} | {_f(r['health_test'])} | "
               f"{_f(r['champion_test'])} |", flush=True)
         print(f"  ({r['events']:,} events, {r['snapshots']:,} labelled snapshots, "
