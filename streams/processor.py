@@ -199,7 +199,11 @@ class CustomerProcessor:
             # Read again because the input commit lagged the state: the clock and every
             # customer's record already hold this message (records are written before the
             # clock), and judged against the later clock its events would move it again.
-            return self._end_batch([], None, [])
+            return self._end_batch(partition, [], None, [])
+        return self._apply(partition, clock, batch, offset)
+
+    def _apply(self, partition: int, clock: PartitionClock, batch: Iterable[dict[str, Any]],
+               offset: int | None) -> list[tuple[bytes | None, bytes]]:
         deadletters: list[tuple[bytes | None, bytes]] = []
         policy = self.policy
         # Counted once per batch: a Prometheus counter takes a lock per increment.
@@ -266,10 +270,7 @@ class CustomerProcessor:
             tally[(family, "late" if where is LATE else "accepted")] += 1
         for (family, outcome), n in tally.items():
             self.metrics.count(family, outcome, n)
-        if offset is not None:
-            clock.applied = offset
-            self.dirty_clocks.add(partition)
-        return self._end_batch(touched, offset, deadletters)
+        return self._end_batch(partition, touched, offset, deadletters)
 
     def _skip_applied(self, partition: int, clock: PartitionClock, state: CustomerState,
                       event: dict[str, Any], now: float | None) -> None:
@@ -308,12 +309,14 @@ class CustomerProcessor:
             self.live[cid] = state = self.evaluator.attach(state)
         return state
 
-    def _end_batch(self, touched: list[CustomerState], offset: int | None,
+    def _end_batch(self, partition: int, touched: list[CustomerState], offset: int | None,
                    deadletters: list[tuple[bytes | None, bytes]]
                    ) -> list[tuple[bytes | None, bytes]]:
         if offset is not None:
             for state in touched:  # after the batch: its later events must not skip
                 state.offset = offset
+            self.clocks[partition].applied = offset
+            self.dirty_clocks.add(partition)
         if self.released_deadletters:
             deadletters += self.released_deadletters
             self.released_deadletters = []

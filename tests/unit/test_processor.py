@@ -1333,7 +1333,7 @@ def test_a_replay_of_messages_its_clock_already_holds_changes_no_close() -> None
     steady = with_ticks([usage(c, at(D + k, h), f"u{h}") for k in range(6) for h in (9, 15)
                          for c in ("c-1", "c-2", "c-3")])
     # Bad clocks between good events (once every customer was seen): no run, held.
-    first = steady[:3] + list(itertools.chain(*[[bad, e] for e, bad in zip(steady[3:7], ahead)]))
+    first = steady[:3] + [e for pair in zip(ahead, steady[3:7], strict=True) for e in pair]
     first += steady[7:]
     then = with_ticks([steady[-1]] + [usage(c, at(D + k, h), f"u{h}") for k in range(6, 9)
                                       for h in (9, 15) for c in ("c-1", "c-2", "c-3")])[1:]
