@@ -51,6 +51,9 @@ from streams.topics import Partitioner
 log = logging.getLogger(__name__)
 MAX_EVENTS_PER_MESSAGE = 500
 MAX_BUFFERED_PER_PARTITION = 20_000
+# Records before a committed offset read again after an assignment, to learn the input
+# partition's level (the highest time two consecutive events reached) as it was there.
+LEVEL_CONTEXT_RECORDS = 64
 
 
 class TimeAligner:
@@ -93,6 +96,7 @@ class TimeAligner:
         self.read_to: dict[Hashable, float] = {}     # level of the items read so far
         self.last_ts: dict[Hashable, float] = {}     # event time of the last item read
         self.next_offset: dict[Hashable, int] = {}   # offset after the last item read
+        self.first_offset: dict[Hashable, int] = {}  # where reading started (start_at)
 
     def add(self, tp: Hashable, ts: float, offset: int, item: Any,
             written: float = -math.inf) -> bool:
@@ -106,6 +110,15 @@ class TimeAligner:
         if ts == -math.inf:
             buf.append((ts, offset, item, -math.inf))
             return False
+        level = self._rise(tp, ts)
+        if ts <= level + self.max_skew:
+            buf.append((max(ts, level), offset, item, written))
+            return False
+        buf.append((level, offset, item, written))
+        return True
+
+    def _rise(self, tp: Hashable, ts: float) -> float:
+        """The partition's level once ``ts`` is read."""
         level = self.read_to.get(tp, -math.inf)
         last = self.last_ts.get(tp)
         self.last_ts[tp] = ts
@@ -113,11 +126,15 @@ class TimeAligner:
             level = self.read_to[tp] = ts
         elif min(last, ts) > level:
             level = self.read_to[tp] = min(last, ts)
-        if ts <= level + self.max_skew:
-            buf.append((max(ts, level), offset, item, written))
-            return False
-        buf.append((level, offset, item, written))
-        return True
+        return level
+
+    def context(self, tp: Hashable, ts: float) -> None:
+        """An item read again from before the partition's first offset, only to learn its
+        level: after a restart the level starts from what was read before the committed
+        offset, not from whatever comes first after it (a late event there set it back,
+        and what followed left in another order than before the restart)."""
+        if ts != -math.inf:
+            self._rise(tp, ts)
 
     def release(self, partitions: Iterable[Hashable],
                 empty_at: Callable[[Hashable], float | None]) -> list[Any]:
@@ -157,8 +174,14 @@ class TimeAligner:
         return out
 
     def start_at(self, tp: Hashable, offset: int) -> None:
-        """A partition's first offset to read, before anything was read from it."""
+        """A partition's first offset to read, before anything was read from it (the items
+        before it are read as ``context`` only)."""
         self.next_offset.setdefault(tp, offset)
+        self.first_offset.setdefault(tp, offset)
+
+    def is_context(self, tp: Hashable, offset: int) -> bool:
+        start = self.first_offset.get(tp)
+        return start is not None and offset < start
 
     def committable(self) -> dict[Hashable, int]:
         """Per partition, the offset up to which everything has been released."""
@@ -175,6 +198,7 @@ class TimeAligner:
             self.read_to.pop(tp, None)
             self.last_ts.pop(tp, None)
             self.next_offset.pop(tp, None)
+            self.first_offset.pop(tp, None)
 
 
 class _IdleBound:
@@ -237,6 +261,9 @@ class Ingest:
             family = self.families[tp.topic]
             for msg in messages:
                 raw = msg.value
+                if aligner.is_context(tp, msg.offset):
+                    aligner.context(tp, self._time_of(family, raw))
+                    continue
                 key = bounded_key(msg.key)
                 try:
                     if raw is None:
@@ -265,6 +292,14 @@ class Ingest:
                     event["key"] = key.decode("utf-8", "replace")
                 if add(tp, event["ts"], msg.offset, event, min(msg.timestamp, now_ms) / 1000.0):
                     event[AHEAD_OF_INPUT] = True
+
+    def _time_of(self, family: str, raw: bytes | None) -> float:
+        """A record's event time, -inf for one that is not a valid event."""
+        try:
+            return float(self.validator.parse(family, raw)["ts"]) if raw is not None \
+                else -math.inf
+        except Exception:  # noqa: BLE001 - dead-lettered when it was read the first time
+            return -math.inf
 
     def _reject(self, tp: TopicPartition, offset: int, key: bytes | None, family: str,
                 code: str, detail: str, raw: bytes | None, aligner: TimeAligner) -> None:
@@ -385,7 +420,12 @@ class IngestService(Service):
         for tp in assignment:
             if tp not in self.assigned_at:
                 self.assigned_at[tp] = now
-                self.aligner.start_at(tp, await self.consumer.position(tp))
+                start = await self.consumer.position(tp)
+                self.aligner.start_at(tp, start)
+                if start > 0:
+                    # The records before the committed offset, read again for the level only
+                    # (TimeAligner.context); below the log start, "earliest" applies.
+                    self.consumer.seek(tp, max(0, start - LEVEL_CONTEXT_RECORDS))
         gone = set(self.assigned_at) - assignment
         if gone:
             # Their new owner re-reads everything past the last commit.

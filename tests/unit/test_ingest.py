@@ -75,6 +75,24 @@ def test_an_event_far_ahead_of_its_input_partition_is_flagged_for_the_customer_s
     assert [e.get("ahead", False) for e in released] == [False, False, True, False]
 
 
+def test_records_before_the_first_offset_only_give_the_level() -> None:
+    """After an assignment the ingest reads a few records before the committed offset again:
+    neither forwarded nor dead-lettered twice, they set the level that flags the bad clock
+    right after the offset as ahead of its input, as the first reading did."""
+    metrics = Metrics()
+    ingest = Ingest(SETTINGS, metrics, Partitioner(4))
+    aligner = TimeAligner(max_skew=86400.0)
+    aligner.start_at(USAGE, 3)
+    times = [T0, T0 + 60, T0 + 90, T0 + 40 * 86400.0, T0 + 120]
+    records = [record(i, usage(f"e{i}", "c-1", ts)) for i, ts in enumerate(times)]
+    records[1] = record(1, b"not json")
+    ingest.read({USAGE: records}, aligner)
+    released = aligner.release([USAGE], lambda tp: math.inf)
+    assert [(e["event_id"], e.get("ahead", False)) for e in released] == [("e3", True),
+                                                                          ("e4", False)]
+    assert not deadletters(metrics, "usage", NOT_JSON)
+
+
 def test_invalid_records_become_dead_letters_in_their_partitions_offset_order() -> None:
     ingest, metrics, released = read({USAGE: [
         record(0, usage("e1", "c-1", T0 + 50)),

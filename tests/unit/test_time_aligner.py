@@ -182,3 +182,34 @@ def test_a_restart_from_the_committed_offsets_releases_the_rest_in_the_same_orde
     for tp, times in parts.items():
         feed(again, tp, times[offsets[tp]:], start=offsets[tp])
     assert again.release(list(parts), empty_at=lambda tp: math.inf) == expected[cut:]
+
+
+def test_a_restart_reads_the_level_before_its_offset_so_a_bad_clock_there_changes_nothing() -> None:
+    """The first record after a committed offset is a bad clock (40 days ahead). Read first
+    with no level, it became the partition's level: the records after it were ordered at it
+    and left after every other partition's, and it was not flagged as ahead of its input.
+    The records before the offset, read again as context, give the level it had."""
+    a = [T0 + 3600, T0 + 7200, T0 + 10800, T0 + 40 * DAY, T0 + 14400, T0 + 18000]
+    b = [T0 + h * 3600 for h in (1.5, 2.5, 3.5, 4.5, 5.5)]
+    whole = TimeAligner(max_skew=DAY)
+    flagged = [whole.add("a", ts, i, ("a", ts)) for i, ts in enumerate(a)]
+    feed(whole, "b", b)
+    expected = whole.release(["a", "b"], empty_at=lambda tp: math.inf)
+    cut = expected.index(("a", a[3]))
+    assert cut == 5 and flagged[3]
+
+    def restarted(context: bool) -> tuple[list[object], bool]:
+        again = TimeAligner(max_skew=DAY)
+        again.start_at("a", 3)
+        again.start_at("b", 2)
+        if context:
+            for ts in a[:3]:
+                again.context("a", ts)
+        ahead = again.add("a", a[3], 3, ("a", a[3]))
+        for i, ts in enumerate(a[4:], start=4):
+            again.add("a", ts, i, ("a", ts))
+        feed(again, "b", b[2:], start=2)
+        return again.release(["a", "b"], empty_at=lambda tp: math.inf), ahead
+
+    assert restarted(context=False) != (expected[cut:], True)     # what a restart did
+    assert restarted(context=True) == (expected[cut:], True)
