@@ -84,8 +84,8 @@ class TimeAligner:
     not by which partition was fetched first. Read again from its committed offsets after a
     restart, the rest leaves in the same order: everything ordered before an item released
     then had been released too, and the levels after the offsets rise through the same pairs
-    of events (only whether an event right after an offset counts as ahead of its input can
-    differ, the level before it being unknown).
+    of events. The level at the offset is learnt from the records just before it, read again
+    as ``context``: from the first record after it, a bad clock there became the level.
     """
 
     def __init__(self, max_skew: float = math.inf, order_grace: float = 0.0) -> None:
@@ -179,9 +179,6 @@ class TimeAligner:
         self.next_offset.setdefault(tp, offset)
         self.first_offset.setdefault(tp, offset)
 
-    def is_context(self, tp: Hashable, offset: int) -> bool:
-        start = self.first_offset.get(tp)
-        return start is not None and offset < start
 
     def committable(self) -> dict[Hashable, int]:
         """Per partition, the offset up to which everything has been released."""
@@ -259,11 +256,14 @@ class Ingest:
         now_ms = time.time() * 1000.0
         for tp, messages in records.items():
             family = self.families[tp.topic]
+            start = aligner.first_offset.get(tp)
+            if start is not None and messages and messages[0].offset < start:
+                for msg in messages:
+                    if msg.offset < start:
+                        aligner.context(tp, self._time_of(family, msg.value))
+                messages = [msg for msg in messages if msg.offset >= start]
             for msg in messages:
                 raw = msg.value
-                if aligner.is_context(tp, msg.offset):
-                    aligner.context(tp, self._time_of(family, raw))
-                    continue
                 key = bounded_key(msg.key)
                 try:
                     if raw is None:
@@ -420,12 +420,9 @@ class IngestService(Service):
         for tp in assignment:
             if tp not in self.assigned_at:
                 self.assigned_at[tp] = now
-                start = await self.consumer.position(tp)
-                self.aligner.start_at(tp, start)
-                if start > 0:
-                    # The records before the committed offset, read again for the level only
-                    # (TimeAligner.context); below the log start, "earliest" applies.
-                    self.consumer.seek(tp, max(0, start - LEVEL_CONTEXT_RECORDS))
+                # Set by the rebalance listener before any fetch (this poll may already hold
+                # records of tp, and its position is then past them).
+                self.aligner.start_at(tp, await self.consumer.position(tp))
         gone = set(self.assigned_at) - assignment
         if gone:
             # Their new owner re-reads everything past the last commit.
@@ -495,4 +492,13 @@ class _Forget(ConsumerRebalanceListener):
         self.service.forget(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        pass
+        """Where each partition starts, before anything of it is fetched; the records just
+        before that offset are read again for the level only (TimeAligner.context). Below
+        the log start, the consumer's "earliest" applies."""
+        consumer, aligner = self.service.consumer, self.service.aligner
+        assert consumer is not None
+        for tp in assigned:
+            start = await consumer.position(tp)
+            aligner.start_at(tp, start)
+            if start > 0:
+                consumer.seek(tp, max(0, start - LEVEL_CONTEXT_RECORDS))

@@ -281,10 +281,10 @@ def _log_loss(y: list[int], p: list[float]) -> float | None:
 
 
 def online_constant_log_loss(examples: list[dict], known_after_days: int,
-                             scored: list[dict]) -> float | None:
+                             judged: list[dict]) -> float | None:
     """Log loss of a constant that is learnt online: at snapshot day d, the churn rate of the
     snapshots of days up to d - ``known_after_days`` (both classes labelled by then; Laplace
-    smoothed), over the ``scored`` snapshots. The "constant" column is the best constant in
+    smoothed), over the ``judged`` snapshots. The "constant" column is the best constant in
     hindsight, which no online predictor can know in advance."""
     by_day: dict[int, list[int]] = {}
     for e in examples:
@@ -301,7 +301,7 @@ def online_constant_log_loss(examples: list[dict], known_after_days: int,
             n += by_day[days[i]][1]
             i += 1
         rate[d] = (total + 1.0) / (n + 2.0)
-    return _log_loss([e["y"] for e in scored], [rate[e["d"]] for e in scored])
+    return _log_loss([e["y"] for e in judged], [rate[e["d"]] for e in judged])
 
 
 def _published(e: dict) -> tuple[str | None, float]:
