@@ -475,6 +475,9 @@ class IngestService(Service):
         # Commit only what the broker has acknowledged: at-least-once, never lost.
         await asyncio.gather(*sends)
         offsets = self.aligner.committable()
+        if not offsets:   # a poll of context records only (TimeAligner.context): nothing new
+            self.polls += 1
+            return
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

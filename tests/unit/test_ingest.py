@@ -160,6 +160,8 @@ class Consumer:
     async def commit(self, offsets: dict[Any, int]) -> None:
         if self.commit_error is not None:
             raise self.commit_error
+        if not offsets:
+            raise ValueError(offsets)   # as aiokafka's commit_structure_validate
         self.commits.append(dict(offsets))
 
     def paused(self) -> set[TopicPartition]:
@@ -190,6 +192,18 @@ def test_publish_sends_batches_and_dead_letters_then_commits_what_was_released()
     assert producer.sent == [(topics.repartition, partition, None)] * 2 + [
         (topics.deadletter, None, b"bad")]       # 501 events: two messages of at most 500
     assert consumer.commits == [{USAGE: len(many) + 1}] and service.polls == 1
+
+
+def test_a_poll_of_context_records_only_commits_nothing() -> None:
+    """The records read again before a partition's committed offset give its level and
+    nothing else: their poll has nothing to commit (committing {} crashed the ingest)."""
+    consumer = Consumer()
+    service = service_with(consumer, Producer())
+    service.aligner.start_at(USAGE, 5)
+    service.ingest.read({USAGE: [record(i, usage(f"e{i}", "c-1", T0 + i)) for i in range(5)]},
+                        service.aligner)
+    asyncio.run(service._publish(service.aligner.release([USAGE], lambda tp: math.inf)))
+    assert consumer.commits == [] and service.polls == 1
 
 
 def test_nothing_is_committed_when_a_send_fails() -> None:
