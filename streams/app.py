@@ -89,7 +89,6 @@ def build_app(settings: Settings, broker_url: str) -> Service:
     processor = CustomerProcessor(s, out.customer_store, out.clock_store, metrics, partition_of)
     ingest = IngestService(s, _bootstrap(broker_url), metrics, partition_of)
     aggregator = BusinessAggregator(s, out.scope_store)
-    processor.churn_rates = aggregator.rates
     aggregator.churn_model = processor.scorer.model_record
     features = FeatureAggregator(s, out.feature_store)
     service = Service(s, app, metrics, processor, ingest, aggregator, features)
@@ -225,7 +224,14 @@ def _follower(service: Service, broker_url: str, on_model: Callable[[], None]) -
     follower.follow(s.topics.churn_model, 1, on_models)
     follower.follow(s.topics.feature_catalog, 1, on_catalog)
     follower.follow(s.topics.feature_out, s.app.partitions, _keep_latest(service.feature_records))
-    follower.follow(s.topics.business, s.app.partitions, _keep_latest(service.business_records))
+    keep_business = _keep_latest(service.business_records)
+
+    def on_business(records: list[Any]) -> None:
+        keep_business(records)
+        processor.learn_business([(r.key.decode(), service.business_records[r.key.decode()])
+                                  for r in records if r.key is not None and r.value is not None])
+
+    follower.follow(s.topics.business, s.app.partitions, on_business)
     return follower
 
 

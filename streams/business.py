@@ -161,8 +161,6 @@ class BusinessAggregator:
         self.dirty: dict[str, set[str]] = {}      # scope -> months to publish
         self.rules = settings.alerts.rules
         self.scope_rules = list(settings.alerts.business_rules)
-        # Monthly churn rate per scope, for customer CLV (read by the customer stage).
-        self.rates: dict[str, float] = {}
         # Progressive validation of the churn model, for scope all (set by the app).
         self.churn_model: Callable[[], dict[str, Any] | None] = lambda: None
         # Scopes whose messages this worker consumed since it was last revoked: the gauges
@@ -336,9 +334,6 @@ class BusinessAggregator:
         for scope, state in self.live.items():
             self.store[scope] = state
             out.changelog.append((scope, state))
-            current = max(state.books) if state.books else None
-            if current is not None:
-                self.rates[scope] = self.churn_rate(state, current)
         self.dirty = {}
         self.live = {}
         return out
@@ -350,7 +345,6 @@ class BusinessAggregator:
             self.owned.discard(scope)
             self.live.pop(scope, None)
             self.dirty.pop(scope, None)
-            self.rates.pop(scope, None)
 
     def _close_months(self, state: ScopeState) -> None:
         """Final months leave the open books: their record and churn sample stay."""

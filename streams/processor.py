@@ -26,7 +26,7 @@ from models.features import (
     SentContribution,
     after_release_fix_day,
 )
-from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of
+from models.revenue import CHURN, SUBSCRIPTION_KINDS, Movement, month_of, monthly_churn_rate
 from streams import events as ev
 from streams.batches import AHEAD_OF_INPUT
 from streams.business import add_to_summary, empty_summary
@@ -157,7 +157,11 @@ class CustomerProcessor:
         # Per customer partition and scope: a summary of its customers for vitals.business.
         self.summaries: dict[int, dict[str, dict[str, Any]]] = {}
         self.dirty_summaries: set[int] = set()
-        self.churn_rates: Mapping[str, float] = {}  # scope -> monthly churn rate (CLV)
+        # Segment scope -> month -> (customers_churned, customers_start), read from
+        # vitals.business by every worker (learn_business): the churn rate behind a customer's
+        # CLV, the same whichever worker owns the scope, and as of the customer's own time.
+        self.churn_samples: dict[str, dict[str, tuple[int, int]]] = {}
+        self._rates: dict[tuple[str, str], float] = {}   # (scope, month) -> rate, a cache
         # Features first seen per partition, kept with the partition's clock.
         self.catalog: dict[str, float] = {}
         self.days_closed = 0
@@ -960,8 +964,10 @@ class CustomerProcessor:
         # Key features are those seen on the customer's own partition: the shared catalog
         # reaches each worker at its own pace, and a close must not depend on that.
         seen = self.clocks[partition].features
+        scope = f"segment:{state.segment}"
+        rates = {scope: self.churn_rate(scope, month_of(as_of))}
         result = self.evaluator.evaluate(state, as_of, seen, remember=close,
-                                         alerts=close, churn_rates=self.churn_rates)
+                                         alerts=close, churn_rates=rates)
         old = self.contrib.get(cid)
         self.contrib[cid] = result
         if result.ttv_days is not None and (old is None or old.ttv_days is None):
@@ -1109,6 +1115,53 @@ class CustomerProcessor:
         out.features, self.features_out = self.features_out, []
         self._take_catalog(out)
         return out
+
+    def churn_rate(self, scope: str, month: str) -> float:
+        """A scope's monthly churn rate c as of ``month``: over the complete months before it,
+        from the samples its business records carry, as the business stage computes it."""
+        rate = self._rates.get((scope, month))
+        if rate is None:
+            months = self.churn_samples.get(scope, {})
+            r = self.settings.revenue
+            rate = self._rates[scope, month] = monthly_churn_rate(
+                [v for m, v in sorted(months.items()) if m < month], r.churn_rate_months,
+                r.min_churn_rate)
+        return rate
+
+    def learn_business(self, records: Iterable[tuple[str, Any]]) -> int:
+        """Churn samples of the segment scopes from vitals.business records (key
+        "scope|YYYY-MM"). A customer's CLV uses the rate as of its own time; one evaluated
+        before a sample it depends on was read is evaluated again, so that its last record
+        does not depend on when the record reached this worker. Returns how many."""
+        changed: dict[str, str] = {}    # scope -> earliest month changed
+        for key, record in records:
+            scope, _, month = key.partition("|")
+            if not scope.startswith("segment:") or not isinstance(record, dict):
+                continue
+            churned, start = record.get("customers_churned"), record.get("customers_start")
+            if not isinstance(churned, int) or not isinstance(start, int):
+                continue
+            months = self.churn_samples.setdefault(scope, {})
+            if months.get(month) != (churned, start):
+                months[month] = (churned, start)
+                changed[scope] = min(month, changed.get(scope, month))
+        if not changed:
+            return 0
+        self._rates = {k: v for k, v in self._rates.items() if k[0] not in changed}
+        earliest = min(changed.values())
+        n = 0
+        for partition, cids in self.members.items():
+            wm = self.clocks[partition].watermark if partition in self.clocks else None
+            now = None if wm is None else month_of(wm)
+            if now is None or earliest >= now:   # the usual case: the current month changed
+                continue
+            for cid in cids:
+                state = self._load(cid)
+                since = changed.get(f"segment:{state.segment}")
+                if since is not None and since < now:
+                    self.to_emit[cid] = partition
+                    n += 1
+        return n
 
     def rescore(self) -> int:
         """A new model version: every owned paying customer is scored again now, from its

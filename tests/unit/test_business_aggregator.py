@@ -118,7 +118,7 @@ def test_revoked_scopes_drop_their_unflushed_changes_and_the_new_owner_replays_t
     late = movement("c-2", "2026-03-03T10:00:00", "new", 0.0, 50.0, "e-2")
     stage.apply([late])
     stage.revoke({"all"})
-    assert "all" not in stage.owned and "all" not in stage.rates
+    assert "all" not in stage.owned
     assert stage.flush().records == []                 # nothing of the revoked change
     owner = restarted(stage)
     owner.apply([late])                                 # not acknowledged: read again
@@ -132,6 +132,5 @@ def test_a_flush_publishes_the_changed_months_once() -> None:
     out = stage.flush()
     assert [key for key, _ in out.records] == ["all|2026-03"]
     assert [scope for scope, _ in out.changelog] == ["all"]
-    assert stage.rates["all"] >= SETTINGS.revenue.min_churn_rate
     again = stage.flush()
     assert again.records == [] and again.changelog == []

@@ -1358,3 +1358,44 @@ def test_a_replay_of_messages_its_clock_already_holds_changes_no_close() -> None
                                                again.apply(0, then, offset=2))])
     later = {k: v for k, v in expected.items() if k[1] >= rfc3339(at(D + 6, 0))}
     assert later and {k: replayed.get(k) for k in later} == later
+
+
+# ---- CLV: the churn rate of the segment, read from vitals.business by every worker --------
+
+
+def _paying_smb() -> list[dict[str, Any]]:
+    return with_ticks([signup("c-1", at(D - 40, 9)),
+                       event("billing", "c-1", at(D - 35, 10), type="subscription_started",
+                             mrr=100),
+                       usage("c-1", at(D, 9), "u1")])
+
+
+SAMPLES = [("segment:smb|2026-01", {"customers_churned": 1, "customers_start": 10}),
+           ("segment:smb|2026-02", {"customers_churned": 2, "customers_start": 10}),
+           ("all|2026-02", {"customers_churned": 9, "customers_start": 10})]
+
+
+def test_a_customers_clv_does_not_depend_on_when_the_business_records_came() -> None:
+    """c = mean(1/10, 2/10) over the complete months before March: CLV = 100 x 0.8 / 0.15.
+    Read before or after the customer's closes, its last record is the same: a worker that
+    owns no segment scope used the floor for good before (a 40-fold CLV with 2-5 workers)."""
+    first, _ = make()
+    assert first.learn_business(SAMPLES) == 0           # no customer yet
+    first.apply(0, _paying_smb())
+    early = records(first.flush())["c-1"]["revenue"]
+
+    late, _ = make()
+    late.apply(0, _paying_smb())
+    before = records(late.flush())["c-1"]["revenue"]
+    assert before["clv"] == pytest.approx(100 * 0.8 / SETTINGS.revenue.min_churn_rate)
+    assert late.learn_business(SAMPLES) == 1            # February changed: evaluated again
+    again = records(late.flush())["c-1"]["revenue"]
+    assert again == early and again["clv"] == pytest.approx(100 * 0.8 / 0.15)
+    assert again["clv_to_cac"] is None
+    # the current month's sample is not behind any CLV yet; the same sample changes nothing
+    assert late.learn_business([("segment:smb|2026-03",
+                                 {"customers_churned": 5, "customers_start": 10})]) == 0
+    assert late.learn_business(SAMPLES) == 0
+    assert late.churn_rate("segment:smb", "2026-03") == pytest.approx(0.15)
+    assert late.churn_rate("segment:smb", "2026-02") == pytest.approx(0.1)
+    assert late.churn_rate("segment:mid", "2026-03") == SETTINGS.revenue.min_churn_rate
