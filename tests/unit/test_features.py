@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.activity import DAY_SECONDS
+from models.activity import DAY_SECONDS, day_of
 from models.features import (
     CustomerFeatures,
     FeatureBook,
@@ -719,3 +722,17 @@ def test_a_contribution_rebased_on_an_earlier_release_is_the_one_counted_with_it
     assert part.to_state() == counted(early)[0].to_state()
     inputs.rebase(part, late)
     assert part.to_state() == counted(late)[0].to_state()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=1.0e9, max_value=4.0e9, allow_nan=False),
+                          st.sampled_from(["u1", "u2", "u3"]),
+                          st.sampled_from([None, F, "sso"])), min_size=1, max_size=30))
+def test_event_times_survive_the_state_round_trip_exactly(events: list[Any]) -> None:
+    """Times are stored as seconds into their day, which must give back the very float: an
+    after-release window edge compares them with the release time."""
+    use = CustomerFeatures()
+    for ts, user, feature in events:
+        use.on_event(ts, day_of(ts), user, feature)
+    back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(use.to_dict())))
+    assert back.active == use.active and back.spans == use.spans and back.first == use.first
