@@ -419,18 +419,17 @@ class CustomerFeatures:
 
     def to_dict(self) -> dict[str, Any]:
         # Masks as hex: JSON integers stop at 64 bits, customers can have more users.
-        # Spans flat per day, times as seconds into the day (exact, and about half as long):
-        # [day, user, first, last, user, first, last, ...].
+        # Spans flat per day, [day, user, first, last, user, first, last, ...], as epoch
+        # seconds ("A", "S"). Seconds into the day ("a", "s", still read) were longer for
+        # millisecond times (t - base shows the binary fraction: 5351.055000066757), and the
+        # subtraction cost: the spans are the largest part of a customer's changelog value.
         def spans(days: Mapping[int, Mapping[int, list[float]]]) -> list[Any]:
-            # Seconds into the day: shorter than epoch seconds, and exact (base + (t - base)
-            # is t again for t within the day). The encoding is the largest part of a
-            # customer's changelog value: no call per time.
             out = []
             for d, per in sorted(days.items()):
-                base = d * DAY_SECONDS
                 row: list[Any] = [d]
-                for i, (a, b) in sorted(per.items()):
-                    row += (i, a - base, b - base)
+                for i, span in sorted(per.items()):
+                    row.append(i)
+                    row += span
                 out.append(row)
             return out
 
@@ -438,19 +437,19 @@ class CustomerFeatures:
             "u": self.users, "f": self.first,
             "m": {f: [[d, format(m, "x")] for d, m in sorted(days.items())]
                   for f, days in self.masks.items()}}
-        out["a"] = spans(self.active)     # always present: its absence marks an older record
+        out["A"] = spans(self.active)     # always present: its absence marks an older record
         if self.spans:
-            out["s"] = {f: spans(days) for f, days in self.spans.items()}
+            out["S"] = {f: spans(days) for f, days in self.spans.items()}
         if self.held_from is not None:
             out["hf"] = self.held_from
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CustomerFeatures:
-        def spans(days: Iterable[Any]) -> dict[int, dict[int, list[float]]]:
+        def spans(days: Iterable[Any], relative: bool) -> dict[int, dict[int, list[float]]]:
             out: dict[int, dict[int, list[float]]] = {}
             for d, *flat in days:
-                base = float(int(d) * DAY_SECONDS)
+                base = float(int(d) * DAY_SECONDS) if relative else 0.0
                 out[int(d)] = {int(flat[k]): [base + flat[k + 1], base + flat[k + 2]]
                                for k in range(0, len(flat), 3)}
             return out
@@ -461,11 +460,13 @@ class CustomerFeatures:
         state.first = {str(f): float(ts) for f, ts in data.get("f", {}).items()}
         state.masks = {str(f): {int(d): int(m, 16) for d, m in days}
                        for f, days in data.get("m", {}).items()}
-        state.active = spans(data.get("a", ()))
-        state.spans = {str(f): spans(days) for f, days in data.get("s", {}).items()}
+        relative = "A" not in data
+        state.active = spans(data.get("a" if relative else "A", ()), relative)
+        state.spans = {str(f): spans(days, relative)
+                       for f, days in data.get("s" if relative else "S", {}).items()}
         hf = data.get("hf")
         state.held_from = None if hf is None else int(hf)
-        if "a" not in data and state.users:
+        if "a" not in data and "A" not in data and state.users:
             # A record from before event times were kept: none are held up to its last day.
             last = max((d for days in state.masks.values() for d in days), default=None)
             state.held_from = None if last is None else last + 1

@@ -736,3 +736,25 @@ def test_event_times_survive_the_state_round_trip_exactly(events: list[Any]) -> 
         use.on_event(ts, day_of(ts), user, feature)
     back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(use.to_dict())))
     assert back.active == use.active and back.spans == use.spans and back.first == use.first
+
+
+def test_a_record_with_times_into_the_day_is_still_read() -> None:
+    """Changelog values written before the times became epoch seconds ("a", "s": seconds
+    into the day) give the same spans."""
+    use = CustomerFeatures()
+    for k, ts in enumerate([at(D - 2, 9.5) + 0.735, at(D - 2, 17.25), at(D, 1.001)]):
+        use.on_event(ts, day_of(ts), f"u{k % 2}", F if k else None)
+    new = use.to_dict()
+
+    def relative(rows: list[list[Any]]) -> list[list[Any]]:
+        out = []
+        for d, *flat in rows:
+            base = d * DAY_SECONDS
+            out.append([d, *[x if k % 3 == 0 else x - base for k, x in enumerate(flat)]])
+        return out
+
+    old = {k: v for k, v in new.items() if k not in ("A", "S")}
+    old["a"] = relative(new["A"])
+    old["s"] = {f: relative(rows) for f, rows in new["S"].items()}
+    back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(old)))
+    assert back.active == use.active and back.spans == use.spans and back.held_from is None
