@@ -212,3 +212,13 @@ def test_route_counts_events_outside_their_customers_partition() -> None:
     assert metrics.registry.get_sample_value(
         "vitals_input_not_copartitioned_total", {"family": "usage"}) == 1
     assert ingest.warned_misplaced
+
+
+def test_an_internal_batch_keeps_the_event_id_only_where_the_customer_stage_reads_it() -> None:
+    """A movement carries its billing event's id; other families are known by their hash,
+    and their raw value still holds the id for a dead letter."""
+    usage = {"family": "usage", "event_id": "e-1", "h": 1, RAW_BYTES: b'{"event_id":"e-1"}'}
+    bill = {"family": "billing", "event_id": "e-2", "h": 2, RAW_BYTES: b""}
+    back = decode_batch(encode_batch([usage, bill]))
+    assert "event_id" not in back[0] and back[0]["raw"] == b'{"event_id":"e-1"}'
+    assert back[1]["event_id"] == "e-2" and "raw" not in back[1]

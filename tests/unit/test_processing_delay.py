@@ -20,6 +20,7 @@ from streams.delay import (
     arrival_of,
     take_oldest_arrival,
 )
+from streams.events import event_hash
 from streams.exporters.metrics import Metrics
 from streams.ingest import IngestService, TimeAligner
 from streams.settings import load_settings
@@ -175,5 +176,6 @@ def test_the_ingest_sends_each_internal_message_with_the_oldest_arrival_of_its_e
     events_b, headers_b = sent[partition_of(b)]
     assert arrival_of(headers_a) == 4_000 and arrival_of(headers_b) == 8_000
     # The arrival time is a header, not a field of the internal topic's events.
-    assert [e["event_id"] for e in events_a] == ["e-1", "e-2"]
+    assert [e["h"] for e in events_a] == [event_hash("e-1"), event_hash("e-2")]
+    assert all("event_id" not in e for e in events_a)     # the hash is the id downstream
     assert all(ARRIVAL not in e for e in events_a + events_b)
