@@ -964,10 +964,8 @@ class CustomerProcessor:
         # Key features are those seen on the customer's own partition: the shared catalog
         # reaches each worker at its own pace, and a close must not depend on that.
         seen = self.clocks[partition].features
-        scope = f"segment:{state.segment}"
-        rates = {scope: self.churn_rate(scope, month_of(as_of))}
-        result = self.evaluator.evaluate(state, as_of, seen, remember=close,
-                                         alerts=close, churn_rates=rates)
+        result = self.evaluator.evaluate(state, as_of, seen, remember=close, alerts=close,
+                                         churn_rates=self._rates_for(state, as_of))
         old = self.contrib.get(cid)
         self.contrib[cid] = result
         if result.ttv_days is not None and (old is None or old.ttv_days is None):
@@ -1009,7 +1007,8 @@ class CustomerProcessor:
         as_of = self.clocks[partition].watermark
         assert as_of is not None
         return self.evaluator.evaluate(state, as_of, self.clocks[partition].features,
-                                       remember=False, alerts=False).record
+                                       remember=False, alerts=False,
+                                       churn_rates=self._rates_for(state, as_of)).record
 
     def _prune(self, state: CustomerState, partition: int, slowest: float | None) -> None:
         """Forget what no close or event to come can need, as of the partition's clock as
@@ -1127,6 +1126,10 @@ class CustomerProcessor:
                 [v for m, v in sorted(months.items()) if m < month], r.churn_rate_months,
                 r.min_churn_rate)
         return rate
+
+    def _rates_for(self, state: CustomerState, as_of: float) -> dict[str, float]:
+        scope = f"segment:{state.segment}"
+        return {scope: self.churn_rate(scope, month_of(as_of))}
 
     def learn_business(self, records: Iterable[tuple[str, Any]]) -> int:
         """Churn samples of the segment scopes from vitals.business records (key

@@ -1391,6 +1391,7 @@ def test_a_customers_clv_does_not_depend_on_when_the_business_records_came() -> 
     assert late.learn_business(SAMPLES) == 1            # February changed: evaluated again
     again = records(late.flush())["c-1"]["revenue"]
     assert again == early and again["clv"] == pytest.approx(100 * 0.8 / 0.15)
+    assert late.record("c-1", 0)["revenue"] == again     # the HTTP API's view: the same rate
     assert again["clv_to_cac"] is None
     # the current month's sample is not behind any CLV yet; the same sample changes nothing
     assert late.learn_business([("segment:smb|2026-03",
