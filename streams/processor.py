@@ -8,6 +8,7 @@ interval) hands back one changelog record and at most one output record per cust
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -100,6 +101,12 @@ def _add_share(scopes: dict[str, dict[str, Any]], share: Evaluation | CloseSumma
     """Add (1) or take away (-1) one customer's share in scope all and in its segment's."""
     for scope in ("all", f"segment:{share.segment}"):
         add_to_summary(scopes.setdefault(scope, empty_summary()), share, sign)
+
+
+@functools.lru_cache(maxsize=1024)
+def _month_of_day(day: int) -> str:
+    """``month_of`` a day's start, cached: it is asked at every evaluation."""
+    return month_of(day * DAY_SECONDS)
 
 
 def in_day_as_of(state: CustomerState) -> float:
@@ -1129,7 +1136,7 @@ class CustomerProcessor:
 
     def _rates_for(self, state: CustomerState, as_of: float) -> dict[str, float]:
         scope = f"segment:{state.segment}"
-        return {scope: self.churn_rate(scope, month_of(as_of))}
+        return {scope: self.churn_rate(scope, _month_of_day(day_of(as_of)))}
 
     def learn_business(self, records: Iterable[tuple[str, Any]]) -> int:
         """Churn samples of the segment scopes from vitals.business records (key
