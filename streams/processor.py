@@ -454,11 +454,11 @@ class CustomerProcessor:
         return min(times) if times else None
 
     def _step(self, partition: int, clock: PartitionClock, ts: float) -> None:
-        clock.advance(ts)
+        entered = clock.advance(ts)    # into a day not yet closed
         self.dirty_clocks.add(partition)
         if clock.closed_day is None:
             clock.start()
-        elif day_of(ts) > clock.closed_day:
+        elif entered:
             self._close_day(partition, clock)
 
     def _apply_event(self, state: CustomerState, event: dict[str, Any], partition: int) -> None:
