@@ -153,7 +153,7 @@ def readiness(service: Any) -> list[str]:
     """What the worker still waits for before it serves (empty when ready)."""
     waiting = []
     if not service.ingest.ready:
-        waiting.append("ingest has no partitions")
+        waiting.append("ingest not in its group yet")
     if service.app.rebalancing:
         waiting.append("rebalancing")
     if not service.app.tables.recovery.completed.is_set():

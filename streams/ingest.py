@@ -347,6 +347,9 @@ class IngestService(Service):
         self.assigned_at: dict[TopicPartition, float] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        # A member of the ingest group between two rebalances, with partitions or not: a
+        # worker beyond the partition count is a ready standby (it answers HTTP requests,
+        # which are routed to the owner), not a failed start that blocks a rollout.
         self.ready = False
         self.polls = 0
 
@@ -367,7 +370,7 @@ class IngestService(Service):
                                          **aiokafka_kwargs(s.kafka))
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe(list(s.topics.input_topics()), listener=_Forget(self))
+        self.consumer.subscribe(list(s.topics.input_topics()), listener=_Rebalance(self))
 
     async def on_stop(self) -> None:
         self.ready = False
@@ -406,7 +409,6 @@ class IngestService(Service):
             records = await self.consumer.getmany(timeout_ms=timeout_ms,
                                                   max_records=s.ingest.batch_max_events)
             assignment = self.consumer.assignment()
-            self.ready = bool(assignment)
             await self._track_assignment(assignment)
             self.ingest.read(records, self.aligner)
             released = self.aligner.release(assignment, self._empty_at)
@@ -487,11 +489,12 @@ class IngestService(Service):
         self.polls += 1
 
 
-class _Forget(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: IngestService) -> None:
         self.service = service
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.service.ready = False     # called before every rejoin
         self.service.forget(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -505,3 +508,4 @@ class _Forget(ConsumerRebalanceListener):
             aligner.start_at(tp, start)
             if start > 0:
                 consumer.seek(tp, max(0, start - LEVEL_CONTEXT_RECORDS))
+        self.service.ready = True      # also with no partitions: called after every join

@@ -36,3 +36,26 @@ def test_lag_is_end_offset_minus_released_per_topic() -> None:
     assert service.lag() == {"events.usage": 140, "events.billing": 0}
     service.aligner.release([u0], lambda tp: math.inf)
     assert service.lag() == {"events.usage": 138, "events.billing": 0}
+
+
+class PositionConsumer(StubConsumer):
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
+
+async def test_a_member_with_no_partitions_is_ready_between_rebalances() -> None:
+    """A worker beyond the partition count is a standby: ready once its join completed,
+    with nothing assigned, and not ready from a revocation to the next join."""
+    from streams.ingest import _Rebalance
+
+    settings = load_settings(env={})
+    service = IngestService(settings, "127.0.0.1:9", Metrics(), Partitioner(4))
+    service.consumer = PositionConsumer({})  # type: ignore
+    listener = _Rebalance(service)
+    assert not service.ready
+    await listener.on_partitions_assigned(set())
+    assert service.ready
+    await listener.on_partitions_revoked(set())
+    assert not service.ready
+    await listener.on_partitions_assigned({TopicPartition("events.usage", 0)})
+    assert service.ready

@@ -111,7 +111,7 @@ async def test_not_ready_is_503_on_readyz_and_healthz_but_live(http):
     http.worker.app.tables.recovery.completed.clear()
     status, body = await get(http, "/readyz")
     assert status == 503 and body == {
-        "ready": False, "reason": "ingest has no partitions, table recovery not complete"}
+        "ready": False, "reason": "ingest not in its group yet, table recovery not complete"}
     status, body = await get(http, "/healthz")
     assert status == 503 and body["live"] is True and body["reason"].startswith("not ready")
     assert await get(http, "/livez") == (200, {"live": True})
