@@ -60,6 +60,7 @@ class Run:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[WorkerProcess] = field(default_factory=list)
     kills: int = 0
+    counters_lost: bool = False   # a worker was killed or stopped: its counters are gone
 
     @property
     def inputs(self) -> str:
@@ -109,11 +110,13 @@ class Run:
         worker = self.procs[index]
         worker.kill()
         self.kills += 1
+        self.counters_lost = True
         worker.start(timeout=120)
 
     def stop_worker(self, index: int) -> None:
         """A graceful stop (SIGTERM), as an orchestrator scales down: it must exit 0."""
         started = time.monotonic()
+        self.counters_lost = True
         code = self.procs[index].stop()
         if code != 0:
             raise AssertionError(f"{self.name}: a worker stopped with SIGTERM exited {code} "
@@ -171,6 +174,23 @@ class Run:
         time.sleep(settle)  # the last flushes
         return Outputs.read(self.bootstrap, self)
 
+    def counters(self) -> dict[tuple[tuple[str, str], ...], float] | None:
+        """`vitals_events_total` per label set, summed over the workers; None when a worker
+        was killed or stopped (a process's counters go with it)."""
+        if self.counters_lost:
+            return None
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[tuple[tuple[str, str], ...], float] = {}
+        for worker in self.procs:
+            text = worker.get("/metrics")[1].decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "vitals_events_total":
+                        key = tuple(sorted(sample.labels.items()))
+                        out[key] = out.get(key, 0.0) + sample.value
+        return out
+
 
 @dataclass
 class Outputs:
@@ -180,6 +200,7 @@ class Outputs:
     deadletters: set[tuple[Any, ...]]
     resent_deadletters: int
     day_closes: dict[tuple[str, str], dict[str, Any]]   # (customer, as_of) -> its last record
+    counters: dict[tuple[tuple[str, str], ...], float] | None = None
 
     @classmethod
     def read(cls, bootstrap: str, run: Run) -> Outputs:
@@ -213,7 +234,8 @@ class Outputs:
             if ident in deadletters:
                 resent_dl += 1
             deadletters.add(ident)
-        return cls(latest, transitions, resent, deadletters, resent_dl, day_closes)
+        return cls(latest, transitions, resent, deadletters, resent_dl, day_closes,
+                   run.counters())
 
 
 @dataclass
@@ -222,6 +244,7 @@ class Comparison:
     churn_differences: int
     keys: int
     series: list[str]   # daily-series differences: day-close records missing or not the same
+    counters: int = 0   # label sets of vitals_events_total compared (0: a worker's were lost)
 
     @property
     def ok(self) -> bool:
@@ -281,7 +304,16 @@ def compare(reference: Outputs, other: Outputs) -> Comparison:
         diffs.append(f"deadletter {dl}: only in reference")
     for dl in sorted(other.deadletters - reference.deadletters, key=repr):
         diffs.append(f"deadletter {dl}: only in disturbed run")
-    return Comparison(diffs, churn, keys, series)
+    counters = 0
+    if reference.counters is not None and other.counters is not None:
+        for labels in sorted(set(reference.counters) | set(other.counters)):
+            counters += 1
+            expected = reference.counters.get(labels, 0.0)
+            actual = other.counters.get(labels, 0.0)
+            if expected != actual:
+                names = ",".join(f'{k}="{v}"' for k, v in labels)
+                diffs.append(f"vitals_events_total{{{names}}}: {expected:g} != {actual:g}")
+    return Comparison(diffs, churn, keys, series, counters)
 
 
 def kill_moments(seed: int, kills: int, span: float) -> list[float]:
@@ -295,6 +327,7 @@ def kill_moments(seed: int, kills: int, span: float) -> list[float]:
 
 def report(name: str, comparison: Comparison, limit: int = 40) -> str:
     lines = [f"{name}: {len(comparison.differences)} differences over {comparison.keys} keys "
+             f"and {comparison.counters} counters "
              f"({comparison.churn_differences} churn-model fields apart)"]
     lines += [f"  {d}" for d in comparison.differences[:limit]]
     if len(comparison.differences) > limit:
