@@ -40,8 +40,10 @@ from models.churn import (
     PlattCalibrator,
     ProgressiveMetrics,
     SnapshotRefused,
+    blended,
     bounded,
     choose_champion,
+    fit_blend,
     churn_record,
     compare_aucs,
     decode,
@@ -245,6 +247,7 @@ class ChurnScorer:
                     "model_version": snap.version, "scores": [raw, model_p, health_p]}
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
+        p = blended(cal.get("blend"), p)
         return {**churn_record(bounded(p), self.ready, drivers, bands["high"], bands["medium"]),
                 "model_version": snap.version, "scores": [raw, model_p, health_p]}
 
@@ -569,11 +572,16 @@ class ChurnLearner:
 
     def refresh(self) -> None:
         """Fit both calibrations and choose the champion (at each publish)."""
-        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit()}
         s = self.settings
         self.champion = choose_champion(self.champion, self.window_comparison(),
                                         len(self.window), s.champion_min_labels,
                                         s.champion_margin)
+        column = 0 if self.champion == "model" else 1
+        blend = fit_blend([w[column] for w in self.window], [w[2] for w in self.window],
+                          s.champion_min_labels)
+        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit(),
+                            "blend": None if blend is None else [round(blend[0], 6),
+                                                                 round(blend[1], 6)]}
 
     @property
     def published_champion(self) -> str:
@@ -603,6 +611,8 @@ class ChurnLearner:
         rec["window_labelled"] = len(self.window)
         rec["window_model_auc"] = None if c.auc_model is None else round(c.auc_model, 4)
         rec["window_health_auc"] = None if c.auc_health is None else round(c.auc_health, 4)
+        blend = self.calibration.get("blend")
+        rec["blend_weight"], rec["base_rate"] = (None, None) if blend is None else blend
         rec["alerts"] = self.alert_quality()
         return rec
 
