@@ -576,9 +576,8 @@ class ChurnLearner:
         self.champion = choose_champion(self.champion, self.window_comparison(),
                                         len(self.window), s.champion_min_labels,
                                         s.champion_margin)
-        column = 0 if self.champion == "model" else 1
-        blend = fit_blend([w[column] for w in self.window], [w[2] for w in self.window],
-                          s.champion_min_labels)
+        published = [m if self.champion == "model" else h for m, h, _, _ in self.window]
+        blend = fit_blend(published, [y for _, _, y, _ in self.window], s.champion_min_labels)
         self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit(),
                             "blend": None if blend is None else [round(blend[0], 6),
                                                                  round(blend[1], 6)]}
