@@ -937,25 +937,18 @@ def _alert_figures(value: dict[Any, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _calibration(value: Any) -> dict[str, list[float] | None]:
-    """{"model": [slope, intercept] | null, "health": [...] | null, "blend": [weight, base
-    rate] | null}: Platt parameters, and the share of the champion in the published
-    probability (``fit_blend``); a snapshot without ``blend`` publishes the champion alone."""
+    """{"model": [slope, intercept] | null, "health": [...] | null}: Platt parameters."""
     if value is None:
-        return {"model": None, "health": None, "blend": None}
-    if not isinstance(value, dict) or not set(value) <= {"model", "health", "blend"}:
-        raise SnapshotRefused("bad_field", "calibration must hold model, health and blend only")
-    out: dict[str, list[float] | None] = {"model": None, "health": None, "blend": None}
+        return {"model": None, "health": None}
+    if not isinstance(value, dict) or not set(value) <= {"model", "health"}:
+        raise SnapshotRefused("bad_field", "calibration must hold model and health only")
+    out: dict[str, list[float] | None] = {"model": None, "health": None}
     for k, v in value.items():
         if v is None:
             continue
         if not isinstance(v, list) or len(v) != 2:
-            shape = "[weight, base rate]" if k == "blend" else "[slope, intercept]"
-            raise SnapshotRefused("bad_field", f"calibration of {k} must be {shape}")
+            raise SnapshotRefused("bad_field", f"calibration of {k} must be [slope, intercept]")
         out[k] = [_finite(x, f"calibration of {k}") for x in v]
-    blend = out["blend"]
-    if blend is not None and not (0.0 <= blend[0] <= 1.0 and 0.0 < blend[1] < 1.0):
-        raise SnapshotRefused("bad_field", "calibration of blend: need 0 <= weight <= 1 and "
-                                           "0 < base rate < 1")
     return out
 
 
@@ -1207,67 +1200,6 @@ def health_calibrator() -> PlattCalibrator:
     """For the health score (0-100, higher = healthier), one-point bins; the slope <= 0
     (a healthier customer is never said to be more likely to churn)."""
     return PlattCalibrator(0.0, 100.0, 100, (-1.0, 0.0))
-
-
-def fit_blend(probabilities: Sequence[float], labels: Sequence[int],
-              min_labels: int = 1) -> tuple[float, float] | None:
-    """(weight, base rate): the published probability is weight · p + (1 - weight) · base.
-
-    A calibrated candidate still fits its calibration to labels a month old, and where the
-    data carry no signal it fits noise: on pure chance the calibrated champion's log loss
-    was above a constant's (0.406 against 0.405). The weight minimises the log loss of the
-    mix over the window of recent labelled predictions, as each was published (out of
-    sample), against the window's churn rate (Laplace-smoothed): 1 when the candidate is
-    at least as sharp as it claims, near 0 when it only adds noise. Linear in the
-    probabilities, so a time's ranking (its AUC) is the candidate's. None below
-    ``min_labels`` or without both classes.
-    """
-    n = len(labels)
-    pos = sum(1 for y in labels if y)
-    if n < max(1, min_labels) or pos == 0 or pos == n:
-        return None
-    base = (pos + 1.0) / (n + 2.0)
-    pairs = [(min(1.0 - _P_EDGE, max(_P_EDGE, float(p))) - base, bool(y))
-             for p, y in zip(probabilities, labels, strict=True)]
-
-    def slope(w: float) -> float:
-        """d/dw of the mix's summed log loss: increasing in w (the loss is convex)."""
-        g = 0.0
-        for d, y in pairs:
-            m = base + w * d
-            g += -d / m if y else d / (1.0 - m)
-        return g
-
-    def loss(w: float) -> float:
-        return -sum(math.log(base + w * d if y else 1.0 - base - w * d) for d, y in pairs)
-
-    if slope(0.0) >= 0.0:
-        return 0.0, base
-    if slope(1.0) <= 0.0:
-        weight = 1.0
-    else:
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = (lo + hi) / 2.0
-            if slope(mid) > 0.0:
-                hi = mid
-            else:
-                lo = mid
-        weight = (lo + hi) / 2.0
-    # The champion must earn its share: the mix has to gain more than BIC's price of one
-    # parameter (ln(n) / 2 nats over the window) on the base rate. On noise the fitted
-    # weight gains about chi-square(1) / 2 nats, which passes 1 in 300 windows of 5,000
-    # (a weight of a few percent then cost 4e-4 nats per label out of sample).
-    if loss(0.0) - loss(weight) <= 0.5 * math.log(n):
-        return 0.0, base
-    return weight, base
-
-
-def blended(blend: Sequence[float] | None, p: float) -> float:
-    """The published probability: ``p`` mixed with the base rate (``fit_blend``)."""
-    if blend is None:
-        return p
-    return blend[0] * p + (1.0 - blend[0]) * blend[1]
 
 
 def auc_exact(scores: Sequence[float], labels: Sequence[int]) -> float | None:

@@ -40,7 +40,6 @@ from models.churn import (
     PlattCalibrator,
     ProgressiveMetrics,
     SnapshotRefused,
-    blended,
     bounded,
     choose_champion,
     churn_record,
@@ -49,7 +48,6 @@ from models.churn import (
     decode_snapshot,
     encode,
     encode_snapshot,
-    fit_blend,
     health_calibrator,
     logit,
     model_calibrator,
@@ -247,7 +245,6 @@ class ChurnScorer:
                     "model_version": snap.version, "scores": [raw, model_p, health_p]}
         bands = self.settings.bands
         # churn_record bands the rounded probability: a record never says "0.5, medium".
-        p = blended(cal.get("blend"), p)
         return {**churn_record(bounded(p), self.ready, drivers, bands["high"], bands["medium"]),
                 "model_version": snap.version, "scores": [raw, model_p, health_p]}
 
@@ -572,15 +569,11 @@ class ChurnLearner:
 
     def refresh(self) -> None:
         """Fit both calibrations and choose the champion (at each publish)."""
+        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit()}
         s = self.settings
         self.champion = choose_champion(self.champion, self.window_comparison(),
                                         len(self.window), s.champion_min_labels,
                                         s.champion_margin)
-        published = [m if self.champion == "model" else h for m, h, _, _ in self.window]
-        blend = fit_blend(published, [y for _, _, y, _ in self.window], s.champion_min_labels)
-        self.calibration = {"model": self.cal_model.fit(), "health": self.cal_health.fit(),
-                            "blend": None if blend is None else [round(blend[0], 6),
-                                                                 round(blend[1], 6)]}
 
     @property
     def published_champion(self) -> str:
@@ -610,8 +603,6 @@ class ChurnLearner:
         rec["window_labelled"] = len(self.window)
         rec["window_model_auc"] = None if c.auc_model is None else round(c.auc_model, 4)
         rec["window_health_auc"] = None if c.auc_health is None else round(c.auc_health, 4)
-        blend = self.calibration.get("blend")
-        rec["blend_weight"], rec["base_rate"] = (None, None) if blend is None else blend
         rec["alerts"] = self.alert_quality()
         return rec
 

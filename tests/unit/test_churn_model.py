@@ -483,9 +483,6 @@ def test_logistic_snapshot_is_json_and_predicts_like_the_learner() -> None:
     lambda d: d.update(metrics={"auc": "x" * 1000}),
     lambda d: d.update(metrics={"nested": {"a": 1}}),
     lambda d: d.update(calibration={"model": ["1", 0.0]}),
-    lambda d: d.update(calibration={"blend": [1.5, 0.1]}),          # weight above 1
-    lambda d: d.update(calibration={"blend": [0.5, 0.0]}),          # base rate of 0
-    lambda d: d.update(calibration={"blend": [0.5]}),
     lambda d: d.update(champion="oracle"),
     lambda d: d.update(kind="svm"),
     lambda d: d.update(pickle="gASVAAAAAAAAAAB9lC4="),             # a pickle in a logistic
@@ -991,74 +988,3 @@ def test_weights_keep_their_known_signs_and_drivers_are_actionable() -> None:
     names = [d["feature"] for d in model.drivers(healthy_veteran, k=5)]
     assert not set(names) & churn.NOT_DRIVERS
     assert not {"active_days_7d", "dau", "active_days_30d"} & set(names)
-
-
-# ---- the mix with the base rate ----------------------------------------------------------
-
-
-def _mix_loss(probabilities: list[float], labels: list[int], weight: float,
-              base: float) -> float:
-    return log_loss(labels, [weight * p + (1 - weight) * base for p in probabilities],
-                    labels=[0, 1])
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_blend_shrinks_a_score_that_is_noise_towards_the_base_rate(seed: int) -> None:
-    """A 'calibrated' score that knows nothing (labels drawn at 10 % whatever it says):
-    the weight is 0 (the fit gains less than BIC's price on the base rate), and the mix's
-    log loss is the base rate's on fresh labels the fit never saw."""
-    rng = random.Random(seed)
-    fit_p = [rng.uniform(0.0, 0.4) for _ in range(5000)]
-    fit_y = [int(rng.random() < 0.1) for _ in fit_p]
-    blend = churn.fit_blend(fit_p, fit_y, 1000)
-    assert blend is not None
-    weight, base = blend
-    assert weight == 0.0, blend
-    new_p = [rng.uniform(0.0, 0.4) for _ in range(20000)]
-    new_y = [int(rng.random() < 0.1) for _ in new_p]
-    assert _mix_loss(new_p, new_y, weight, base) <= _mix_loss(new_p, new_y, 0.0, base) + 1e-4
-    assert _mix_loss(new_p, new_y, weight, base) < _mix_loss(new_p, new_y, 1.0, base)
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_blend_keeps_a_calibrated_score_whole(seed: int) -> None:
-    """Labels drawn at the score's own probability: the weight is (about) 1."""
-    rng = random.Random(seed)
-    p = [rng.betavariate(0.5, 3.0) for _ in range(5000)]
-    y = [int(rng.random() < q) for q in p]
-    blend = churn.fit_blend(p, y, 1000)
-    assert blend is not None and blend[0] > 0.9, blend
-    assert blend[1] == pytest.approx((sum(y) + 1) / (len(y) + 2))
-
-
-def test_blend_weight_is_the_log_loss_minimum() -> None:
-    """Half sharp, half noise: the weight found is the minimum of the mix's loss on a grid."""
-    rng = random.Random(7)
-    p, y = [], []
-    for _ in range(4000):
-        q = rng.betavariate(0.5, 3.0)
-        p.append(q)
-        y.append(int(rng.random() < 0.5 * q + 0.5 * 0.14))
-    weight, base = churn.fit_blend(p, y, 1)
-    assert 0.2 < weight < 0.8
-    grid = min((_mix_loss(p, y, w / 200, base), w / 200) for w in range(201))
-    assert abs(grid[1] - weight) <= 0.01
-    assert _mix_loss(p, y, weight, base) <= grid[0] + 1e-9
-
-
-def test_blend_needs_labels_of_both_classes() -> None:
-    assert churn.fit_blend([0.2] * 50, [0] * 50) is None
-    assert churn.fit_blend([0.2] * 50, [1] * 50) is None
-    assert churn.fit_blend([0.2, 0.3], [0, 1], min_labels=3) is None
-    assert churn.blended(None, 0.3) == 0.3
-    assert churn.blended([0.25, 0.1], 0.5) == pytest.approx(0.25 * 0.5 + 0.75 * 0.1)
-
-
-def test_a_snapshot_carries_its_blend() -> None:
-    model = fit(ChurnModel.create("logistic"), payment_driven(300, 1))
-    cal = {"model": [1.0, 0.0], "health": None, "blend": [0.4, 0.12]}
-    snap = churn.decode_snapshot(churn.encode_snapshot(3, model, {"auc": 0.7}, calibration=cal))
-    assert snap.calibration == cal
-    old = churn.decode_snapshot(churn.encode_snapshot(
-        3, model, {"auc": 0.7}, calibration={"model": [1.0, 0.0], "health": None}))
-    assert old.calibration["blend"] is None      # an older snapshot: the champion alone

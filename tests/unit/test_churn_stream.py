@@ -277,38 +277,3 @@ def test_a_published_probability_is_never_0_or_1(intercept: float, published: fl
     assert block["probability"] == published
     if intercept < 0:
         assert block["scores"][2] < 1e-12
-
-
-@pytest.mark.parametrize("blend,published", [([1.0, 0.1], 0.8), ([0.0, 0.1], 0.1),
-                                             ([0.5, 0.1], 0.45), (None, 0.8)])
-def test_the_published_probability_is_the_champions_mixed_with_the_base_rate(
-        blend: list[float] | None, published: float) -> None:
-    """The mix the learner fitted travels with the version; the candidates' own calibrated
-    scores (the champion's test and the mix's next fit) stay unmixed."""
-    from models.churn import ChurnModel, encode_snapshot, logit
-
-    scorer = ChurnScorer(settings_with())
-    blob = encode_snapshot(1, ChurnModel.create(), {}, champion="health", calibration={
-        "model": None, "health": [0.0, logit(0.8)], "blend": blend})
-    assert scorer.update(blob)
-    block = scorer.score(snapshot_vector({"health_score": 50.0}))
-    assert block["probability"] == pytest.approx(published, abs=1e-4)
-    assert block["scores"][2] == pytest.approx(0.8)
-
-
-def test_the_learner_fits_the_mix_on_the_champions_window() -> None:
-    """A window where the champion's probabilities carry nothing: the learner publishes
-    the base rate (weight 0) and says so in `churn_model`."""
-    import random
-
-    learner = ChurnLearner(settings_with())
-    rng = random.Random(3)
-    for i in range(3000):
-        learner.window.append((rng.random(), rng.uniform(0.0, 0.5), int(rng.random() < 0.2),
-                               f"c{i}"))
-    learner.refresh()
-    assert learner.champion == "health"
-    weight, base = learner.calibration["blend"]
-    assert weight == 0.0 and base == pytest.approx(0.2, abs=0.02)
-    rec = learner.metrics_record()
-    assert (rec["blend_weight"], rec["base_rate"]) == (weight, base)
