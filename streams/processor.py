@@ -1060,6 +1060,18 @@ class CustomerProcessor:
                 # partition over) before it sent the catalog entry; receivers keep the earliest.
                 self._learn_feature(feature, first)
                 self.catalog_out[first_key(partition, feature)] = first
+            # A release learnt (or moved earlier) before this clock was restored, by this
+            # worker while the partition was revoked or by a new owner, asked no recount of
+            # it (_recount_after_release skips partitions not held): its last close is counted
+            # again for the release now known. Without it the feature stage fixed that
+            # partition's after-release counts by UTC days (make chaos, seed 1, burst + SIGKILL).
+            for feature, sent in clock.sent.items():
+                if self.catalog.get(feature, sent.release) < sent.release:
+                    self.recount.add(feature)
+            for feature, tried in clock.after_tried.items():
+                if self.catalog.get(feature, tried) < tried and \
+                        feature not in self.evaluator.released:
+                    self.recount.add(feature)
         return clock
 
     def assign(self, partitions: Iterable[int]) -> None:
