@@ -586,6 +586,10 @@ class FeatureContribution:
     # (R, users of f, active users) in [R, R+30d), exact, for the release R the partition
     # knows; sent from the close after_release_fix_day(R) on while the partition can count it.
     after: tuple[float, int, int] | None = None
+    # A release R the partition cannot count exactly (it dropped the events of day(R)): the
+    # feature stage counts it by UTC days, and waits for this word (or exact counts for R)
+    # from a partition that counted exactly for another release.
+    no_after: float | None = None
 
     def add_customer(self, use: CustomerFeatures | None, *, mau: int,
                      released_at: float | None, signup_ts: float | None,
@@ -642,6 +646,13 @@ class FeatureContribution:
         """The partition's exact counts of [R, R+30d) (``CustomerFeatures.after_release``
         summed over its eligible customers)."""
         self.after = (float(released_at), int(users), int(active))
+        self.no_after = None
+
+    def cannot_count_after(self, released_at: float) -> None:
+        """The partition holds no longer the events of day(R) (FeatureBook falls back to day
+        counts for it)."""
+        self.after = None
+        self.no_after = float(released_at)
 
     def merge(self, other: FeatureContribution) -> FeatureContribution:
         """Sum of two contributions (a new object); as of the older of the two days."""
@@ -666,6 +677,7 @@ class FeatureContribution:
             after=(self.after[0], self.after[1] + other.after[1], self.after[2] + other.after[2])
             if self.after is not None and other.after is not None
             and self.after[0] == other.after[0] else None,
+            no_after=None,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -675,7 +687,8 @@ class FeatureContribution:
                 "ac": self.active_customers, "fc": self.feature_customers,
                 "h": [[k, n] for k, n in sorted(self.adopt_hist.items())],
                 "r": [self.with_kept, self.with_total, self.without_kept, self.without_total],
-                **({} if self.after is None else {"ar": list(self.after)})}
+                **({} if self.after is None else {"ar": list(self.after)}),
+                **({} if self.no_after is None else {"na": self.no_after})}
 
     @classmethod
     def from_state(cls, data: Mapping[str, Any]) -> FeatureContribution:
@@ -689,7 +702,8 @@ class FeatureContribution:
                    adopt_hist={int(k): int(n) for k, n in data.get("h", ())},
                    with_total=wt, with_kept=wk, without_total=nt, without_kept=nk,
                    after=None if data.get("ar") is None else (
-                       float(data["ar"][0]), int(data["ar"][1]), int(data["ar"][2])))
+                       float(data["ar"][0]), int(data["ar"][1]), int(data["ar"][2])),
+                   no_after=None if data.get("na") is None else float(data["na"]))
 
 
 @dataclass
@@ -743,7 +757,7 @@ class FeatureBook:
     good.
     """
 
-    __slots__ = ("feature", "parts", "history", "after_release", "after", "by_days")
+    __slots__ = ("feature", "parts", "history", "after_release", "after", "cannot", "by_days")
 
     def __init__(self, feature: str) -> None:
         self.feature = feature
@@ -751,6 +765,7 @@ class FeatureBook:
         self.history: dict[int, dict[int, tuple[int, int]]] = {}   # partition -> day -> counts
         self.after_release: tuple[float, int, int] | None = None   # (R, users, active), fixed
         self.after: dict[int, tuple[float, int, int, int]] = {}    # p -> (R, day, users, active)
+        self.cannot: dict[int, float] = {}   # p -> the release it said it cannot count exactly
         self.by_days: tuple[int, ...] = ()   # partitions the fixed figure counted by UTC days
 
     def update(self, partition: int, part: FeatureContribution,
@@ -776,6 +791,8 @@ class FeatureBook:
         self.parts[partition] = part
         if part.after is not None:
             self.after[partition] = (part.after[0], part.day, part.after[1], part.after[2])
+        if part.no_after is not None:
+            self.cannot[partition] = part.no_after
         days = self.history.setdefault(partition, {})
         days[part.day] = (part.feature_users, part.active_users)
         if self.after_release is not None:   # known for good: keep a short history only
@@ -805,10 +822,12 @@ class FeatureBook:
 
         Per partition: its exact counts for this R sent at a close at or after
         ``after_release_fix_day(R, lateness)``. A partition that closed that day without
-        sending them (it learnt of f only after it had dropped the events of day(R)) counts
-        with its window of the UTC days day(R) .. day(R)+29 (``after_release_day``), exact
-        only for a release at midnight. ``partitions``: the number of customer partitions;
-        without it, "every partition" is every partition that has sent a contribution so far.
+        sending them (it learnt of f only after it had dropped the events of day(R), and says
+        so with ``no_after``; or sent nothing exact at all) counts with its window of the UTC
+        days day(R) .. day(R)+29 (``after_release_day``), exact only for a release at
+        midnight. One that counted exactly for another release is waited for.
+        ``partitions``: the number of customer partitions; without it, "every partition" is
+        every partition that has sent a contribution so far.
         """
         if released_at is None:
             return None
@@ -836,6 +855,11 @@ class FeatureBook:
                 continue
             if part.after is not None:
                 return None             # counted for another release time: wait for this one
+            if exact is not None and self.cannot.get(p) != released_at:
+                # Counted exactly for another release at an earlier close: it counts again
+                # for this one (or says it cannot) once it learns of it; fixing the figure
+                # by days before that made it depend on when the word came.
+                return None
             counts = self.history.get(p, {}).get(after_release_day(released_at))
             if counts is None:
                 return None
@@ -853,6 +877,8 @@ class FeatureBook:
                       for p, days in sorted(self.history.items())],
                 "ar": None if self.after_release is None else list(self.after_release),
                 "ax": [[p, *a] for p, a in sorted(self.after.items())],
+                **({"nx": [[p, r] for p, r in sorted(self.cannot.items())]}
+                   if self.cannot else {}),
                 **({"bd": list(self.by_days)} if self.by_days else {})}
 
     @classmethod
@@ -867,6 +893,7 @@ class FeatureBook:
             book.after_release = (-float(ar[0]) - 1, int(ar[1]), int(ar[2]))
         book.after = {int(p): (float(r), int(d), int(u), int(a))
                       for p, r, d, u, a in data.get("ax", ())}
+        book.cannot = {int(p): float(r) for p, r in data.get("nx", ())}
         book.by_days = tuple(int(p) for p in data.get("bd", ()))
         return book
 

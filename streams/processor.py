@@ -730,12 +730,14 @@ class CustomerProcessor:
     def _after_release(part: FeatureContribution, customers: list[Any], rule: Any,
                        release: float) -> None:
         """Exact counts of [R, R+30d) over the eligible customers, when every one still holds
-        the events of day(R) (else none are sent: FeatureBook falls back to day counts)."""
+        the events of day(R) (else the word that it cannot: FeatureBook falls back to day
+        counts)."""
         users = active = 0
         for state, _, _, _ in customers:
             if rule is None or rule.admits(state.segment, state.plan):
                 counts = state.feature_use.after_release(part.feature, release)
                 if counts is None:
+                    part.cannot_count_after(release)
                     return
                 users += counts[0]
                 active += counts[1]

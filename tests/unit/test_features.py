@@ -758,3 +758,52 @@ def test_a_record_with_times_into_the_day_is_still_read() -> None:
     old["s"] = {f: relative(rows) for f, rows in new["S"].items()}
     back = CustomerFeatures.from_dict(orjson.loads(orjson.dumps(old)))
     assert back.active == use.active and back.spans == use.spans and back.held_from is None
+
+
+def _two_partitions(r0: float, r1: float, last: int) -> FeatureBook:
+    """Partition 0 knows the release r0, partition 1 only its own first use r1 (later),
+    and counted exactly for r1 at its fix close."""
+    book = FeatureBook("reports")
+    for day in range(day_of(r0), last + 1):
+        p0 = FeatureContribution("reports", day, first_seen=r0, feature_users=5, active_users=9)
+        p1 = FeatureContribution("reports", day, first_seen=r1, feature_users=3, active_users=7)
+        if day == after_release_fix_day(r0, 2.0):
+            p0.set_after_release(r0, 4, 8)
+        if day == after_release_fix_day(r1, 2.0):
+            p1.set_after_release(r1, 2, 6)
+        book.update(0, p0)
+        book.update(1, p1)
+    return book
+
+
+def test_a_partition_counted_for_a_later_release_is_waited_for_not_counted_by_days() -> None:
+    """Partition 1 counted exactly for its own (later) first use: for the earlier release
+    the figure waits for its recount, whenever the word of r0 reaches it (make chaos, seed
+    1, burst + SIGKILL: fixed by days first, the figure depended on the kill moments)."""
+    r0, r1 = at(D - 40, 11.5), at(D - 38, 10.7)
+    last = after_release_fix_day(r0, 2.0) + 9
+    book = _two_partitions(r0, r1, last)
+    assert book.after_release_counts(r0, partitions=2, lateness_days=2.0) is None
+    again = FeatureContribution("reports", last, first_seen=r1, feature_users=3, active_users=7)
+    again.set_after_release(r0, 2, 6)
+    book.update(1, again)
+    assert book.after_release_counts(r0, partitions=2, lateness_days=2.0) == (6, 14)
+    assert book.by_days == ()
+
+
+def test_a_partition_that_cannot_count_the_earlier_release_is_counted_by_days() -> None:
+    """It dropped the events of day(r0) and says so: its UTC days count, and the book
+    keeps that word through its state."""
+    r0, r1 = at(D - 40, 11.5), at(D - 38, 10.7)
+    last = after_release_fix_day(r0, 2.0) + 9
+    book = FeatureBook.from_state(_two_partitions(r0, r1, last).to_state())
+    again = FeatureContribution("reports", last, first_seen=r1, feature_users=3, active_users=7)
+    again.cannot_count_after(r0)
+    assert FeatureContribution.from_state(again.to_state()) == again
+    book = FeatureBook.from_state(book.to_state())
+    book.update(1, FeatureContribution.from_state(again.to_state()))
+    book = FeatureBook.from_state(book.to_state())
+    counts = book.after_release_counts(r0, partitions=2, lateness_days=2.0)
+    assert counts is not None and book.by_days == (1,)
+    day_counts = book.history[1][after_release_day(r0)]
+    assert counts == (4 + day_counts[0], 8 + day_counts[1])
