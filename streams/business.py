@@ -232,11 +232,19 @@ class BusinessAggregator:
         old = state.parts.get(partition)
         if old is not None and wm is not None and old.get("wm") is not None and wm < old["wm"]:
             return  # an older report resent after a restart
+        before = self.as_of(state)
         state.parts[partition] = {"wm": wm, "sum": summary}
         current = self.as_of(state)
         if current is not None and state.books:  # months start with a scope's first movement
             self._months(state, month_of(current))
             self._touch(state, max(state.books))
+            if current != before:
+                # Every month whose `as_of` (capped at its end) moved: touching only the
+                # latest left an earlier month's last record as of whichever report came
+                # before the next month opened (make chaos: 2026-02-19 against 03-01).
+                for month in state.books:
+                    if before is None or month_end(month) > before:
+                        self._touch(state, month)
             for month in state.books:
                 if month not in state.final and current >= month_end(month) + self.lateness:
                     state.final.append(month)  # becomes final: published once more

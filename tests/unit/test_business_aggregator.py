@@ -74,6 +74,9 @@ def test_a_month_is_final_only_once_every_partition_is_past_its_end_and_the_late
     march = flushed(stage)["all|2026-03"]
     assert march["final"] is False and march["as_of"] is None   # partition 1 not heard yet
     stage.apply([part(1, "2026-04-02T12:00:00")])   # within the 2 days of lateness
+    march = flushed(stage)["all|2026-03"]          # its as_of moved (to its end): published
+    assert march["final"] is False and march["as_of"] == "2026-04-01T00:00:00Z"
+    stage.apply([part(1, "2026-04-02T18:00:00")])
     assert "all|2026-03" not in flushed(stage)     # March changed in nothing: not published
     assert stage.record(stage._load("all"), "2026-03")["final"] is False
     stage.apply([part(1, "2026-04-03T00:00:00")])
@@ -134,3 +137,24 @@ def test_a_flush_publishes_the_changed_months_once() -> None:
     assert [scope for scope, _ in out.changelog] == ["all"]
     again = stage.flush()
     assert again.records == [] and again.changelog == []
+
+
+def test_a_months_last_record_is_as_of_its_end_whenever_the_next_month_opened() -> None:
+    """The next month opened (a movement of a fast partition) before the slow partition's
+    reports passed the month's end: the month's own record must still move to as of its end,
+    as it does when the reports come first (make chaos, seed 1, burst + SIGKILL: a February
+    left as of 2026-02-19)."""
+    def last_february(next_month_first: bool) -> dict[str, Any]:
+        stage = stage_on()
+        stage.apply([movement("c-1", "2026-02-02T10:00:00", "new", 0.0, 100.0, "e-1"),
+                     part(0, "2026-02-19T00:00:00"), part(1, "2026-02-19T00:00:00")])
+        march = movement("c-2", "2026-03-01T10:00:00", "new", 0.0, 50.0, "e-2")
+        reports = [part(0, "2026-03-01T12:00:00"), part(1, "2026-03-01T12:00:00")]
+        records = {}
+        for batch in ([march], reports) if next_month_first else (reports, [march]):
+            stage.apply(batch)
+            records.update(flushed(stage))
+        return records["all|2026-02"]
+
+    assert last_february(True) == last_february(False)
+    assert last_february(True)["as_of"] == "2026-03-01T00:00:00Z"
