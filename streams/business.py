@@ -238,16 +238,16 @@ class BusinessAggregator:
         if current is not None and state.books:  # months start with a scope's first movement
             self._months(state, month_of(current))
             self._touch(state, max(state.books))
-            if current != before:
-                # Every month whose `as_of` (capped at its end) moved: touching only the
-                # latest left an earlier month's last record as of whichever report came
-                # before the next month opened (make chaos: 2026-02-19 against 03-01).
-                for month in state.books:
-                    if before is None or month_end(month) > before:
-                        self._touch(state, month)
             for month in state.books:
-                if month not in state.final and current >= month_end(month) + self.lateness:
+                end = month_end(month)
+                # Published again when its `as_of` (capped at its end) moved: touching only
+                # the latest month left an earlier one's last record as of whichever report
+                # came before the next month opened (make chaos: 2026-02-19 against 03-01).
+                moved = current != before and (before is None or end > before)
+                if month not in state.final and current >= end + self.lateness:
                     state.final.append(month)  # becomes final: published once more
+                    moved = True
+                if moved:
                     self._touch(state, month)
 
     def _month_end(self, state: ScopeState, partition: str, month: str,

@@ -800,7 +800,6 @@ def test_a_partition_that_cannot_count_the_earlier_release_is_counted_by_days() 
     again = FeatureContribution("reports", last, first_seen=r1, feature_users=3, active_users=7)
     again.cannot_count_after(r0)
     assert FeatureContribution.from_state(again.to_state()) == again
-    book = FeatureBook.from_state(book.to_state())
     book.update(1, FeatureContribution.from_state(again.to_state()))
     book = FeatureBook.from_state(book.to_state())
     counts = book.after_release_counts(r0, partitions=2, lateness_days=2.0)
